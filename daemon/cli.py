@@ -1,0 +1,48 @@
+"""The ``compass`` command. Each group lives in ``daemon/commands/``; later issues add their own."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from compass.errors import CompassError
+from daemon.commands import config as config_cmd
+
+app = typer.Typer(
+    help="compass: keeps each language's adapter of a multilingual LLM fresh under drifting traffic.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_cmd.app, name="config")
+
+
+def _register_optional() -> None:
+    """Command groups owned by other modules; registered here so `compass --help` lists them all."""
+    from daemon.commands import data as data_cmd
+    from daemon.commands import demo as demo_cmd
+    from daemon.commands import embed as embed_cmd
+    from daemon.commands import stack as stack_cmd
+
+    app.add_typer(stack_cmd.app, name="stack")
+    app.add_typer(data_cmd.app, name="data")
+    app.command("embed")(embed_cmd.embed)
+    app.command("demo")(demo_cmd.demo)
+
+
+_register_optional()
+
+
+def main() -> None:
+    """Entry point: a CompassError prints its message (which names the fix) and exits 2, no traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except CompassError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
