@@ -152,6 +152,9 @@ class EmbedderConfig(_Frozen):
     )
     model: str | None = Field(None, description="model name sent to the http endpoint")
     query_prefix: str = Field("query: ", description="text prefix for sentence-transformers e5-family models")
+    trust_remote_code: bool = Field(
+        False, description="run the model directory's own code (e.g. Jina v3); trusted directories only"
+    )
     batch_size: int = Field(64, ge=1, le=4096, description="an integer in [1, 4096]")
     threads: int = Field(0, ge=0, le=256, description="CPU threads, 0 = library default")
     timeout_s: float = Field(30.0, gt=0, le=600, description="seconds in (0, 600]")
@@ -195,6 +198,9 @@ class StackConfig(_Frozen):
     kafka_controller_port: int = Field(39093, ge=1, le=65535, description="a TCP port in [1, 65535]")
     kafka_heap_mb: int = Field(512, ge=256, le=16384, description="an integer in [256, 16384]")
     start_timeout_s: float = Field(90.0, gt=0, le=900, description="seconds in (0, 900]")
+    stop_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="seconds in (0, 600] between SIGTERM and SIGKILL on `stack down`"
+    )
     maven_repo: Path = Field(CACHE_ROOT / "m2", description="local Maven repository for the broker jars")
 
 

@@ -36,7 +36,7 @@ REQ="$CACHE/requirements.txt"
 import sys, tomllib
 p = tomllib.load(open("pyproject.toml", "rb"))["project"]
 reqs = ["setuptools>=68"] + p["dependencies"]
-for extra in ("data", "dev", "fasttext"):
+for extra in ("data", "dev", "fasttext", "bench"):
     reqs += p["optional-dependencies"][extra]
 open(sys.argv[1], "w").write("\n".join(reqs) + "\n")
 PYEOF
