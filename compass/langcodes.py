@@ -7,6 +7,10 @@ marks text whose language could not be identified with enough confidence.
 
 ``normalize`` also accepts ISO 639-3 / 639-2 codes and English names for the languages in ``LANGUAGES``
 (``swa``, ``Swahili``, ``eng``) so data from corpora that name languages differently maps onto one key.
+Individual languages of an ISO 639-3 macrolanguage fold into the macrolanguage's code (``arz``/``ary``
+Egyptian/Moroccan Arabic -> ``ar``, ``cmn``/``yue``/``wuu`` -> ``zh``, ``swh`` -> ``sw``, ``npi`` -> ``ne``),
+because language-ID models split these finely while compass keeps one adapter per macrolanguage.
+``zxx`` ("no linguistic content", a class of some language-ID models) maps to ``und``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ ro ron Romanian|ru rus Russian|rw kin Kinyarwanda|se sme Northern Sami|si sin Si
 sl slv Slovenian|so som Somali|sq sqi Albanian|sr srp Serbian|sv swe Swedish|sw swa Swahili|ta tam Tamil
 te tel Telugu|th tha Thai|tl tgl Tagalog|tr tur Turkish|ug uig Uyghur|uk ukr Ukrainian|ur urd Urdu
 uz uzb Uzbek|vi vie Vietnamese|vo vol Volapuk|wa wln Walloon|xh xho Xhosa|yo yor Yoruba|zh zho Chinese
-zu zul Zulu
+zu zul Zulu|ba bak Bashkir|bo bod Tibetan|ff ful Fulah|fy fry Western Frisian|gd gla Scottish Gaelic
+gn grn Guarani|ki kik Kikuyu|lg lug Ganda|ln lin Lingala|om orm Oromo|sa san Sanskrit|sn sna Shona
+st sot Southern Sotho|tg tgk Tajik|tk tuk Turkmen|tt tat Tatar|yi yid Yiddish
 """
 
 LANGUAGES: dict[str, tuple[str, str]] = {}
@@ -50,7 +56,20 @@ _ALIASES = {
     "mandarin": "zh", "filipino": "tl", "persian": "fa", "cmn": "zh", "arb": "ar", "swh": "sw", "zsm": "ms",
     "pes": "fa", "npi": "ne", "khk": "mn", "uzn": "uz", "ory": "or", "pnb": "pa", "azj": "az", "ekk": "et",
     "lvs": "lv", "plt": "mg", "kmr": "ku", "als": "sq", "quy": "qu", "nob": "nb",
+    "oriya": "or", "zxx": "und",
+    # Members of a macrolanguage that language-ID models (py3langid, GlotLID) answer separately.
+    "swc": "sw", "prs": "fa", "dty": "ne", "uzs": "uz", "azb": "az", "ckb": "ku", "sdh": "ku", "aln": "sq",
+    "gug": "gn", "fuv": "ff", "ltg": "lv", "zlm": "ms", "mvf": "mn",
 }
+# Arabic (ara) and Chinese (zho) varieties, per ISO 639-3's macrolanguage mappings. Min Nan ('nan') is
+# left out on purpose: the string "nan" is what pandas writes for a missing value.
+_MEMBERS = {
+    "ar": "aao abh abv acm acq acw acx acy adf aeb aec afb ajp apc apd arq ars ary arz auz avl ayh ayl ayn "
+    "ayp pga shu ssh",
+    "zh": "cdo cjy cnp cpx csp czh czo gan hak hsn lzh mnp wuu yue",
+}
+for _macro, _members in _MEMBERS.items():
+    _ALIASES.update({member: _macro for member in _members.split()})
 
 _BY_ISO3 = {iso3: code for code, (iso3, _) in LANGUAGES.items()}
 _BY_NAME = {name.lower(): code for code, (_, name) in LANGUAGES.items()}
