@@ -45,11 +45,20 @@ STAMP="$VENV/.compass-installed"
 want=$(cat pyproject.toml "$REQ" | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   step "python packages (wheels cached in $WHEELS)"
-  "$VENV/bin/python" -m pip download -q --disable-pip-version-check -d "$WHEELS" -r "$REQ" || fail "pip download"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS" -r "$REQ" \
-    || fail "pip install"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS" \
-    --no-deps --no-build-isolation -e . || fail "pip install -e ."
+  pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+  # A wheelhouse already filled for these requirements installs without asking the index again;
+  # if that fails (files removed, new platform), download what is missing and try once more.
+  req_hash=$(sha256sum "$REQ" | cut -c1-16)
+  if [ "$(cat "$WHEELS/.filled-for" 2>/dev/null)" != "$req_hash" ]; then
+    "${pip[@]}" download -q -d "$WHEELS" -r "$REQ" || fail "pip download"
+    echo "$req_hash" > "$WHEELS/.filled-for"
+  fi
+  if ! "${pip[@]}" install -q --no-index --find-links "$WHEELS" -r "$REQ"; then
+    "${pip[@]}" download -q -d "$WHEELS" -r "$REQ" || fail "pip download"
+    "${pip[@]}" install -q --no-index --find-links "$WHEELS" -r "$REQ" || fail "pip install"
+  fi
+  "${pip[@]}" install -q --no-index --find-links "$WHEELS" --no-deps --no-build-isolation -e . \
+    || fail "pip install -e ."
   echo "$want" > "$STAMP"
 else
   echo "up to date"
