@@ -221,6 +221,9 @@ class LanguageSettings(_Frozen):
     window_size: int = Field(2000, ge=1, le=10_000_000, description="an integer in [1, 10000000]")
     cooldown_s: float = Field(3600.0, ge=0.0, description="seconds >= 0")
     budget: float = Field(0.8, gt=0.0, le=10.0, description="the budget factor B, in (0, 10]")
+    rearm_ratio: float = Field(
+        0.8, gt=0.0, le=1.0, description="hysteresis: after a trigger, re-arm once JS < rearm_ratio * theta; in (0, 1]"
+    )
 
     @model_validator(mode="after")
     def _window(self) -> LanguageSettings:
@@ -229,6 +232,11 @@ class LanguageSettings(_Frozen):
                 f"min_samples ({self.min_samples}) must not exceed window_size ({self.window_size})"
             )
         return self
+
+    @property
+    def rearm_below(self) -> float:
+        """The JS level under which a fired trigger re-arms (hysteresis)."""
+        return self.rearm_ratio * self.theta
 
 
 class LanguagesConfig(_Frozen):
