@@ -192,6 +192,27 @@ class HttpConfig(_Frozen):
     port: int = Field(8470, ge=1, le=65535, description="a TCP port in [1, 65535]")
 
 
+class ConsumerConfig(_Frozen):
+    """The streaming monitor (`compass consume`): Kafka consumer group -> language ID -> embed -> assign -> Redis."""
+
+    group_id: str = Field("compass-monitor", min_length=1, description="Kafka consumer group id")
+    max_poll_records: int = Field(256, ge=1, le=100_000, description="max events per batch, in [1, 100000]")
+    max_poll_bytes: int = Field(8 << 20, ge=1024, description="max bytes fetched per partition and poll, >= 1024")
+    max_message_bytes: int = Field(
+        64 << 10, ge=64, description="larger messages are dead-lettered as oversize; bytes >= 64"
+    )
+    store_texts: bool = Field(True, description="keep recent query texts in Redis; false keeps ids only (privacy)")
+    recent_max: int = Field(5000, ge=1, description="recent queries kept per language for reselection, >= 1")
+    recent_ttl_s: int = Field(7 * 86400, ge=60, description="expiry of the recent-queries list in seconds, >= 60")
+    codebook_dir: Path = Field(Path(".compass/codebooks"), description="directory of versioned cluster codebooks")
+    eta: float = Field(0.05, ge=0.0, le=1.0, description="eq. 2 centroid learning rate in [0, 1]; 0 freezes centroids")
+    revision_interval_s: float = Field(
+        300.0, gt=0, description="seconds between persisted centroid revisions of the incremental k-means, > 0"
+    )
+    metrics_port: int = Field(9470, ge=0, le=65535, description="Prometheus /metrics port on 127.0.0.1; 0 = off")
+    session_timeout_ms: int = Field(10000, ge=1000, le=300000, description="Kafka group session timeout in ms")
+
+
 class StackConfig(_Frozen):
     """The local development stack (`compass stack up`): a KRaft broker and redis-server on 127.0.0.1."""
 
@@ -211,6 +232,7 @@ class ServiceConfig(_Frozen):
     embedder: EmbedderConfig = EmbedderConfig()
     langid: LangIdConfig = LangIdConfig()
     http: HttpConfig = HttpConfig()
+    consumer: ConsumerConfig = ConsumerConfig()
     stack: StackConfig = StackConfig()
 
 
