@@ -1,0 +1,114 @@
+"""Ward agglomerative clustering for the ablation (paper §3.2.1, App. E).
+
+App. E: Ward linkage builds the tree, ``fcluster`` cuts it at an optimised number of clusters, and the cluster
+centres (member means) allocate assignments. Rows are L2-normalised, so Ward's Euclidean geometry is the chordal
+distance sqrt(2 - 2 cos), monotone with cosine (App. E: "for cosine similarity, we normalize embeddings").
+
+Ward needs the O(n²) condensed distance matrix, so it runs on at most ``max_fit_samples`` seeded rows (default
+5000, ~100 MB). K is fixed or chosen by cosine silhouette of the cut over ``k_range``. The fitted rows keep their
+cut label; every other row, and ``predict``, takes the nearest centroid (normalised member mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+
+from compass.cluster.base import (
+    BaseClusterer,
+    ClusterInputError,
+    check_int,
+    check_int_seq,
+    compact_labels,
+    cosine_silhouette,
+    fit_sample,
+    nearest_centroid,
+    normalised_means,
+    param_error,
+    silhouette_precomputed,
+)
+
+OWNER = "AgglomerativeClusterer"
+
+
+@dataclass
+class AgglomerativeConfig:
+    n_clusters: int | None = field(default=None, metadata={"help": "Fixed K; None searches k_range by silhouette."})
+    k_range: tuple[int, ...] = field(
+        default=tuple(range(10, 121, 5)), metadata={"help": "Candidate K values for the dendrogram cut."}
+    )
+    max_fit_samples: int = field(default=5000, metadata={"help": "Rows Ward runs on (O(n²) memory); rest assigned."})
+    silhouette_sample: int = field(default=5000, metadata={"help": "Rows the silhouette is scored on (bounded)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the row samples."})
+
+    def __post_init__(self) -> None:
+        if self.n_clusters is not None:
+            check_int(OWNER, "n_clusters", self.n_clusters, 1)
+        self.k_range = check_int_seq(OWNER, "k_range", self.k_range, 2)
+        check_int(OWNER, "max_fit_samples", self.max_fit_samples, 2)
+        check_int(OWNER, "silhouette_sample", self.silhouette_sample, 3)
+        check_int(OWNER, "seed", self.seed, 0)
+        if self.n_clusters is not None and self.n_clusters > self.max_fit_samples:
+            raise param_error(OWNER, "n_clusters", f"<= max_fit_samples ({self.max_fit_samples})", self.n_clusters)
+
+
+class AgglomerativeClusterer(BaseClusterer):
+    """Ward linkage + fcluster cut (fixed K or silhouette); nearest-centroid assignment beyond the fit rows."""
+
+    name = "agglomerative"
+    config_class = AgglomerativeConfig
+
+    def _fit(self, X: np.ndarray) -> None:
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed)
+        idx = fit_sample(X.shape[0], cfg.max_fit_samples, rng)
+        Xf = X if idx is None else X[idx]
+        if Xf.shape[0] < 2:
+            raise ClusterInputError(f"{OWNER}.fit: Ward needs at least 2 rows; got {Xf.shape[0]}.")
+        Z = linkage(Xf.astype(np.float64), method="ward")
+        self.silhouette_scores_: dict[int, float] = {}
+        if cfg.n_clusters is not None:
+            cut = fcluster(Z, cfg.n_clusters, criterion="maxclust")
+            self.chosen_k_ = cfg.n_clusters
+        else:
+            tidx = fit_sample(Xf.shape[0], cfg.silhouette_sample, rng)
+            ks = [k for k in cfg.k_range if k < (Xf.shape[0] if tidx is None else tidx.size)]
+            if not ks:
+                raise ClusterInputError(
+                    f"{OWNER}.fit: no K in k_range {list(cfg.k_range)} is below the {Xf.shape[0]} rows fitted; "
+                    "pass more rows, a k_range with smaller values, or a fixed n_clusters."
+                )
+            D = cosine_silhouette(Xf if tidx is None else Xf[tidx])
+            best_score, cut = -np.inf, None
+            for k in ks:
+                c = fcluster(Z, k, criterion="maxclust")
+                score = silhouette_precomputed(D, c if tidx is None else c[tidx])
+                self.silhouette_scores_[k] = score
+                if score > best_score:  # strict: ties keep the smaller K
+                    best_score, cut = score, c
+                    self.chosen_k_ = k
+        fit_labels, K = compact_labels(np.asarray(cut, dtype=np.int64) - 1)
+        self.centroids_ = normalised_means(Xf, fit_labels, K)
+        self.n_clusters_ = K
+        if idx is None:
+            self.labels_ = fit_labels
+        else:
+            self.labels_ = nearest_centroid(X, self.centroids_)[0]
+            self.labels_[idx] = fit_labels
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "chosen_k": getattr(self, "chosen_k_", None),
+            "silhouette_scores": {str(k): v for k, v in getattr(self, "silhouette_scores_", {}).items()},
+        }
+
+    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], path) -> None:
+        self.silhouette_scores_ = {int(k): float(v) for k, v in state.get("silhouette_scores", {}).items()}
+        if state.get("chosen_k") is not None:
+            self.chosen_k_ = int(state["chosen_k"])
+
+
+__all__ = ["AgglomerativeClusterer", "AgglomerativeConfig"]

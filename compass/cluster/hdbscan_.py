@@ -1,0 +1,204 @@
+"""HDBSCAN with a DBCV-scored grid and transductive assignment of new points (paper §3.2.1, §3.3.1, App. E).
+
+(Named ``hdbscan_`` so it does not shadow the ``hdbscan`` package.)
+
+Grid (App. E): min_cluster_size in [5, 10, 15, 20] × min_samples in [1, 5, 10]. Each fit has
+``gen_min_span_tree=True``; the score is the package's fast DBCV (``relative_validity_``) minus
+``noise_penalty × noise_fraction`` (App. E "extending cluster quality evaluation with a noise penalty": with the
+default 0.5, labelling 10% of rows noise costs 0.05 DBCV). The best score wins; ties keep the earlier grid cell.
+
+Metric: Euclidean on the unit-norm rows, i.e. the chordal distance sqrt(2 - 2 cos), monotone with cosine, so the
+density ordering is the cosine one. ``algorithm`` defaults to "generic" (a dense distance matrix): in 384-d the
+space trees degenerate and are 10x slower, but the matrix is O(n²) memory, hence the bound below.
+
+Bounded fit: HDBSCAN runs on at most ``max_fit_samples`` seeded rows (default 5000: ~4 s per grid cell on 2
+cores, 200 MB). Every other row, and ``predict``, goes through ``hdbscan.approximate_predict`` (§3.3.1
+"Incremental HDBSCAN": the condensed tree stays fixed, a new point gets its core distance against the fit rows
+and joins the cluster at its position in the tree; -1 = ``NOISE``). The prediction data is what
+``prediction_data=True`` would build, except that its nearest-neighbour index is faiss (exact L2) instead of a
+KD-tree, which is ~100x slower in 384-d; the labels are those approximate_predict computes.
+Noise rows are their own bucket: callers count them apart and do not sample them unless configured.
+
+Save/load without pickle: the directory holds the fit rows (float32 .npy), their labels, all labels, the
+centroids and the chosen (min_cluster_size, min_samples); ``load`` refits HDBSCAN with those params on the same
+rows (deterministic) and checks the refit labels equal the stored ones, raising ClusterLoadError otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import hdbscan
+import numpy as np
+from hdbscan.prediction import PredictionData
+
+from compass.cluster.base import (
+    NOISE,
+    BaseClusterer,
+    ClusterInputError,
+    ClusterLoadError,
+    check_int,
+    check_int_seq,
+    fit_sample,
+    normalised_means,
+    param_error,
+)
+
+OWNER = "HDBSCANClusterer"
+ALGORITHMS = ("generic", "best", "prims_kdtree", "prims_balltree", "boruvka_kdtree", "boruvka_balltree")
+
+
+@dataclass
+class HDBSCANConfig:
+    min_cluster_sizes: tuple[int, ...] = field(
+        default=(5, 10, 15, 20), metadata={"help": "Grid of min_cluster_size values (App. E)."}
+    )
+    min_samples: tuple[int, ...] = field(default=(1, 5, 10), metadata={"help": "Grid of min_samples values (App. E)."})
+    noise_penalty: float = field(
+        default=0.5, metadata={"help": "Score = DBCV - noise_penalty * fraction of fit rows labelled noise."}
+    )
+    max_fit_samples: int = field(
+        default=5000, metadata={"help": "Rows HDBSCAN runs on (O(n²) with 'generic'); the rest are assigned."}
+    )
+    algorithm: str = field(default="generic", metadata={"help": f"hdbscan algorithm, one of {ALGORITHMS}."})
+    seed: int = field(default=0, metadata={"help": "Seed of the row sample (HDBSCAN itself is deterministic)."})
+
+    def __post_init__(self) -> None:
+        self.min_cluster_sizes = check_int_seq(OWNER, "min_cluster_sizes", self.min_cluster_sizes, 2)
+        self.min_samples = check_int_seq(OWNER, "min_samples", self.min_samples, 1)
+        if isinstance(self.noise_penalty, bool) or not isinstance(self.noise_penalty, int | float) \
+                or not self.noise_penalty >= 0:
+            raise param_error(OWNER, "noise_penalty", "a float >= 0", self.noise_penalty)
+        self.noise_penalty = float(self.noise_penalty)
+        check_int(OWNER, "max_fit_samples", self.max_fit_samples, 2)
+        if self.algorithm not in ALGORITHMS:
+            raise param_error(OWNER, "algorithm", f"one of {ALGORITHMS}", self.algorithm)
+        check_int(OWNER, "seed", self.seed, 0)
+        if min(self.min_cluster_sizes) > self.max_fit_samples or min(self.min_samples) >= self.max_fit_samples:
+            raise param_error(
+                OWNER, "max_fit_samples", "above the smallest min_cluster_size and min_samples of the grid",
+                self.max_fit_samples,
+            )
+
+
+class _FaissKNN:
+    """The ``query(X, k) -> (distances, indices)`` of sklearn's KDTree, answered by an exact faiss L2 index."""
+
+    def __init__(self, data: np.ndarray, metric: str = "euclidean", **_: Any):
+        assert metric == "euclidean"
+        self.index = faiss.IndexFlatL2(data.shape[1])
+        self.index.add(np.ascontiguousarray(data, dtype=np.float32))
+
+    def query(self, X: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.index.ntotal)
+        D, Idx = self.index.search(np.ascontiguousarray(X, dtype=np.float32), k)
+        return np.sqrt(np.clip(D, 0.0, None)).astype(np.float64), Idx
+
+
+class _FaissPredictionData(PredictionData):
+    """hdbscan's PredictionData with the faiss neighbour index (the rest of its construction is unchanged)."""
+
+    _tree_type_map = {"faiss": _FaissKNN}
+
+
+def _fit_one(Xf64: np.ndarray, mcs: int, ms: int, algorithm: str) -> hdbscan.HDBSCAN:
+    return hdbscan.HDBSCAN(
+        min_cluster_size=mcs, min_samples=ms, metric="euclidean", algorithm=algorithm,
+        gen_min_span_tree=True, prediction_data=False, core_dist_n_jobs=1,
+    ).fit(Xf64)
+
+
+def _attach_prediction_data(model: hdbscan.HDBSCAN) -> None:
+    # Same object prediction_data=True builds, with faiss for the neighbour queries (see module docstring).
+    model._prediction_data = _FaissPredictionData(
+        model._raw_data, model.condensed_tree_, model.min_samples or model.min_cluster_size, tree_type="faiss"
+    )
+
+
+class HDBSCANClusterer(BaseClusterer):
+    """HDBSCAN, grid-searched by DBCV with a noise penalty, fitted on a bounded sample. See the module docstring."""
+
+    name = "hdbscan"
+    config_class = HDBSCANConfig
+
+    def _fit(self, X: np.ndarray) -> None:
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed)
+        idx = fit_sample(X.shape[0], cfg.max_fit_samples, rng)
+        Xf = X if idx is None else X[idx]
+        n = Xf.shape[0]
+        grid = [(mcs, ms) for mcs in cfg.min_cluster_sizes for ms in cfg.min_samples if mcs <= n and ms < n]
+        if not grid:
+            raise ClusterInputError(
+                f"{OWNER}.fit: {n} rows are too few for every grid cell (min_cluster_sizes "
+                f"{list(cfg.min_cluster_sizes)}, min_samples {list(cfg.min_samples)}); pass more rows or smaller grids."
+            )
+        Xf64 = Xf.astype(np.float64)
+        best, best_score, self.grid_scores_ = None, -np.inf, []
+        for mcs, ms in grid:
+            model = _fit_one(Xf64, mcs, ms, cfg.algorithm)
+            k = int(model.labels_.max() + 1)
+            noise = float(np.mean(model.labels_ == NOISE))
+            dbcv = float(model.relative_validity_) if k > 0 else float("nan")
+            score = dbcv - cfg.noise_penalty * noise if k > 0 else -np.inf
+            self.grid_scores_.append(
+                {"min_cluster_size": mcs, "min_samples": ms, "n_clusters": k, "noise_fraction": noise,
+                 "dbcv": dbcv, "score": score}
+            )
+            if score > best_score or best is None:
+                best, best_score = model, score
+        self._set_model(best, Xf)
+        if idx is None:
+            self.labels_ = self.fit_labels_.copy()
+        else:
+            self.labels_ = self._predict(X)
+            self.labels_[idx] = self.fit_labels_
+
+    def _set_model(self, model: hdbscan.HDBSCAN, Xf: np.ndarray) -> None:
+        _attach_prediction_data(model)
+        self.model_ = model
+        self.fit_X_ = Xf
+        self.fit_labels_ = model.labels_.astype(np.int64)
+        self.min_cluster_size_ = int(model.min_cluster_size)
+        self.min_samples_ = int(model.min_samples)
+        self.n_clusters_ = int(self.fit_labels_.max() + 1)
+        self.centroids_ = normalised_means(Xf, self.fit_labels_, self.n_clusters_)  # (0, d) when all noise
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        if self.n_clusters_ == 0:
+            return np.full(X.shape[0], NOISE, dtype=np.int64)  # approximate_predict would warn and say the same
+        labels, _ = hdbscan.approximate_predict(self.model_, X)
+        return labels.astype(np.int64)
+
+    def _state(self) -> dict[str, Any]:
+        scores = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+                  for row in getattr(self, "grid_scores_", [])]
+        return {"min_cluster_size": self.min_cluster_size_, "min_samples": self.min_samples_, "grid_scores": scores}
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {**super()._arrays(), "fit_X": self.fit_X_, "fit_labels": self.fit_labels_}
+
+    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], path) -> None:
+        for name in ("fit_X", "fit_labels"):
+            if name not in arrays:
+                raise ClusterLoadError(f"{path}: {name}.npy is missing; save the clusterer again.")
+        try:
+            mcs, ms = int(state["min_cluster_size"]), int(state["min_samples"])
+        except (KeyError, TypeError, ValueError):
+            raise ClusterLoadError(f"{path}: manifest state lacks min_cluster_size/min_samples.") from None
+        Xf = np.ascontiguousarray(arrays["fit_X"], dtype=np.float32)
+        model = _fit_one(Xf.astype(np.float64), mcs, ms, self.config.algorithm)
+        if not np.array_equal(model.labels_.astype(np.int64), arrays["fit_labels"]):
+            raise ClusterLoadError(
+                f"{path}: refitting HDBSCAN (min_cluster_size={mcs}, min_samples={ms}) on fit_X.npy did not "
+                "reproduce fit_labels.npy (a different hdbscan version?); refit and save with this environment."
+            )
+        saved_centroids = self.centroids_
+        self._set_model(model, Xf)
+        self.centroids_ = saved_centroids
+        self.grid_scores_ = state.get("grid_scores", [])
+
+
+__all__ = ["HDBSCANClusterer", "HDBSCANConfig"]
