@@ -36,8 +36,13 @@ class TriggerState:
         return cls(**{k: data[k] for k in ("armed", "last_fired_at", "last_update_at") if k in data})
 
     def updated(self, at: float) -> TriggerState:
-        """The state after an adapter update finished at ``at`` (starts the cooldown)."""
-        return replace(self, last_update_at=at)
+        """The state after an adapter update finished at ``at``: the cooldown starts and the trigger re-arms.
+
+        Hysteresis guards against flapping around theta *against one reference*; an update installs a new
+        P_ref, so the old level no longer applies. Without re-arming, an update that learned a transitional
+        window could leave the trigger disarmed for good (JS against the new reference never drops below
+        rearm_ratio * theta). The cooldown still prevents an immediate re-fire."""
+        return replace(self, armed=True, last_update_at=at)
 
 
 @dataclass(frozen=True)
