@@ -1,0 +1,51 @@
+"""Prometheus metrics of the monitor consumer, on a registry of its own.
+
+A private ``CollectorRegistry`` per ``ConsumerMetrics`` lets several monitors live in one process (tests)
+without "duplicated timeseries" errors; ``serve(port)`` exposes it on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Stages of one batch, in order; each gets a latency histogram.
+STAGES = ("poll", "decode", "enrich", "assign", "redis", "dead_letter", "commit")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "compass_consumer_messages", "messages handled, by outcome (applied, duplicate, dead_lettered)",
+            ["outcome"], registry=r,
+        )
+        self.batches = Counter("compass_consumer_batches", "batches processed and committed", registry=r)
+        self.dead_letters = Counter(
+            "compass_consumer_dead_letters", "messages sent to the dead-letter topic, by reason", ["reason"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "compass_consumer_stage_seconds", "latency of each stage of a batch", ["stage"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "compass_consumer_batch_seconds", "latency of a whole batch, poll to commit",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.lag = Gauge(
+            "compass_consumer_lag", "messages behind the partition's high watermark", ["topic", "partition"],
+            registry=r,
+        )
+        self.window_fill = Gauge(
+            "compass_window_fill", "queries in the language's monitor window / window_size", ["lang"], registry=r,
+        )
+        self.revisions = Counter(
+            "compass_codebook_revisions", "centroid revisions published by this worker (eq. 2)", registry=r,
+        )
+
+    def serve(self, port: int) -> None:
+        """Serve /metrics on 127.0.0.1:``port``; 0 disables it."""
+        if port:
+            start_http_server(port, addr="127.0.0.1", registry=self.registry)

@@ -1,0 +1,554 @@
+"""The streaming monitor: Kafka query events -> per-language cluster windows in Redis (paper §3.3.1, eq. 2 and 4).
+
+One batch (``Monitor.run_once``):
+
+    poll (bounded count and bytes) -> decode and validate -> enrich (language ID where ``lang`` is absent,
+    one embedding call) -> route by language -> assign to the codebook's buckets -> one atomic Redis update
+    (``WindowStore.apply_batch``) -> wait for dead-letter acks -> commit offset+1 per partition
+    -> eq. 2 centroid update -> maybe publish a codebook revision
+
+Delivery: offsets are committed only after the Redis write and the dead-letter acks succeeded. A crash
+between the write and the commit re-delivers the batch; the window store skips items at or below the
+last offset it applied per (topic, partition), so counts are exact (no loss, no double count).
+Dead letters are at-least-once (a re-delivered bad message is dead-lettered again).
+
+Bad input never stops the loop and is never dropped silently: every message is either applied to a
+window or sent to the dead-letter topic with a reason (see consumers/deadletter.py), and counted.
+
+Incremental k-means (eq. 2): each worker keeps its own copy of the current codebook's centroids and
+updates it after every batch it applied, mu_k <- (1 - eta) mu_k + eta * mean(X_k_new). Only one worker
+publishes revisions: the holder of the Redis lock ``<prefix>:codebook:publisher`` (SET NX PX, renewed every
+``revision_interval_s``, expiring after three intervals so a dead holder is replaced). Every
+``revision_interval_s`` the holder persists its centroids as a new codebook revision (parent = the version
+they descend from); the other workers pick the revision up through the ``CodebookWatcher`` and continue from
+it (their own updates since the previous revision are superseded). HDBSCAN codebooks are fixed:
+``approximate_predict`` assigns, noise counts in its own bucket, nothing is updated or published.
+
+Rebuild (``rebuild=True``): the window keys are reset, the topic is read from the beginning under a
+temporary group id and applied, and the run ends once every partition reached the end offset captured at
+start. Nothing is dead-lettered again, no centroid moves and no offset of the live group is touched.
+Stop the live consumers first: their newer offsets would make the store skip the re-read items.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from compass.config import LanguagesConfig, ServiceConfig
+from compass.errors import CompassError
+from compass.langid import UND
+from consumers import deadletter as dl
+from consumers.clients import kafka_consumer, kafka_producer, redis_client
+from consumers.codebook import Codebook, CodebookStore, CodebookWatcher
+from consumers.enrich import enrich
+from consumers.events import BadEvent, QueryEvent, decode_event
+from consumers.metrics import ConsumerMetrics
+from consumers.window import ApplyResult, Assignment, StaleCodebookError, WindowStore
+
+log = logging.getLogger(__name__)
+
+
+class NoCodebook(CompassError, RuntimeError):
+    """No codebook has been published, so queries cannot be assigned to clusters."""
+
+
+@dataclass
+class BatchStats:
+    """What one ``run_once`` did. ``committed``: next offset committed per (topic, partition)."""
+
+    polled: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    reasons: Counter = field(default_factory=Counter)  # dead letters by reason
+    langs: Counter = field(default_factory=Counter)  # applied per language
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    seconds: float = 0.0
+    codebook_version: str | None = None
+    published: str | None = None  # the revision this batch published, if any
+
+
+@dataclass
+class RunStats:
+    batches: int = 0
+    polled: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    batch_seconds: list[float] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)
+    first_batch: tuple[float, int] | None = None  # (wall time its commit ended, its size): for throughput
+    last_batch_end: float | None = None
+
+    def add(self, b: BatchStats) -> None:
+        if b.polled == 0:
+            return
+        now = time.time()
+        if self.first_batch is None:
+            self.first_batch = (now, b.polled)
+        self.last_batch_end = now
+        self.batches += 1
+        self.polled += b.polled
+        self.applied += b.applied
+        self.duplicates += b.duplicates
+        self.dead_lettered += b.dead_lettered
+        self.reasons.update(b.reasons)
+        self.batch_seconds.append(b.seconds)
+        if b.published:
+            self.published.append(b.published)
+
+
+class PublisherLock:
+    """Who publishes codebook revisions: the holder of a Redis key (SET NX PX), renewed by its holder."""
+
+    _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+
+    def __init__(self, client: Any, key: str, ttl_ms: int):
+        self.client, self.key, self.ttl_ms = client, key, ttl_ms
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}".encode()
+        self._renew = client.register_script(self._RENEW)
+
+    def acquire_or_renew(self) -> bool:
+        if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return True
+        return bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
+
+    def release(self) -> None:
+        # Only our own token is deleted: compare-and-delete in one script.
+        self.client.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+                         1, self.key, self.token)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, monitor: Monitor):
+        self.monitor = monitor
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        # Written-but-uncommitted offsets are committed while the partitions are still ours. kafka-python 3
+        # runs listeners on its IO thread, where a blocking commit is refused: the async commit is sent ahead
+        # of the JoinGroup request on the same coordinator connection. (Normally nothing is pending here: each
+        # batch commits before the next poll, and close() commits before leaving the group.)
+        self.monitor._commit_pending(reason="revoke", blocking=False)
+
+    def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
+        # Another member may own them already: never commit on loss. The window store's offsets make a
+        # re-delivery harmless.
+        for tp in lost:
+            self.monitor._pending.pop(tp, None)
+        log.warning("partitions lost", extra={"partitions": [f"{tp.topic}:{tp.partition}" for tp in lost]})
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
+
+
+class Monitor:
+    """The consumer loop with explicit state. ``embedder``/``identifier`` default to the configured ones."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        languages: LanguagesConfig,
+        *,
+        embedder: Any = None,
+        identifier: Any = None,
+        topic: str | None = None,
+        group_id: str | None = None,
+        auto_offset_reset: str = "earliest",
+        rebuild: bool = False,
+        metrics: ConsumerMetrics | None = None,
+        poll_timeout_ms: int = 500,
+        worker_index: int = 0,
+    ):
+        self.config = config
+        self.languages = languages
+        self.enabled = frozenset(languages.enabled)
+        self.cc = config.consumer
+        self.topic = topic or config.kafka.queries_topic
+        self.rebuild = rebuild
+        self.poll_timeout_ms = poll_timeout_ms
+        self.worker_index = worker_index
+        self.metrics = metrics or ConsumerMetrics()
+        if identifier is None:
+            from compass.langid import make_identifier
+
+            identifier = make_identifier(config.langid, sorted(self.enabled))
+        if embedder is None:
+            from compass.embed import make_embedder
+
+            embedder = make_embedder(config.embedder)
+        self.identifier, self.embedder = identifier, embedder
+
+        prefix = config.redis.key_prefix
+        self.redis = redis_client(config.redis)
+        self.windows = WindowStore(self.redis, prefix, store_texts=self.cc.store_texts,
+                                   recent_max=self.cc.recent_max, recent_ttl_s=self.cc.recent_ttl_s)
+        self.codebooks = CodebookStore(self.cc.codebook_dir, self.redis, prefix)
+        if self.codebooks.current_version() is None:
+            raise NoCodebook(
+                f"no codebook is published in Redis under prefix {prefix!r} (codebook_dir {self.cc.codebook_dir}); "
+                "fit and publish one first (CodebookStore.publish), then start the consumer"
+            )
+        self.watcher = CodebookWatcher(self.codebooks, model_id=self.embedder.model_id)
+        self._published: set[str] = set()  # revisions this worker published
+        self.codebook: Codebook = self._use_codebook(self.watcher.current())
+        self._watched = self.codebook_version  # the version the watcher reported last
+        self._publisher = PublisherLock(self.redis, f"{prefix}:codebook:publisher",
+                                        ttl_ms=max(1000, int(3000 * self.cc.revision_interval_s)))
+        self._next_revision = time.monotonic() + self.cc.revision_interval_s
+
+        self._pending: dict[TopicPartition, int] = {}  # written to Redis, not yet committed
+        self._end_offsets: dict[TopicPartition, int] | None = None  # rebuild: where to stop
+        self._last_fill = 0.0
+        kafka_kw = dict(
+            auto_offset_reset=auto_offset_reset,
+            max_poll_records=self.cc.max_poll_records,
+            max_partition_fetch_bytes=self.cc.max_poll_bytes,
+            fetch_max_bytes=self.cc.max_poll_bytes,
+            session_timeout_ms=self.cc.session_timeout_ms,
+            heartbeat_interval_ms=min(3000, self.cc.session_timeout_ms // 3),
+        )
+        if rebuild:
+            self.group_id = f"{group_id or self.cc.group_id}-rebuild-{uuid.uuid4().hex[:8]}"
+            self.consumer = kafka_consumer(config.kafka, self.group_id, [], **kafka_kw)
+            self._start_rebuild()
+            self.dead_letters = None  # a rebuild re-reads history: its bad messages were dead-lettered already
+        else:
+            self.group_id = group_id or self.cc.group_id
+            self.consumer = kafka_consumer(config.kafka, self.group_id, [], **kafka_kw)
+            self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+            producer = kafka_producer(config.kafka, acks="all", linger_ms=5,
+                                      max_request_size=max(1 << 20, 2 * self.cc.max_message_bytes))
+            self.dead_letters = dl.DeadLetterWriter(producer, config.kafka.dead_letter_topic)
+
+    # ------------------------------------------------------------------ codebook
+
+    def _use_codebook(self, cb: Codebook) -> Codebook:
+        # The watcher's object is this monitor's own (store.load reads the files afresh): eq. 2 moves its
+        # centroids in place.
+        cb.check_model(self.embedder.model_id)
+        self.codebook_version = cb.version
+        log.info("codebook loaded", extra={"version": cb.version, "n_buckets": cb.n_buckets})
+        return cb
+
+    @property
+    def updates_centroids(self) -> bool:
+        return self.cc.eta > 0 and not self.rebuild and callable(getattr(self.codebook.clusterer, "update", None))
+
+    def _sync_codebook(self) -> None:
+        cb = self.watcher.current()
+        # The watcher lags (it checks every few seconds) and also reports the revisions this worker published
+        # itself: adopt a version only when the watcher moved to one that someone else published (another
+        # worker's revision, or a new fit).
+        if cb.version != self._watched:
+            self._watched = cb.version
+            if cb.version != self.codebook_version and cb.version not in self._published:
+                self.codebook = self._use_codebook(cb)
+
+    def _maybe_publish(self) -> str | None:
+        if not self.updates_centroids or time.monotonic() < self._next_revision:
+            return None
+        self._next_revision = time.monotonic() + self.cc.revision_interval_s
+        if not self._publisher.acquire_or_renew():
+            return None
+        cb = self.codebooks.publish(self.codebook.clusterer, self.embedder.model_id,
+                                    languages=self.codebook.languages, parent=self.codebook_version)
+        self.codebook_version = cb.version  # our centroids are that revision: no need to adopt the watcher's copy
+        self._published.add(cb.version)
+        self.metrics.revisions.inc()
+        log.info("codebook revision published", extra={"version": cb.version, "parent": cb.parent})
+        return cb.version
+
+    # ------------------------------------------------------------------ Kafka
+
+    def _start_rebuild(self) -> None:
+        parts = self.consumer.partitions_for_topic(self.topic)
+        if not parts:
+            raise CompassError(f"rebuild: topic {self.topic!r} does not exist or has no partitions; check "
+                               "kafka.queries_topic")
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self._end_offsets = self.consumer.end_offsets(tps)
+        self.windows.reset()
+        log.info("rebuild started", extra={"topic": self.topic,
+                                           "end_offsets": {tp.partition: o for tp, o in self._end_offsets.items()}})
+
+    def caught_up(self) -> bool:
+        """Every assigned partition's position has reached its end offset (captured at start on a rebuild)."""
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return False
+        ends = self._end_offsets if self._end_offsets is not None else self.consumer.end_offsets(list(assigned))
+        return all(self.consumer.position(tp) >= ends.get(tp, 0) for tp in assigned)
+
+    def _commit_pending(self, reason: str = "batch", blocking: bool = True) -> dict[tuple[str, int], int]:
+        if not self._pending or self.rebuild:
+            self._pending.clear()
+            return {}
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self._pending.items()}
+        if not blocking:
+            def done(_offsets: Any, response: Any) -> None:
+                if isinstance(response, Exception):
+                    log.warning("offset commit on revoke failed; the batch will be re-delivered and skipped as "
+                                "duplicates", extra={"error": repr(response)})
+
+            self.consumer.commit_async(offsets, callback=done)
+            self._pending.clear()
+            return {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()}
+        try:
+            self.consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as e:
+            # The window already holds this batch with its offsets; a re-delivery is skipped as duplicates.
+            log.warning("offset commit failed; the batch will be re-delivered and skipped as duplicates",
+                        extra={"reason": reason, "error": repr(e)})
+            return {}
+        done = {(tp.topic, tp.partition): o for tp, o in self._pending.items()}
+        self._pending.clear()
+        return done
+
+    def _update_lag(self) -> int:
+        total = 0
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                continue
+            lag = max(0, hw - self.consumer.position(tp))
+            total += lag
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        return total
+
+    # ------------------------------------------------------------------ one batch
+
+    def _decode(self, records: list[Any]) -> tuple[list[tuple[Any, QueryEvent]], list[dl.DeadLetter]]:
+        good, bad = [], []
+        limit = self.cc.max_message_bytes
+        for r in records:
+            size = len(r.value or b"")
+            if size > limit:
+                why = (f"message value is {size} bytes; the limit is consumer.max_message_bytes = {limit}; "
+                       "shorten the query or raise the limit")
+                bad.append(dl.dead_letter_of(r, dl.OVERSIZE, why))
+                continue
+            try:
+                event = decode_event(r.value or b"")
+                event.text.encode("utf-8")  # JSON escapes can carry lone surrogates no embedder accepts
+            except BadEvent as e:
+                bad.append(dl.dead_letter_of(r, e.reason, str(e)))
+                continue
+            except UnicodeEncodeError as e:
+                bad.append(dl.dead_letter_of(r, dl.INVALID_UNICODE, f"field 'text' holds a lone surrogate at "
+                                             f"position {e.start} ({e.reason}); send valid Unicode text"))
+                continue
+            good.append((r, event))
+        return good, bad
+
+    def _route(self, record: Any, event: QueryEvent, lang: str, conf: float) -> dl.DeadLetter | None:
+        if lang == UND:
+            return dl.dead_letter_of(record, dl.UNDETERMINED_LANGUAGE, (
+                f"language ID could not determine the language of text {event.text[:60]!r} (best confidence "
+                f"{conf:.2f} < langid.min_confidence {self.config.langid.min_confidence}); set the event's 'lang'"))
+        if lang not in self.enabled:
+            source = "given in the event's 'lang'" if event.lang else f"identified, confidence {conf:.2f}"
+            return dl.dead_letter_of(record, dl.UNCONFIGURED_LANGUAGE, (
+                f"language {lang!r} ({source}) is not enabled in languages.yaml; enable it there or fix 'lang'"))
+        return None
+
+    def run_once(self, max_records: int | None = None) -> BatchStats:
+        """Poll one batch and carry it through to the commit. An empty poll returns ``polled == 0``."""
+        m = self.metrics
+        t0 = time.perf_counter()
+        self._commit_pending(reason="retry")  # a commit that failed after its batch: retry before a rebalance can come
+        polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms,
+                                    max_records=min(max_records or self.cc.max_poll_records, self.cc.max_poll_records))
+        records = [r for tp in sorted(polled, key=lambda t: (t.topic, t.partition)) for r in polled[tp]]
+        m.stage_seconds.labels("poll").observe(time.perf_counter() - t0)
+        stats = BatchStats(polled=len(records), codebook_version=self.codebook_version)
+        if not records:
+            return stats
+        first = {TopicPartition(r.topic, r.partition): r.offset for r in reversed(records)}
+        try:
+            self._process(records, stats)
+        except Exception:
+            # Not bad input (that is dead-lettered) but a failing dependency: rewind so nothing is skipped.
+            for tp, offset in first.items():
+                if tp in self.consumer.assignment():
+                    self.consumer.seek(tp, offset)
+            raise
+        stats.seconds = time.perf_counter() - t0
+        m.batch_seconds.observe(stats.seconds)
+        m.batches.inc()
+        return stats
+
+    def _process(self, records: list[Any], stats: BatchStats) -> None:
+        m = self.metrics
+        t = time.perf_counter()
+        good, bad = self._decode(records)
+        m.stage_seconds.labels("decode").observe(time.perf_counter() - t)
+
+        t = time.perf_counter()
+        batch = enrich([e for _, e in good], self.identifier, self.embedder) if good else None
+        m.stage_seconds.labels("enrich").observe(time.perf_counter() - t)
+
+        t = time.perf_counter()
+        self._sync_codebook()
+        keep: list[int] = []
+        for i, (record, event) in enumerate(good):
+            letter = self._route(record, event, batch.langs[i], batch.confidences[i])
+            if letter is None:
+                keep.append(i)
+            else:
+                bad.append(letter)
+        X = batch.embeddings[keep] if keep else None
+        by_lang = self._assign(keep, X, good, batch.langs) if keep else {}
+        m.stage_seconds.labels("assign").observe(time.perf_counter() - t)
+
+        t = time.perf_counter()
+        if self.dead_letters is not None:
+            for letter in bad:
+                self.dead_letters.send(letter)  # async; acknowledged below, before the commit
+        for lang, res in self._apply(by_lang, keep, X, good, batch.langs if batch else []).items():
+            stats.applied += res.applied
+            stats.duplicates += res.duplicates
+            stats.langs[lang] += res.applied
+        m.stage_seconds.labels("redis").observe(time.perf_counter() - t)
+
+        t = time.perf_counter()
+        if self.dead_letters is not None:
+            self.dead_letters.flush()
+        m.stage_seconds.labels("dead_letter").observe(time.perf_counter() - t)
+        for letter in bad:
+            stats.reasons[letter.reason] += 1
+            m.dead_letters.labels(letter.reason).inc()
+        stats.dead_lettered = len(bad)
+
+        t = time.perf_counter()
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            self._pending[tp] = max(self._pending.get(tp, 0), r.offset + 1)
+        stats.committed = self._commit_pending()
+        m.stage_seconds.labels("commit").observe(time.perf_counter() - t)
+
+        m.messages.labels("applied").inc(stats.applied)
+        m.messages.labels("duplicate").inc(stats.duplicates)
+        m.messages.labels("dead_lettered").inc(stats.dead_lettered)
+        if keep and self.updates_centroids:
+            self.codebook.clusterer.update(X, self.cc.eta)  # eq. 2, after the write it describes succeeded
+        stats.published = self._maybe_publish()
+        stats.codebook_version = self.codebook_version
+        self._update_fill(by_lang.keys())
+
+    def _assign(self, keep: list[int], X: np.ndarray, good: list, langs: list[str],
+                only: set[str] | None = None) -> dict[str, list[Assignment]]:
+        buckets = self.codebook.assign(X)
+        by_lang: dict[str, list[Assignment]] = defaultdict(list)
+        for i, bucket in zip(keep, buckets, strict=True):
+            if only is None or langs[i] in only:
+                record, event = good[i]
+                by_lang[langs[i]].append(Assignment(event.id, int(bucket), record.topic, record.partition,
+                                                    record.offset, event.text))
+        return by_lang
+
+    def _apply(self, by_lang: dict[str, list[Assignment]], keep: list[int], X: np.ndarray | None, good: list,
+               langs: list[str]) -> dict[str, ApplyResult]:
+        """One atomic window update; if another worker already moved a window to a newer codebook, reload it,
+        re-assign the refused languages and apply them again (the store wrote nothing for them)."""
+        results: dict[str, ApplyResult] = {}
+        for attempt in range(3):
+            if not by_lang:
+                break
+            request = {lang: (self.languages.get(lang).window_size, items) for lang, items in by_lang.items()}
+            try:
+                results.update(self.windows.apply_batch(request, self.codebook_version, self.codebook.n_buckets))
+                break
+            except StaleCodebookError as e:
+                if attempt == 2:
+                    raise
+                results.update(e.results)
+                log.warning("a window has a newer codebook; reloading", extra={"stale": e.stale})
+                self.watcher.refresh()
+                self._sync_codebook()
+                by_lang = self._assign(keep, X, good, langs, only=set(e.stale))
+        return results
+
+    def _update_fill(self, langs: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_fill < 2.0:  # a gauge, not a ledger: refreshing it every batch costs Redis reads
+            return
+        self._last_fill = now
+        for lang in langs:
+            size = self.windows.snapshot(lang).size
+            self.metrics.window_fill.labels(lang).set(size / self.languages.get(lang).window_size)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, stop_event: threading.Event | None = None, *, burst: bool = False,
+            max_messages: int | None = None, retry_backoff_s: float = 1.0) -> RunStats:
+        """Batches until ``stop_event`` is set (a signal), ``max_messages`` were polled, or, with ``burst`` (and
+        always on a rebuild), every partition is caught up. The batch in flight always finishes and commits."""
+        stop_event = stop_event or threading.Event()
+        total = RunStats()
+        last_log, failures = time.monotonic(), 0
+        burst = burst or self.rebuild
+        while not stop_event.is_set():
+            remaining = None if max_messages is None else max_messages - total.polled
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                b = self.run_once(max_records=remaining)
+            except (KafkaError, redis.RedisError, ConnectionError, OSError, CompassError) as e:
+                failures += 1
+                delay = min(30.0, retry_backoff_s * 2 ** min(failures - 1, 5))
+                log.error("batch failed; it is rewound and retried", extra={"error": repr(e), "retry_in_s": delay})
+                stop_event.wait(delay)
+                continue
+            failures = 0
+            total.add(b)
+            if b.polled == 0 and burst and self.caught_up():
+                break
+            if time.monotonic() - last_log >= 5.0 or (b.polled and log.isEnabledFor(logging.DEBUG)):
+                last_log = time.monotonic()
+                log.info("progress", extra={"batches": total.batches, "messages": total.polled,
+                                            "applied": total.applied, "dead_lettered": total.dead_lettered,
+                                            "batch_size": b.polled, "lag": self._update_lag(),
+                                            "codebook": self.codebook_version})
+        self._update_lag()
+        self._last_fill = 0.0
+        self._update_fill(self.windows.languages())
+        log.info("stopped", extra={"batches": total.batches, "messages": total.polled, "applied": total.applied,
+                                   "duplicates": total.duplicates, "dead_lettered": total.dead_lettered,
+                                   "reasons": dict(total.reasons)})
+        return total
+
+    def close(self) -> None:
+        """Commit what is pending, leave the group, flush and close the clients."""
+        try:
+            self._commit_pending(reason="close")
+        finally:
+            self.consumer.close(autocommit=False)
+            if self.dead_letters is not None:
+                self.dead_letters.close()
+            if self.updates_centroids:
+                self._publisher.release()
+            self.redis.close()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
