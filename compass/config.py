@@ -225,6 +225,44 @@ class StackConfig(_Frozen):
     maven_repo: Path = Field(CACHE_ROOT / "m2", description="local Maven repository for the broker jars")
 
 
+class DaemonConfig(_Frozen):
+    """The drift daemon (`compass daemon`): per-language checks, the lease, update dispatch, stale clusters."""
+
+    check_interval_s: float = Field(
+        60.0, gt=0, le=86400, description="seconds between checks of a language, in (0, 86400]"
+    )
+    update_timeout_s: float = Field(
+        6 * 3600.0, gt=0, description="seconds a language stays `updating` without a worker report, > 0"
+    )
+    lease_ttl_ms: int = Field(
+        180_000, ge=100, description="per-language lease TTL in ms, >= 100; keep it above check_interval_s"
+    )
+    events_group_id: str = Field("compass-daemon", min_length=1, description="Kafka group reading compass.events")
+    events_poll_s: float = Field(1.0, gt=0, le=60, description="seconds between polls of compass.events, in (0, 60]")
+    snapshot_ttl_s: int = Field(7 * 86400, ge=60, description="expiry of a job's frozen window snapshot, seconds >= 60")
+    stale_noise_share: float = Field(
+        0.3, gt=0.0, le=1.0, description="recluster when this share of the window is noise, in (0, 1]"
+    )
+    stale_far_share: float = Field(
+        0.3, gt=0.0, le=1.0, description="recluster when this share of recent points is far from every centroid"
+    )
+    stale_distance_quantile: float = Field(
+        0.95, gt=0.0, lt=1.0, description="quantile of training distances that defines 'far', in (0, 1)"
+    )
+    stale_far_max_texts: int = Field(
+        500, ge=0, description="recent texts embedded per far-share check, >= 0; 0 turns the far share off"
+    )
+
+    @model_validator(mode="after")
+    def _lease(self) -> DaemonConfig:
+        if self.lease_ttl_ms <= self.check_interval_s * 1000:
+            raise ValueError(
+                f"lease_ttl_ms ({self.lease_ttl_ms}) must exceed check_interval_s ({self.check_interval_s}) "
+                "in ms, or the lease lapses between checks; raise lease_ttl_ms"
+            )
+        return self
+
+
 class ServiceConfig(_Frozen):
     state_dir: Path = Field(Path(".compass"), description="directory for data, logs and PID files")
     kafka: KafkaConfig = KafkaConfig()
@@ -234,6 +272,7 @@ class ServiceConfig(_Frozen):
     http: HttpConfig = HttpConfig()
     consumer: ConsumerConfig = ConsumerConfig()
     stack: StackConfig = StackConfig()
+    daemon: DaemonConfig = DaemonConfig()
 
 
 class LanguageSettings(_Frozen):

@@ -1,0 +1,114 @@
+"""HTTP API of the drift daemon, served by uvicorn on ``http.host:http.port`` (127.0.0.1 by default).
+
+  GET  /healthz                          the process answers
+  GET  /readyz                           Kafka and Redis reachable (503 naming the one that is not)
+  GET  /metrics                          Prometheus text format
+  GET  /v1/languages                     every configured language (or with a window): state, JS, theta, fill
+  GET  /v1/languages/{lang}              one language in full
+  POST /v1/languages/{lang}/pause        stop checks acting on the language (all replicas)
+  POST /v1/languages/{lang}/resume
+  POST /v1/languages/{lang}/trigger      enqueue an adapter update now (reason ``manual``)
+  GET  /openapi.json, /docs              FastAPI's OpenAPI document
+
+POST endpoints need ``Authorization: Bearer <token>`` with the token from the environment variable
+``COMPASS_API_TOKEN`` (read per request, so a rotated token takes effect without a restart). Without that
+variable they answer 503: mutating endpoints are never open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from daemon.service import Daemon
+
+TOKEN_ENV = "COMPASS_API_TOKEN"
+_LANG = re.compile(r"^[a-z]{2,3}$")
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_token(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    expected = os.environ.get(TOKEN_ENV)
+    if not expected:
+        raise HTTPException(503, f"mutating endpoints are disabled: set the environment variable {TOKEN_ENV} "
+                                 "to a secret token and restart the daemon, then send it as a bearer token")
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <COMPASS_API_TOKEN>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(creds.credentials.encode(), expected.encode()):
+        raise HTTPException(401, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def create_app(daemon: Daemon) -> FastAPI:
+    """The API over one running ``Daemon`` (its Redis state is shared by all replicas, so any replica answers)."""
+    app = FastAPI(title="compass daemon", version="1",
+                  description="Drift detection (paper §3.3.2) and adapter update dispatch per language.")
+
+    def known(lang: str) -> str:
+        if not _LANG.match(lang) or lang not in daemon.known_languages():
+            raise HTTPException(404, f"unknown language {lang!r}; add it to languages.yaml (known: "
+                                     f"{', '.join(daemon.known_languages())})")
+        return lang
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "owner": daemon.owner}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        checks = daemon.ready()
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(daemon.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/languages")
+    def languages() -> dict[str, Any]:
+        rows = []
+        for lang in daemon.known_languages():
+            d = daemon.describe(lang)
+            rows.append({k: d[k] for k in ("language", "enabled", "paused", "state", "js", "theta", "armed",
+                                          "adapter_version", "last_trigger")} | {"fill": d["window"]["fill"]})
+        return {"languages": rows}
+
+    @app.get("/v1/languages/{lang}")
+    def language(lang: str) -> dict[str, Any]:
+        return daemon.describe(known(lang))
+
+    @app.post("/v1/languages/{lang}/pause", dependencies=[Depends(require_token)])
+    def pause(lang: str) -> dict[str, Any]:
+        daemon.pause(known(lang))
+        return {"language": lang, "paused": True}
+
+    @app.post("/v1/languages/{lang}/resume", dependencies=[Depends(require_token)])
+    def resume(lang: str) -> dict[str, Any]:
+        daemon.resume(known(lang))
+        return {"language": lang, "paused": False}
+
+    @app.post("/v1/languages/{lang}/trigger", dependencies=[Depends(require_token)])
+    async def trigger(lang: str) -> JSONResponse:
+        known(lang)
+        daemon.request_trigger(lang)
+        result = await run_in_threadpool(daemon.check, lang)  # acts now if this replica holds the lease
+        body = {"language": lang, "state": result.state, "fired": result.fired, "detail": result.detail,
+                "job_id": result.job.job_id if result.job else None}
+        if result.fired:
+            return JSONResponse(body, status_code=200)
+        if result.state == "standby":
+            body["detail"] = "queued: the replica holding the lease fires on its next check"
+            return JSONResponse(body, status_code=202)
+        daemon.cancel_trigger(lang)  # paused, updating, disabled, error: not kept to fire by surprise later
+        return JSONResponse(body, status_code=409)
+
+    return app

@@ -1,0 +1,46 @@
+"""``compass daemon``: the drift daemon (scheduled checks per language) and its HTTP API on ``http.host:port``.
+
+SIGTERM or Ctrl-C stops it cleanly: uvicorn stops serving, the scheduler waits for running checks, the
+leases are released so another replica takes the languages over at once. SIGHUP reloads languages.yaml.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import typer
+
+CONFIG = typer.Option(None, "--config", "-c", help="service config YAML (default: configs/default.yaml)")
+LANGUAGES = typer.Option(None, "--languages", "-l", help="languages YAML (default: configs/languages.yaml)")
+INTERVAL = typer.Option(None, "--interval", min=0.1, help="seconds between checks of a language "
+                        "(default: daemon.check_interval_s)")
+
+
+def daemon(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, interval: float | None = INTERVAL) -> None:
+    """Watch every enabled language for drift (JS > theta) and enqueue adapter updates on compass.jobs."""
+    import uvicorn
+
+    from compass.config import DEFAULT_LANGUAGES, load_service_config
+    from consumers.clients import ensure_topics
+    from daemon.api import create_app
+    from daemon.service import Daemon
+
+    cfg = load_service_config(config)
+    if interval is not None and cfg.daemon.lease_ttl_ms <= interval * 1000:
+        raise typer.BadParameter(f"--interval {interval} s is not below daemon.lease_ttl_ms "
+                                 f"({cfg.daemon.lease_ttl_ms} ms); lower it or raise lease_ttl_ms")
+    ensure_topics(cfg.kafka, [cfg.kafka.jobs_topic, cfg.kafka.events_topic])
+    d = Daemon(cfg, languages or DEFAULT_LANGUAGES)
+    d.languages.install_sighup()
+    d.start(interval)
+    server = uvicorn.Server(uvicorn.Config(create_app(d), host=cfg.http.host, port=cfg.http.port,
+                                           log_level="info", lifespan="off"))
+    # uvicorn handles SIGTERM itself, then re-raises it to the handler in place before it started: with the
+    # default one the process would die before the leases are released. A no-op handler lets run() return.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        d.stop()
+    typer.echo("compass daemon stopped; leases released")

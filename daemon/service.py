@@ -1,0 +1,549 @@
+"""The drift daemon: per-language checks of eq. 6 on a schedule, under a per-language lease, with dispatch.
+
+One check of language ``l`` (``Daemon.check``), in order; the first step that ends the check names its state:
+
+  1. lease      hold (or renew) ``l``'s lease; another replica holds it -> ``standby``
+  2. inbox      apply the worker's reports queued for ``l`` (update_started / update_finished / adapter_*)
+  3. disabled   ``enabled: false`` in languages.yaml -> ``disabled``
+  4. paused     an operator paused ``l`` (POST .../pause) -> ``paused``
+  5. updating   a job is out: ``updating``, until update_finished or ``daemon.update_timeout_s`` (then re-armed)
+  6. manual     an operator asked for an update (POST .../trigger) -> fires ``manual``
+  7. stale      noise (or far) share past its level with >= min_samples -> ``stale_clusters``: recluster job
+  8. reference  no P_ref -> ``no_reference``; unreadable -> ``bad_reference``; its codebook lineage differs
+                from the window's (or its bucket count) -> ``codebook_mismatch`` (logged once on entry; no
+                event: the window was re-clustered after the adapter's cycle, so P_ref must be rebuilt with the new
+                codebook: by the worker after its re-clustering job, or by ops with ``compass ref set`` or a
+                manual trigger, which step 6 honours even here)
+  9. trigger    JS(P_ref || P_mon) in bits (eq. 5) through ``compass.drift.decide`` (eq. 6, min_samples,
+                hysteresis, cooldown) -> its reason; ``drift`` fires an adapter update
+
+State of ``l`` lives in Redis (``{prefix}:{l}:status``, JSON, written with the lease's fencing token), so a
+restart or another replica continues it. A new P_ref (its adapter_version changed) re-arms the trigger: the
+hysteresis guards one reference, a new adapter is a new baseline.
+
+Redis keys of ``l`` besides the window's: ``ref`` (daemon/reference.py), ``status``, ``inbox``
+(daemon/dispatch.py), ``paused``, ``force`` and ``snapshot:<job_id>`` (the frozen window a job refers to).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from compass.config import LanguageSettings, ServiceConfig
+from compass.divergence import js_divergence
+from compass.drift import TriggerState, decide
+from consumers.clients import redis_client
+from consumers.window import WindowSnapshot, WindowStore, lineage_of
+from daemon import stale
+from daemon.dispatch import Dispatcher, EventInbox, drain_inbox
+from daemon.lock import LanguageLease
+from daemon.messages import Event, UpdateJob
+from daemon.reference import BadReference, Reference, get_reference
+from daemon.reload import ReloadingLanguages
+
+log = logging.getLogger(__name__)
+
+# far share of a language's recent points: (lang, window snapshot) -> share in [0, 1], or None when unmeasured
+FarShareFn = Callable[[str, WindowSnapshot], float | None]
+
+
+@dataclass
+class LanguageStatus:
+    """What the daemon remembers of one language between checks (Redis ``{prefix}:{lang}:status``)."""
+
+    trigger: TriggerState = field(default_factory=TriggerState)
+    phase: str = "idle"  # idle | updating
+    job: dict[str, Any] | None = None  # the job out: job_id, kind, reason, enqueued_at, started_at, snapshot_key
+    ref_adapter_version: str | None = None  # adapter of the P_ref the trigger state belongs to
+    adapter_version: str | None = None  # last promoted adapter reported by the worker
+    last_check: dict[str, Any] | None = None
+    last_trigger: dict[str, Any] | None = None
+    last_update: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "trigger": self.trigger.to_dict()})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | None) -> LanguageStatus:
+        if raw is None:
+            return cls()
+        obj = json.loads(raw)
+        obj["trigger"] = TriggerState.from_dict(obj.get("trigger") or {})
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    lang: str
+    state: str  # see the module docstring
+    fired: bool = False
+    job: UpdateJob | None = None
+    js: float | None = None
+    n_samples: int = 0
+    detail: str = ""
+
+
+class DaemonMetrics:
+    """Prometheus metrics of one daemon, in its own registry (two daemons in one process do not clash)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.checks = Counter("compass_daemon_checks", "checks by language and outcome state",
+                              ["language", "state"], registry=r)
+        self.jobs = Counter("compass_daemon_jobs", "jobs enqueued", ["language", "kind"], registry=r)
+        self.errors = Counter("compass_daemon_errors", "errors kept from crashing the daemon",
+                              ["language", "kind"], registry=r)
+        self.js = Gauge("compass_daemon_js_bits", "last JS(P_ref || P_mon) in bits (eq. 5)", ["language"], registry=r)
+        self.fill = Gauge("compass_daemon_window_fill_ratio", "window size / window_size", ["language"], registry=r)
+        self.noise = Gauge("compass_daemon_noise_share", "noise-bucket share of the window", ["language"], registry=r)
+        self.updating = Gauge("compass_daemon_updating", "1 while a job is out", ["language"], registry=r)
+        self.seconds = Histogram("compass_daemon_check_seconds", "duration of one language check", registry=r,
+                                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5))
+
+
+class Daemon:
+    """Checks every enabled language of ``languages_path`` every ``daemon.check_interval_s`` seconds."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        languages_path: str | Path,
+        *,
+        owner: str | None = None,
+        client: redis.Redis | None = None,
+        dispatcher: Dispatcher | None = None,
+        far_share: FarShareFn | None = None,
+    ):
+        self.config = config
+        self.dcfg = config.daemon
+        self.prefix = config.redis.key_prefix
+        self.languages = ReloadingLanguages(languages_path)
+        self.client = client or redis_client(config.redis)
+        c = config.consumer
+        self.windows = WindowStore(self.client, self.prefix, store_texts=c.store_texts, recent_max=c.recent_max,
+                                   recent_ttl_s=c.recent_ttl_s)
+        self.dispatcher = dispatcher or Dispatcher(config.kafka)
+        # TODO(far share): wire compass.embed.make_embedder + the codebook's centroids and calibrated distance
+        # (daemon.stale.calibrated_distance) here once consumers/codebook.py exposes them; until then only
+        # the noise share is measured unless a far_share function is passed in.
+        self.far_share = far_share
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.metrics = DaemonMetrics()
+        self.inbox: EventInbox | None = None
+        self.scheduler: Any = None
+        self._leases: dict[str, LanguageLease] = {}
+        self._lang_locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._mismatch_logged: set[str] = set()
+
+    # ------------------------------------------------------------------ keys and small state
+
+    def key(self, lang: str, name: str) -> str:
+        return f"{self.prefix}:{{{lang}}}:{name}"
+
+    def _lease(self, lang: str) -> LanguageLease:
+        with self._guard:
+            if lang not in self._leases:
+                self._leases[lang] = LanguageLease(self.client, lang, self.owner, self.dcfg.lease_ttl_ms, self.prefix)
+                self._lang_locks[lang] = threading.Lock()
+            return self._leases[lang]
+
+    def _hold(self, lease: LanguageLease) -> int | None:
+        """Our fencing token for the language: renew a hold we have, else try to take the lease."""
+        if lease.token is not None and lease.renew():
+            return lease.token
+        return lease.acquire()
+
+    def status(self, lang: str) -> LanguageStatus:
+        return LanguageStatus.from_json(self.client.get(self.key(lang, "status")))
+
+    def is_paused(self, lang: str) -> bool:
+        return bool(self.client.exists(self.key(lang, "paused")))
+
+    def pause(self, lang: str) -> None:
+        self.client.set(self.key(lang, "paused"), json.dumps({"at": time.time(), "by": self.owner}))
+
+    def resume(self, lang: str) -> None:
+        self.client.delete(self.key(lang, "paused"))
+
+    def request_trigger(self, lang: str) -> None:
+        """Ask the replica holding ``lang``'s lease to fire on its next check (read and cleared there)."""
+        self.client.set(self.key(lang, "force"), json.dumps({"at": time.time(), "by": self.owner}))
+
+    def cancel_trigger(self, lang: str) -> None:
+        self.client.delete(self.key(lang, "force"))
+
+    def reload(self) -> bool:
+        """Pick up a changed languages.yaml (an invalid file keeps the config in force; see daemon/reload.py)."""
+        return self.languages.maybe_reload()
+
+    # ------------------------------------------------------------------ the check
+
+    def check(self, lang: str, now: float | None = None) -> CheckResult:
+        """One check of ``lang`` at ``now`` (unix seconds). Never raises: failures are logged and counted."""
+        now = time.time() if now is None else now
+        started = time.perf_counter()
+        lease = self._lease(lang)
+        try:
+            with self._lang_locks[lang]:  # the scheduler and an API trigger must not interleave one language
+                result = self._check(lang, now, lease)
+        except Exception as e:  # Redis down, a bad stored value, ...: keep the daemon alive
+            log.exception("check of %s failed", lang)
+            self.metrics.errors.labels(lang, type(e).__name__).inc()
+            result = CheckResult(lang, "error", detail=f"{type(e).__name__}: {e}")
+        self.metrics.seconds.observe(time.perf_counter() - started)
+        self.metrics.checks.labels(lang, result.state).inc()
+        if result.js is not None:
+            self.metrics.js.labels(lang).set(result.js)
+        return result
+
+    def _check(self, lang: str, now: float, lease: LanguageLease) -> CheckResult:
+        token = self._hold(lease)
+        if token is None:
+            return CheckResult(lang, "standby", detail=f"lease held by {lease.holder()}")
+        settings = self.languages.current.get(lang)
+        st = self.status(lang)
+        self._apply_reports(lang, st, now)
+
+        def done(result: CheckResult, **extra: Any) -> CheckResult:
+            st.last_check = {"at": now, "state": result.state, "js": result.js, "n_samples": result.n_samples,
+                             "theta": settings.theta, "detail": result.detail, **extra}
+            if not lease.fenced_set("status", st.to_json(), token):
+                return CheckResult(lang, "standby", detail="lease lost during the check; a newer holder acts")
+            self.metrics.updating.labels(lang).set(1 if st.phase == "updating" else 0)
+            return result
+
+        if not settings.enabled:
+            return done(CheckResult(lang, "disabled"))
+        if self.is_paused(lang):
+            return done(CheckResult(lang, "paused"))
+        if st.phase == "updating":
+            enqueued = (st.job or {}).get("enqueued_at", now)
+            if now - enqueued <= self.dcfg.update_timeout_s:
+                return done(CheckResult(lang, "updating", detail=f"job {(st.job or {}).get('job_id')}"))
+            # no report in time: give up on the job; re-armed, the cooldown since the trigger still applies
+            log.warning("%s: job %s had no update_finished after %.0f s; clearing `updating`",
+                        lang, (st.job or {}).get("job_id"), now - enqueued)
+            self.metrics.errors.labels(lang, "update_timeout").inc()
+            st.last_update = {"at": now, "job_id": (st.job or {}).get("job_id"), "outcome": "timeout"}
+            st.phase, st.job = "idle", None
+            st.trigger = replace(st.trigger, armed=True)
+
+        snap = self.windows.snapshot(lang)
+        n = snap.size
+        self.metrics.fill.labels(lang).set(n / settings.window_size)
+        try:
+            ref = get_reference(self.client, lang, self.prefix)
+            ref_problem = None
+        except BadReference as e:
+            ref, ref_problem = None, str(e)
+            self.metrics.errors.labels(lang, "bad_reference").inc()
+            log.error("%s", e)
+        comparable = ref is not None and self._comparable(lang, ref, snap) == ""
+        js = js_divergence(ref.probs, snap.counts) if comparable and n > 0 else None
+
+        if self.client.getdel(self.key(lang, "force")) is not None:
+            return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update", "manual"))
+
+        noise = stale.noise_share(snap.counts) if n > 0 else None
+        far = self._far_share(lang, snap) if n >= settings.min_samples else None
+        reading = stale.assess(noise, far, self.dcfg.stale_noise_share, self.dcfg.stale_far_share)
+        if noise is not None:
+            self.metrics.noise.labels(lang).set(noise)
+        extra = {"noise_share": noise, "far_share": far, "size": n, "codebook_version": snap.codebook_version}
+        if reading.stale and n >= settings.min_samples and not self._cooling(st.trigger, settings, now):
+            log.warning("%s: stale clusters (%s); enqueueing a re-clustering job", lang, reading.why)
+            return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "recluster",
+                                   "stale_clusters", reading), **extra)
+
+        if ref_problem is not None:
+            return done(CheckResult(lang, "bad_reference", n_samples=n, detail=ref_problem), **extra)
+        if ref is None:
+            return done(CheckResult(lang, "no_reference", n_samples=n,
+                                    detail=f"no P_ref at {self.key(lang, 'ref')}; set one with `compass ref set`"),
+                        **extra)
+        mismatch = self._comparable(lang, ref, snap)
+        if mismatch:
+            if lang not in self._mismatch_logged:
+                log.warning("%s: codebook_mismatch, not compared: %s", lang, mismatch)
+                self._mismatch_logged.add(lang)
+            return done(CheckResult(lang, "codebook_mismatch", n_samples=n, detail=mismatch), **extra)
+        self._mismatch_logged.discard(lang)
+        if ref.adapter_version != st.ref_adapter_version:
+            st.trigger = replace(st.trigger, armed=True)  # a new reference is a new baseline
+            st.ref_adapter_version = ref.adapter_version
+        if js is None:  # empty window: no P_mon (eq. 4)
+            return done(CheckResult(lang, "insufficient_samples", n_samples=0), **extra)
+        decision = decide(js, n, settings, st.trigger, now)
+        st.trigger = decision.state
+        if decision.fire:
+            return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update", "drift"),
+                        **extra)
+        return done(CheckResult(lang, decision.reason, js=js, n_samples=n), **extra)
+
+    def _comparable(self, lang: str, ref: Reference, snap: WindowSnapshot) -> str:
+        """"" when the window can be compared with P_ref, else why not."""
+        if snap.codebook_version is None:
+            return ""  # no window yet: insufficient_samples, not a mismatch
+        # a revision (eq. 2 moved centroids) keeps the cluster ids of its lineage: still comparable
+        if lineage_of(snap.codebook_version) != lineage_of(ref.codebook_version):
+            return (f"window codebook {snap.codebook_version!r} != reference codebook {ref.codebook_version!r} "
+                    f"(adapter {ref.adapter_version!r}), another lineage; P_ref must be rebuilt with the window's "
+                    "codebook")
+        if len(snap.counts) != ref.n_buckets:
+            return (f"window has {len(snap.counts)} buckets but P_ref has {ref.n_buckets} for codebook "
+                    f"{ref.codebook_version!r}; rewrite P_ref with the codebook's bucket count")
+        return ""
+
+    def _cooling(self, trig: TriggerState, settings: LanguageSettings, now: float) -> bool:
+        since = max((t for t in (trig.last_fired_at, trig.last_update_at) if t is not None), default=None)
+        return since is not None and now - since < settings.cooldown_s
+
+    def _far_share(self, lang: str, snap: WindowSnapshot) -> float | None:
+        if self.far_share is None or self.dcfg.stale_far_max_texts == 0:
+            return None
+        try:
+            return self.far_share(lang, snap)
+        except Exception as e:  # an embedder outage must not stop the JS check
+            log.warning("%s: far share not measured: %s", lang, e)
+            self.metrics.errors.labels(lang, "far_share").inc()
+            return None
+
+    # ------------------------------------------------------------------ reports from the worker
+
+    def _apply_reports(self, lang: str, st: LanguageStatus, now: float) -> None:
+        current = (st.job or {}).get("job_id")
+        for ev in drain_inbox(self.client, lang, self.prefix):
+            if ev.type == "adapter_promoted":
+                st.adapter_version = ev.data.get("adapter_version", st.adapter_version)
+                continue
+            if ev.job_id != current:
+                log.info("%s: ignored %s for job %s (waiting on %s)", lang, ev.type, ev.job_id, current)
+                continue
+            if ev.type == "update_started" and st.job is not None:
+                st.job["started_at"] = ev.at
+            elif ev.type == "adapter_rejected":
+                st.last_update = {"at": ev.at, "job_id": ev.job_id, "outcome": "rejected", **ev.data}
+            elif ev.type == "update_finished":
+                prior = st.last_update or {}
+                rejected = prior.get("job_id") == ev.job_id and prior.get("outcome") == "rejected"
+                st.last_update = {"at": ev.at, "job_id": ev.job_id, "outcome": "rejected" if rejected else "finished",
+                                  **ev.data}
+                st.phase, st.job = "idle", None
+                st.trigger = st.trigger.updated(ev.at)  # the cooldown runs from the worker's finish
+                log.info("%s: update %s finished; cooldown starts", lang, ev.job_id)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _fire(
+        self,
+        lang: str,
+        lease: LanguageLease,
+        token: int,
+        st: LanguageStatus,
+        settings: LanguageSettings,
+        snap: WindowSnapshot,
+        ref: Reference | None,
+        js: float | None,
+        now: float,
+        kind: str,
+        reason: str,
+        reading: stale.StaleReading | None = None,
+    ) -> CheckResult:
+        """Freeze the window, mark ``updating`` (fenced), then publish; a failed publish reverts the mark."""
+        job_id = f"{lang}-{int(now * 1000)}-{uuid.uuid4().hex[:6]}"
+        snapshot_key = self.key(lang, f"snapshot:{job_id}")
+        ids = [qid for qid, _ in self.windows.recent(lang, limit=snap.size)] if snap.size else []
+        frozen = {"counts": snap.counts.tolist(), "size": snap.size, "codebook_version": snap.codebook_version,
+                  "offsets": snap.offsets, "ids": ids, "created_at": now}
+        self.client.set(snapshot_key, json.dumps(frozen), ex=self.dcfg.snapshot_ttl_s)
+        job = UpdateJob(
+            job_id=job_id, kind=kind, language=lang, codebook_version=snap.codebook_version,
+            adapter_version=ref.adapter_version if ref else None, snapshot_key=snapshot_key, js=js,
+            theta=settings.theta, reason=reason, n_samples=snap.size, created_at=now,
+            noise_share=reading.noise_share if reading else stale.noise_share(snap.counts) if snap.size else None,
+            far_share=reading.far_share if reading else None,
+        )
+        before = LanguageStatus.from_json(st.to_json())
+        if reason != "drift":  # drift already got its state from decide(); the others start the cooldown here
+            st.trigger = replace(st.trigger, last_fired_at=now)
+        st.phase = "updating"
+        st.job = {"job_id": job_id, "kind": kind, "reason": reason, "enqueued_at": now, "started_at": None,
+                  "snapshot_key": snapshot_key}
+        st.last_trigger = {"at": now, "job_id": job_id, "kind": kind, "reason": reason, "js": js}
+        if not lease.fenced_set("status", st.to_json(), token):
+            self.client.delete(snapshot_key)
+            return CheckResult(lang, "standby", js=js, n_samples=snap.size, detail="lease lost before dispatch")
+        first = "recluster_needed" if kind == "recluster" else "drift_detected"
+        data = {"js": js, "theta": settings.theta, "n_samples": snap.size, "reason": reason, "kind": kind,
+                "codebook_version": snap.codebook_version, "noise_share": job.noise_share, "far_share": job.far_share}
+        try:
+            self.dispatcher.emit(Event(first, lang, now, job_id, data))
+            self.dispatcher.send_job(job)
+        except Exception as e:
+            log.error("%s: could not publish job %s (%s); `updating` reverted, retried on a later check", lang,
+                      job_id, e)
+            self.metrics.errors.labels(lang, "dispatch").inc()
+            st.__dict__.update(before.__dict__)
+            lease.fenced_set("status", st.to_json(), token)
+            self.client.delete(snapshot_key)
+            return CheckResult(lang, "dispatch_failed", js=js, n_samples=snap.size, detail=str(e))
+        try:
+            self.dispatcher.emit(Event("update_enqueued", lang, now, job_id, {"kind": kind, "reason": reason,
+                                                                              "snapshot_key": snapshot_key}))
+        except Exception as e:  # the job is out; only the notice is missing
+            log.error("%s: job %s enqueued but update_enqueued not published: %s", lang, job_id, e)
+            self.metrics.errors.labels(lang, "event").inc()
+        self.metrics.jobs.labels(lang, kind).inc()
+        log.info("%s: %s job %s enqueued (reason %s, JS %s, n %d)", lang, kind, job_id, reason, js, snap.size)
+        state = "stale_clusters" if kind == "recluster" else reason
+        return CheckResult(lang, state, fired=True, job=job, js=js, n_samples=snap.size)
+
+    # ------------------------------------------------------------------ views for the API
+
+    def describe(self, lang: str) -> dict[str, Any]:
+        """What on-call reads about one language: window fill, JS, theta, state, adapter version, last trigger."""
+        settings = self.languages.current.get(lang)
+        st = self.status(lang)
+        snap = self.windows.snapshot(lang)
+        try:
+            ref = get_reference(self.client, lang, self.prefix)
+            ref_view = None if ref is None else {"adapter_version": ref.adapter_version,
+                                                 "codebook_version": ref.codebook_version,
+                                                 "created_at": ref.created_at}
+        except BadReference as e:
+            ref_view = {"error": str(e)}
+        last = st.last_check or {}
+        lease = self._lease(lang)
+        return {
+            "language": lang,
+            "enabled": settings.enabled and lang in self.languages.current.languages,
+            "paused": self.is_paused(lang),
+            "state": "paused" if self.is_paused(lang) else st.phase if st.phase == "updating" else last.get("state"),
+            "phase": st.phase,
+            "window": {"size": snap.size, "window_size": settings.window_size,
+                       "fill": snap.size / settings.window_size, "codebook_version": snap.codebook_version},
+            "js": last.get("js"),
+            "theta": settings.theta,
+            "rearm_below": settings.rearm_below,
+            "min_samples": settings.min_samples,
+            "cooldown_s": settings.cooldown_s,
+            "armed": st.trigger.armed,
+            "noise_share": last.get("noise_share"),
+            "reference": ref_view,
+            "adapter_version": st.adapter_version or (ref_view or {}).get("adapter_version"),
+            "job": st.job,
+            "last_check": st.last_check,
+            "last_trigger": st.last_trigger,
+            "last_update": st.last_update,
+            "lease_holder": lease.holder(),
+        }
+
+    def known_languages(self) -> list[str]:
+        return sorted(set(self.languages.current.languages) | set(self.windows.languages()))
+
+    def ready(self) -> dict[str, str]:
+        """Problems per service ("ok" when reachable): Redis by PING, Kafka by a metadata request."""
+        out = {}
+        try:
+            self.client.ping()
+            out["redis"] = "ok"
+        except redis.RedisError as e:
+            out["redis"] = f"unreachable: {e}"
+        try:
+            self.dispatcher.producer.partitions_for(self.config.kafka.jobs_topic)
+            out["kafka"] = "ok"
+        except Exception as e:
+            out["kafka"] = f"unreachable: {e}"
+        return out
+
+    # ------------------------------------------------------------------ scheduling
+
+    def poll_events(self, timeout_ms: int = 200) -> int:
+        """Queue the worker's reports from compass.events into the inboxes (the next check applies them)."""
+        if self.inbox is None:
+            self.inbox = EventInbox(self.config.kafka, self.dcfg.events_group_id, self.client, self.prefix,
+                                    auto_offset_reset="earliest")
+        try:
+            return self.inbox.poll(timeout_ms)
+        except Exception as e:
+            log.error("polling %s failed: %s", self.config.kafka.events_topic, e)
+            self.metrics.errors.labels("", "events_poll").inc()
+            return 0
+
+    def _tick(self) -> None:
+        """Reload languages.yaml when changed (or on SIGHUP) and keep one check job per enabled language."""
+        try:
+            self.reload()
+        except Exception:
+            log.exception("languages reload failed; keeping the config in force")
+        self._sync_jobs()
+
+    def _sync_jobs(self) -> None:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        wanted = {f"check:{lang}": lang for lang in self.languages.current.enabled}
+        have = {job.id for job in self.scheduler.get_jobs() if job.id.startswith("check:")}
+        for job_id in have - set(wanted):
+            self.scheduler.remove_job(job_id)
+            self._release(job_id.removeprefix("check:"))
+        for job_id in set(wanted) - have:
+            every = IntervalTrigger(seconds=self.dcfg.check_interval_s)
+            self.scheduler.add_job(self.check, every, args=[wanted[job_id]], id=job_id, max_instances=1,
+                                   coalesce=True, next_run_time=_utcnow())
+
+    def start(self, interval_s: float | None = None) -> None:
+        """Run the checks in a background scheduler (APScheduler); ``interval_s`` overrides check_interval_s."""
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if interval_s is not None:
+            self.dcfg = self.dcfg.model_copy(update={"check_interval_s": interval_s})
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        tick = min(5.0, self.dcfg.check_interval_s)
+        self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick), id="tick", max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.poll_events, IntervalTrigger(seconds=self.dcfg.events_poll_s), id="events",
+                               max_instances=1, coalesce=True)
+        self.scheduler.start()
+        self._sync_jobs()
+        log.info("daemon %s checking %d language(s) every %.1f s", self.owner, len(self.languages.current.enabled),
+                 self.dcfg.check_interval_s)
+
+    def _release(self, lang: str) -> None:
+        lease = self._leases.get(lang)
+        if lease is not None and lease.token is not None:
+            with contextlib.suppress(redis.RedisError):
+                lease.release()  # another replica takes over at once instead of after the TTL
+
+    def stop(self) -> None:
+        """Stop the scheduler (waiting for running checks), hand back the leases, close the clients."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+            self.scheduler = None
+        for lang in list(self._leases):
+            self._release(lang)
+        if self.inbox is not None:
+            self.inbox.close()
+            self.inbox = None
+        self.dispatcher.close()
+
+
+def _utcnow():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

@@ -1,0 +1,111 @@
+"""The daemon's HTTP API over a real Daemon (real Kafka and Redis): auth on mutating endpoints, status views."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from consumers.window import Assignment, WindowStore
+from daemon.api.app import TOKEN_ENV, create_app
+from daemon.cli import app as cli_app
+from daemon.reference import get_reference, set_reference
+from daemon.service import Daemon
+
+LANGS = """
+defaults: {min_samples: 4, window_size: 4, theta: 0.2, cooldown_s: 100}
+languages:
+  sw: {}
+  yo: {enabled: false}
+"""
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def daemon(services, topic_factory, tmp_path, redis):
+    base = services.config
+    cfg = base.model_copy(update={
+        "kafka": base.kafka.model_copy(update={"jobs_topic": topic_factory(), "events_topic": topic_factory()}),
+        "daemon": base.daemon.model_copy(update={"check_interval_s": 1.0, "lease_ttl_ms": 5000,
+                                                 "events_group_id": f"test-api-{uuid.uuid4().hex[:8]}"}),
+    })
+    path = tmp_path / "languages.yaml"
+    path.write_text(LANGS)
+    d = Daemon(cfg, path, owner="api-test")
+    yield d
+    d.stop()
+    d.client.close()
+
+
+@pytest.fixture
+def client(daemon):
+    return TestClient(create_app(daemon))
+
+
+def test_health_ready_metrics_openapi(client):
+    assert client.get("/healthz").json() == {"status": "ok", "owner": "api-test"}
+    assert client.get("/readyz").json() == {"ready": True, "redis": "ok", "kafka": "ok"}
+    assert "compass_daemon_check_seconds" in client.get("/metrics").text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/languages", "/v1/languages/{lang}", "/v1/languages/{lang}/trigger"} <= set(paths)
+
+
+@pytest.mark.parametrize("action", ["pause", "resume", "trigger"])
+def test_mutating_endpoints_reject_missing_or_wrong_token(client, monkeypatch, action):
+    url = f"/v1/languages/sw/{action}"
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    r = client.post(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 503 and f"set the environment variable {TOKEN_ENV}" in r.json()["detail"]
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    r = client.post(url)
+    assert r.status_code == 401 and r.json()["detail"].startswith("missing bearer token")
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = client.post(url, headers={"Authorization": "Bearer wrong"})
+    assert (r.status_code, r.json()["detail"]) == (401, "wrong bearer token")
+    r = client.post(url, headers={"Authorization": f"Basic {TOKEN}"})
+    assert r.status_code == 401
+
+
+def test_pause_resume_trigger_and_views(client, daemon, redis, monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    set_reference(redis, "sw", probs=[0.5, 0.5, 0.0], codebook_version="v1", adapter_version="a1")
+    items = [Assignment(f"q{i}", 0, "compass.queries", 0, i, f"t{i}") for i in range(4)]
+    WindowStore(redis).apply_batch({"sw": (4, items)}, "v1", 3)
+
+    assert client.post("/v1/languages/sw/pause", headers=auth).json() == {"language": "sw", "paused": True}
+    assert daemon.check("sw").state == "paused"
+    r = client.post("/v1/languages/sw/trigger", headers=auth)
+    assert (r.status_code, r.json()["state"], r.json()["fired"]) == (409, "paused", False)
+    assert client.post("/v1/languages/sw/resume", headers=auth).json() == {"language": "sw", "paused": False}
+
+    r = client.post("/v1/languages/sw/trigger", headers=auth)
+    body = r.json()
+    assert (r.status_code, body["state"], body["fired"]) == (200, "manual", True)
+    view = client.get("/v1/languages/sw").json()
+    assert (view["state"], view["phase"], view["theta"], view["adapter_version"]) == ("updating", "updating", 0.2, "a1")
+    assert view["window"] == {"size": 4, "window_size": 4, "fill": 1.0, "codebook_version": "v1"}
+    assert view["last_trigger"]["job_id"] == body["job_id"] and view["last_trigger"]["reason"] == "manual"
+    assert view["lease_holder"] == "api-test"
+
+    rows = client.get("/v1/languages").json()["languages"]
+    assert [(r["language"], r["enabled"], r["state"], r["fill"]) for r in rows] == [
+        ("sw", True, "updating", 1.0), ("yo", False, None, 0.0)]
+    r = client.get("/v1/languages/xx")
+    assert r.status_code == 404 and "unknown language 'xx'" in r.json()["detail"]
+
+
+def test_ref_cli_sets_and_shows_the_reference(services, redis):
+    env = {"COMPASS_REDIS_URL": services.redis_url, "COMPASS_KAFKA_BOOTSTRAP": services.kafka_bootstrap}
+    runner = CliRunner()
+    r = runner.invoke(cli_app, ["ref", "set", "sw", "--counts", "3,1,0", "--codebook", "v1", "--adapter", "a1"],
+                      env=env)
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == "sw: P_ref = [0.75, 0.25, 0.0] (codebook v1, adapter a1)"
+    ref = get_reference(redis, "sw")
+    assert (ref.probs, ref.counts, ref.codebook_version, ref.adapter_version) == ([0.75, 0.25, 0.0],
+                                                                                  [3.0, 1.0, 0.0], "v1", "a1")
+    r = runner.invoke(cli_app, ["ref", "set", "sw", "--counts", "3,x", "--codebook", "v1", "--adapter", "a1"], env=env)
+    assert r.exit_code == 2 and "give numbers separated by commas" in r.output

@@ -1,0 +1,384 @@
+"""The drift daemon on the real Kafka and Redis: JS over real windows, the trigger's guards, dispatch, the lease.
+
+Windows are filled through WindowStore.apply_batch with a 3-bucket codebook "v1" (clusters 0 and 1, noise 2).
+The language "sw" has window_size 4 = min_samples 4, theta 0.2, rearm below 0.1, cooldown 100 s, so each
+``fill`` replaces the whole window. P_ref is [0.5, 0.5, 0] unless a test says otherwise; hand-computed JS:
+  window [0, 0, 0, 0] -> P_mon [1, 0, 0]:       M = [.75, .25, 0],
+      JS = 1/2 (1/2 log2(.5/.75) + 1/2 log2(.5/.25)) + 1/2 log2(1/.75) = 0.31127812...  (> theta: drift)
+  window [0, 1, 0, 1] -> P_mon = P_ref:         JS = 0
+  P_ref [1, 0, 0] vs window [1, 1, 1, 1]:       disjoint supports, JS = 1 (the upper bound)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import uuid
+from itertools import count
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from consumers.clients import kafka_producer
+from consumers.window import Assignment, WindowStore
+from daemon import stale
+from daemon.messages import BadMessage, Event, UpdateJob, decode_event, decode_job, encode
+from daemon.reference import BadReference, get_reference, set_reference
+from daemon.service import Daemon
+
+LANGS = """
+defaults: {min_samples: 4, window_size: 4, theta: 0.2, rearm_ratio: 0.5, cooldown_s: 100}
+languages:
+  sw: {}
+  yo: {theta: 1.0}
+"""
+JS_DRIFT = 0.5 * (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25)) + 0.5 * math.log2(1 / 0.75)
+T0 = 1_000_000.0
+
+
+@pytest.fixture
+def cfg(services, topic_factory):
+    base = services.config
+    return base.model_copy(update={
+        "kafka": base.kafka.model_copy(update={"jobs_topic": topic_factory(), "events_topic": topic_factory()}),
+        "daemon": base.daemon.model_copy(update={"check_interval_s": 1.0, "lease_ttl_ms": 5000,
+                                                 "update_timeout_s": 500.0,
+                                                 "events_group_id": f"test-daemon-{uuid.uuid4().hex[:8]}"}),
+    })
+
+
+@pytest.fixture
+def langs_path(tmp_path):
+    path = tmp_path / "languages.yaml"
+    path.write_text(LANGS)
+    return path
+
+
+@pytest.fixture
+def make_daemon(cfg, langs_path, redis):
+    made: list[Daemon] = []
+
+    def make(owner: str = "daemon-a") -> Daemon:
+        d = Daemon(cfg, langs_path, owner=owner)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.stop()
+        d.client.close()
+
+
+_offsets = count()
+
+
+def fill(redis, lang: str, buckets: list[int], version: str = "v1", n_buckets: int = 3) -> None:
+    """Replace ``lang``'s window (size len(buckets)) with queries in these buckets, oldest first."""
+    items = []
+    for b in buckets:
+        off = next(_offsets)
+        items.append(Assignment(f"q{off}", b, "compass.queries", 0, off, f"text {off}"))
+    WindowStore(redis).apply_batch({lang: (len(buckets), items)}, version, n_buckets)
+
+
+def ref(redis, lang: str = "sw", probs=(0.5, 0.5, 0.0), version: str = "v1", adapter: str = "a1") -> None:
+    set_reference(redis, lang, probs=list(probs), codebook_version=version, adapter_version=adapter)
+
+
+def read_topic(cfg, topic: str) -> list:
+    """Every message of a one-partition topic, by its end offset (exact, no waiting for 'silence')."""
+    c = KafkaConsumer(**cfg.kafka.client_kwargs(), enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, 0)
+        c.assign([tp])
+        end = c.end_offsets([tp])[tp]
+        c.seek_to_beginning(tp)
+        out: list = []
+        for _ in range(100):
+            if len(out) >= end:
+                break
+            for recs in c.poll(timeout_ms=500).values():
+                out += recs
+        assert len(out) == end, f"read {len(out)} of {end} messages"
+        return out
+    finally:
+        c.close()
+
+
+def jobs(cfg) -> list[UpdateJob]:
+    return [decode_job(r.value) for r in read_topic(cfg, cfg.kafka.jobs_topic)]
+
+
+def events(cfg) -> list[Event]:
+    return [decode_event(r.value) for r in read_topic(cfg, cfg.kafka.events_topic)]
+
+
+def report(cfg, daemon: Daemon, event: Event) -> None:
+    """The worker's side: publish a report, then let the daemon move it into the language's inbox."""
+    p = kafka_producer(cfg.kafka)
+    p.send(cfg.kafka.events_topic, key=event.language.encode(), value=encode(event)).get(timeout=10)
+    p.close()
+    queued = 0
+    for _ in range(50):
+        queued += daemon.poll_events(timeout_ms=500)
+        if queued:
+            break
+    assert queued == 1
+
+
+# ------------------------------------------------------------------------------------------ JS and trigger
+
+
+def test_js_of_window_against_reference_hand_computed(make_daemon, redis):
+    d = make_daemon()
+    ref(redis, "yo")  # theta 1.0: never fires, so every check just reports JS
+    fill(redis, "yo", [0, 0, 0, 0])
+    r = d.check("yo", T0)
+    assert r.state == "below_threshold" and r.js == pytest.approx(JS_DRIFT, abs=1e-12) and r.n_samples == 4
+    fill(redis, "yo", [0, 1, 0, 1])
+    assert d.check("yo", T0 + 1).js == 0.0
+    ref(redis, "yo", probs=(1.0, 0.0, 0.0), adapter="a2")
+    fill(redis, "yo", [1, 1, 1, 1])  # disjoint supports; zeros on both sides
+    assert d.check("yo", T0 + 2).js == 1.0
+    assert jobs(d.config) == []
+
+
+def test_drifted_window_enqueues_exactly_one_job_with_events(make_daemon, redis, cfg):
+    d = make_daemon()
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    r = d.check("sw", T0)
+    assert (r.state, r.fired) == ("drift", True)
+
+    msgs = read_topic(cfg, cfg.kafka.jobs_topic)
+    assert len(msgs) == 1 and msgs[0].key == b"sw"
+    assert dict(msgs[0].headers) == {"compass-schema": b"1"}
+    job = decode_job(msgs[0].value)
+    assert job == r.job
+    assert (job.kind, job.language, job.codebook_version, job.adapter_version) == ("adapter_update", "sw", "v1", "a1")
+    assert (job.reason, job.theta, job.n_samples, job.created_at) == ("drift", 0.2, 4, T0)
+    assert job.js == pytest.approx(JS_DRIFT, abs=1e-12) and job.noise_share == 0.0
+    frozen = json.loads(redis.get(job.snapshot_key))
+    assert job.snapshot_key == f"compass:{{sw}}:snapshot:{job.job_id}"
+    assert frozen["counts"] == [4, 0, 0] and frozen["size"] == 4 and frozen["codebook_version"] == "v1"
+    assert frozen["ids"] == [f"q{int(frozen['offsets']['compass.queries:0']) - i}" for i in (3, 2, 1, 0)]
+
+    evs = events(cfg)
+    assert [(e.type, e.language, e.job_id) for e in evs] == [("drift_detected", "sw", job.job_id),
+                                                              ("update_enqueued", "sw", job.job_id)]
+    assert evs[0].data["js"] == job.js and evs[1].data["snapshot_key"] == job.snapshot_key
+
+    # marked `updating`: later checks do not trigger again
+    assert d.status("sw").phase == "updating"
+    assert d.check("sw", T0 + 10).state == "updating"
+    assert len(jobs(cfg)) == 1
+
+
+def test_min_samples_holds_the_trigger(make_daemon, redis, cfg):
+    d = make_daemon()
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0])  # 3 < min_samples 4, JS would be 0.311 > theta
+    r = d.check("sw", T0)
+    assert (r.state, r.fired, r.n_samples) == ("insufficient_samples", False, 3)
+    assert r.js == pytest.approx(JS_DRIFT, abs=1e-12)
+    fill(redis, "sw", [0, 0, 0, 0])  # 4 samples: now it fires
+    assert d.check("sw", T0 + 1).state == "drift"
+    assert len(jobs(cfg)) == 1
+
+
+def test_update_finished_clears_updating_and_starts_cooldown(make_daemon, redis, cfg):
+    d = make_daemon()
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    job = d.check("sw", T0).job
+    report(cfg, d, Event("update_started", "sw", T0 + 5, job.job_id))
+    assert d.check("sw", T0 + 6).state == "updating"
+    assert d.status("sw").job["started_at"] == T0 + 5
+    report(cfg, d, Event("update_finished", "sw", T0 + 50, job.job_id, {"adapter_version": "a2"}))
+    ref(redis, adapter="a2")  # the worker's new P_ref (same distribution: the window still drifts from it)
+
+    r = d.check("sw", T0 + 50 + 99)  # 99 s after the finish < cooldown 100 s
+    st = d.status("sw")
+    assert r.state == "cooldown" and st.phase == "idle" and st.job is None
+    assert st.trigger.last_update_at == T0 + 50 and st.trigger.armed  # re-armed by the new reference
+    assert st.last_update == {"at": T0 + 50, "job_id": job.job_id, "outcome": "finished", "adapter_version": "a2"}
+    assert d.check("sw", T0 + 50 + 101).state == "drift"
+    assert len(jobs(cfg)) == 2
+
+
+def test_hysteresis_after_an_update_without_new_reference(make_daemon, redis, cfg):
+    d = make_daemon()
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    job = d.check("sw", T0).job
+    report(cfg, d, Event("update_finished", "sw", T0 + 10, job.job_id))
+    assert d.check("sw", T0 + 200).state == "disarmed"  # JS 0.311 still > rearm_below 0.1
+    fill(redis, "sw", [0, 1, 0, 1])
+    assert d.check("sw", T0 + 201).state == "rearmed"  # JS 0 < 0.1
+    fill(redis, "sw", [0, 0, 0, 0])
+    assert d.check("sw", T0 + 202).state == "drift"
+    assert len(jobs(cfg)) == 2
+
+
+def test_reports_for_another_job_are_ignored(make_daemon, redis, cfg):
+    d = make_daemon()
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    d.check("sw", T0)
+    report(cfg, d, Event("update_finished", "sw", T0 + 1, "sw-old-job"))
+    assert d.check("sw", T0 + 2).state == "updating"
+
+
+def test_updating_times_out(make_daemon, redis, cfg):
+    d = make_daemon()  # update_timeout_s 500
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    first = d.check("sw", T0).job
+    assert d.check("sw", T0 + 500).state == "updating"  # not past the timeout yet
+    r = d.check("sw", T0 + 501)  # timed out: cleared, re-armed; cooldown since the trigger (100 s) is over
+    assert r.state == "drift" and r.job.job_id != first.job_id
+    st = d.status("sw")
+    assert st.last_update == {"at": T0 + 501, "job_id": first.job_id, "outcome": "timeout"}
+    assert len(jobs(cfg)) == 2
+
+
+def test_two_daemons_never_both_trigger(make_daemon, redis, cfg):
+    a, b = make_daemon("daemon-a"), make_daemon("daemon-b")
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    start = threading.Barrier(2)
+    results = {}
+
+    def run(d: Daemon) -> None:
+        start.wait()
+        results[d.owner] = d.check("sw", T0)
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.state for r in results.values()) == ["drift", "standby"]
+    # the replica in standby keeps standing by on its later checks, the holder sees its job out
+    for d in (a, b):
+        assert d.check("sw", T0 + 1).state in ("standby", "updating")
+    assert len(jobs(cfg)) == 1
+
+
+def test_codebook_mismatch_is_not_compared(make_daemon, redis, cfg, caplog):
+    d = make_daemon()
+    ref(redis, version="v0")
+    fill(redis, "sw", [0, 0, 0, 0], version="v1")
+    with caplog.at_level(logging.WARNING, logger="daemon.service"):
+        r = d.check("sw", T0)
+        d.check("sw", T0 + 1)
+    assert (r.state, r.js, r.fired) == ("codebook_mismatch", None, False)
+    assert "window codebook 'v1' != reference codebook 'v0'" in r.detail
+    assert sum("codebook_mismatch" in rec.getMessage() for rec in caplog.records) == 1  # logged on entry only
+    ref(redis, probs=(0.5, 0.5, 0.0, 0.0), version="v1")  # same version, other bucket count
+    assert d.check("sw", T0 + 2).state == "codebook_mismatch"
+    assert jobs(cfg) == []
+
+
+def test_a_revision_of_the_reference_codebook_is_compared(make_daemon, redis):
+    d = make_daemon()
+    ref(redis, "yo", version="v1")
+    fill(redis, "yo", [0, 0, 0, 0], version="v1.20250101T000000-000000-abcdef")  # eq. 2 revision: same cluster ids
+    r = d.check("yo", T0)
+    assert r.state == "below_threshold" and r.js == pytest.approx(JS_DRIFT, abs=1e-12)
+
+
+def test_stale_clusters_enqueue_a_recluster_job(make_daemon, redis, cfg):
+    d = make_daemon()  # stale_noise_share 0.3
+    ref(redis)
+    fill(redis, "sw", [0, 1, 2, 2])  # noise share 2/4 = 0.5 > 0.3
+    r = d.check("sw", T0)
+    assert (r.state, r.job.kind, r.job.reason, r.job.noise_share) == ("stale_clusters", "recluster", "stale_clusters", 0.5)
+    assert [e.type for e in events(cfg)] == ["recluster_needed", "update_enqueued"]
+    assert [j.kind for j in jobs(cfg)] == ["recluster"]
+    assert d.status("sw").last_check["noise_share"] == 0.5
+
+
+def test_pause_resume_and_manual_trigger(make_daemon, redis, cfg):
+    d = make_daemon()
+    ref(redis)
+    fill(redis, "sw", [0, 1, 0, 1])  # JS 0: no drift
+    d.pause("sw")
+    assert d.check("sw", T0).state == "paused"
+    d.resume("sw")
+    assert d.check("sw", T0 + 1).state == "below_threshold"
+    d.request_trigger("sw")
+    r = d.check("sw", T0 + 2)
+    assert (r.state, r.fired, r.js, r.job.reason) == ("manual", True, 0.0, "manual")
+    assert d.check("sw", T0 + 3).state == "updating"
+    assert len(jobs(cfg)) == 1
+
+
+def test_missing_and_corrupt_reference_do_not_crash(make_daemon, redis, cfg):
+    d = make_daemon()
+    fill(redis, "sw", [0, 0, 0, 0])
+    assert d.check("sw", T0).state == "no_reference"
+    redis.set("compass:{sw}:ref", b"{not json")
+    r = d.check("sw", T0 + 1)
+    assert r.state == "bad_reference" and "compass ref set sw" in r.detail
+    with pytest.raises(BadReference, match="unreadable reference"):
+        get_reference(redis, "sw")
+    assert jobs(cfg) == []
+
+
+def test_bad_languages_reload_keeps_the_previous_config(make_daemon, redis, langs_path, caplog):
+    d = make_daemon()
+    ref(redis, "yo")
+    fill(redis, "yo", [0, 0, 0, 0])
+    langs_path.write_text(LANGS.replace("yo: {theta: 1.0}", "yo: {theta: 0.5, min_samples: lots}"))
+    with caplog.at_level(logging.ERROR, logger="daemon.reload"):
+        assert d.reload() is False
+    assert "  languages.yo.min_samples: got 'lots'; Input should be a valid integer, unable to parse string as an " \
+           "integer (allowed: an integer >= 1, at most window_size)" in [r.getMessage() for r in caplog.records]
+    assert d.check("yo", T0).state == "below_threshold"  # theta 1.0 still in force
+    langs_path.write_text(LANGS.replace("yo: {theta: 1.0}", "yo: {theta: 0.3}"))
+    assert d.reload() is True
+    assert d.check("yo", T0 + 1).state == "drift"  # 0.311 > 0.3
+
+
+def test_reference_validation(redis):
+    r = set_reference(redis, "sw", counts=[3, 1, 0], codebook_version="v1", adapter_version="a1", created_at=5.0)
+    assert r.probs == [0.75, 0.25, 0.0] and get_reference(redis, "sw") == r
+    with pytest.raises(BadReference, match="probs: sums to 0.9; must sum to 1"):
+        set_reference(redis, "sw", probs=[0.5, 0.4], codebook_version="v1", adapter_version="a1")
+    with pytest.raises(BadReference, match="exactly one of counts"):
+        set_reference(redis, "sw", codebook_version="v1", adapter_version="a1")
+    with pytest.raises(BadReference, match="adapter_version: got ''"):
+        set_reference(redis, "sw", counts=[1], codebook_version="v1", adapter_version="")
+
+
+# ------------------------------------------------------------------------------------------ pure parts
+
+
+def test_messages_round_trip_and_reject_bad_input():
+    job = UpdateJob("j1", "adapter_update", "sw", "v1", "a1", "k", 0.3, 0.2, "drift", 4, 1.0)
+    assert decode_job(encode(job)) == job
+    ev = Event("update_finished", "sw", 2.0, "j1", {"ok": True})
+    assert decode_event(encode(ev)) == ev
+    with pytest.raises(BadMessage, match=r"unknown field\(s\) \['typo'\]"):
+        decode_event(b'{"schema": 1, "type": "update_started", "language": "sw", "at": 1, "job_id": "j", "typo": 1}')
+    with pytest.raises(BadMessage, match="event field 'job_id': got None"):
+        decode_event(b'{"schema": 1, "type": "update_finished", "language": "sw", "at": 1}')
+    with pytest.raises(BadMessage, match="field 'schema': got 2; this daemon reads schema 1"):
+        decode_event(b'{"schema": 2}')
+    with pytest.raises(BadMessage, match="job field 'kind': got 'retrain'"):
+        decode_job(encode(job).replace(b"adapter_update", b"retrain"))
+
+
+def test_stale_shares_hand_computed():
+    assert stale.noise_share([3, 0, 1]) == 0.25 and stale.noise_share([0, 0, 0]) is None
+    centroids = [[0.0, 0.0], [10.0, 0.0]]
+    # nearest distances 1, 3, 0.5: one of three beyond radius 2
+    assert stale.far_share([[1.0, 0.0], [0.0, 3.0], [10.0, 0.5]], centroids, 2.0) == pytest.approx(1 / 3)
+    # training distances 1, 2, 3, 4: the median is 2.5
+    assert stale.calibrated_distance([[0, 1], [0, 2], [10, 3], [10, 4]], centroids, 0.5) == pytest.approx(2.5)
+    reading = stale.assess(0.5, 0.1, 0.3, 0.3)
+    assert reading.stale and reading.why == "noise share 0.500 > 0.3"
+    assert not stale.assess(0.3, None, 0.3, 0.3).stale  # at the level is not past it
