@@ -20,15 +20,27 @@ app.add_typer(config_cmd.app, name="config")
 
 def _register_optional() -> None:
     """Command groups owned by other modules; registered here so `compass --help` lists them all."""
+    from daemon.commands import codebook as codebook_cmd
+    from daemon.commands import consume as consume_cmd
+    from daemon.commands import daemon as daemon_cmd
     from daemon.commands import data as data_cmd
     from daemon.commands import demo as demo_cmd
     from daemon.commands import embed as embed_cmd
+    from daemon.commands import ref as ref_cmd
+    from daemon.commands import select as select_cmd
+    from daemon.commands import simulate as simulate_cmd
     from daemon.commands import stack as stack_cmd
 
     app.add_typer(stack_cmd.app, name="stack")
     app.add_typer(data_cmd.app, name="data")
     app.command("embed")(embed_cmd.embed)
     app.command("demo")(demo_cmd.demo)
+    app.add_typer(codebook_cmd.app, name="codebook")
+    app.command("select")(select_cmd.select)
+    app.command("simulate")(simulate_cmd.simulate)
+    app.command("consume")(consume_cmd.consume)
+    app.command("daemon")(daemon_cmd.daemon)
+    app.add_typer(ref_cmd.app, name="ref")
 
 
 _register_optional()
