@@ -97,6 +97,29 @@ def test_cluster_stats_hand_computed() -> None:
     assert s2.w_tilde.sum() == pytest.approx(1.0)
 
 
+def test_cluster_without_pool_candidates_leaves_the_normalisation() -> None:
+    # K = 3: cluster 2 has eval rows but no pool rows. n_t = [1, 0, 1], n_eval = [1, 1, 2]: w = [1/2, 1/1, 2/2];
+    # w~ over clusters 0 and 1 only:
+    # [0.5, 1] / 1.5 = [1/3, 2/3], so the whole budget lands where the pool can serve it
+    lt = np.array([0, 2])
+    le = np.array([0, 1, 2, 2])
+    la = np.array([0, 0, 0, 1, 1, 1])
+    s = cluster_stats(lt, le, la, 3)
+    np.testing.assert_allclose(s.w, [0.5, 1.0, 1.0, 0.0])
+    np.testing.assert_allclose(s.w_tilde, [1 / 3, 2 / 3, 0.0, 0.0])
+    # through the engine: |S| = round(0.8 * 5) = 4 even though the neediest cluster cannot be served
+    rng = np.random.default_rng(0)
+    centroids = np.eye(3, 8, dtype=np.float32)
+    X_pool = (centroids[la] + rng.normal(0, 0.01, (6, 8))).astype(np.float32)
+    X_pool /= np.linalg.norm(X_pool, axis=1, keepdims=True)
+    X_train = np.repeat(centroids[:1], 5, axis=0)
+    labels = (np.zeros(5, np.int64), le, la, centroids)
+    sel = select(X_train, centroids[le], X_pool, SelectionConfig(budget=0.8, method="compass-d"), labels=labels)
+    assert sel.total == 4
+    assert sel.quotas.tolist() == [1, 3, 0, 0]
+    assert sel.shortfall_clusters == []
+
+
 def test_cluster_stats_rejects_out_of_range_labels() -> None:
     with pytest.raises(SelectionError, match="'labels_aux'.*Got 3"):
         cluster_stats(np.array([0]), np.array([0]), np.array([3]), 3)

@@ -27,7 +27,7 @@ class ClusterStats:
     p_eval: np.ndarray  # float64 (K+1,) n_eval^k / sum n_eval
     rho: np.ndarray  # float64 (K+1,) p_eval / p_train; inf where p_train = 0 < p_eval, nan where both are 0
     w: np.ndarray  # float64 (K+1,) n_eval^k / (n_t^k + eps), 0 where n_eval^k = 0 (and for noise by default)
-    w_tilde: np.ndarray  # float64 (K+1,) w / sum w (all 0 when sum w = 0)
+    w_tilde: np.ndarray  # float64 (K+1,) w / sum w over clusters with pool candidates (all 0 when that sum is 0)
     eps: float
     sample_noise: bool
 
@@ -83,6 +83,9 @@ def cluster_stats(
     w = np.where(n_eval > 0, n_eval / (n_t + float(eps)), 0.0)
     if not sample_noise:
         w[n_clusters] = 0.0
-    total = w.sum()
-    w_tilde = w / total if total > 0 else np.zeros(size)
+    # w~_k normalises over the clusters the pool can serve: a cluster without auxiliary candidates cannot take a
+    # quota, and leaving it in would lose its share so |S| fell short of round(B |D_t|). w_k stays eq.-exact.
+    servable = np.where(n_aux > 0, w, 0.0)
+    total = servable.sum()
+    w_tilde = servable / total if total > 0 else np.zeros(size)
     return ClusterStats(n_t, n_eval, n_aux, p_train, p_eval, rho, w, w_tilde, float(eps), bool(sample_noise))
