@@ -60,13 +60,16 @@ def test_trigger_sequence_with_min_samples_hysteresis_and_cooldown():
     assert state == TriggerState(armed=False, last_fired_at=80.0, last_update_at=None)
 
 
-def test_update_rearms_and_starts_the_cooldown():
+def test_new_reference_rearms_but_a_plain_update_does_not():
     fired = decide(0.5, 500, SETTINGS, TriggerState(), now=0.0).state
     assert fired.armed is False
-    after = fired.updated(at=30.0)
-    assert after == TriggerState(armed=True, last_fired_at=0.0, last_update_at=30.0)
-    assert decide(0.5, 500, SETTINGS, after, now=80.0).reason == "cooldown"  # 50 s after the update
-    assert decide(0.5, 500, SETTINGS, after, now=90.0).reason == "drift"  # re-armed by the update itself
+    rejected = fired.updated(at=30.0)  # the update finished but the reference did not change
+    assert rejected == TriggerState(armed=False, last_fired_at=0.0, last_update_at=30.0)
+    assert decide(0.5, 500, SETTINGS, rejected, now=200.0).reason == "disarmed"
+    promoted = fired.rereferenced(at=30.0)
+    assert promoted == TriggerState(armed=True, last_fired_at=0.0, last_update_at=30.0)
+    assert decide(0.5, 500, SETTINGS, promoted, now=80.0).reason == "cooldown"  # 50 s after the new reference
+    assert decide(0.5, 500, SETTINGS, promoted, now=90.0).reason == "drift"
 
 
 def test_cooldown_counts_from_the_update_when_it_is_later():

@@ -16,7 +16,8 @@ The simulated lifecycle:
   * a trigger at check t simulates the update at once (or at the first check >= t + ``update_lag``, for an
     update job that takes its data later): P_ref becomes the current window's distribution (the update trains
     on D_new selected from W_recent, §3.3.3, so the just-learned distribution is the window's) and
-    ``TriggerState.updated(now)`` starts the cooldown; the trigger stays disarmed (hysteresis) in between.
+    ``TriggerState.rereferenced(now)`` starts the cooldown and re-arms the trigger (hysteresis applies against
+    one reference; an update installs a new one).
     With ``eta > 0`` the update also moves the centroids by eq. 2 towards the window's points
     (``KMeansClusterer.update``) and re-assigns the window.
   * time is the sample count: "now" of check t is t, so ``cooldown_samples`` is a cooldown in samples.
@@ -403,7 +404,7 @@ def _run(x: np.ndarray, book: _Codebook, theta: float, config: SimulationConfig,
                     labels[lo:t] = book.assign(x[lo:t])
                     window = book.counts(labels[lo:t])
                 ref = window  # the just-learned distribution (§3.3.3: D_new comes from W_recent)
-                state = state.updated(float(t))
+                state = state.rereferenced(float(t))  # a new P_ref: cooldown starts, trigger re-arms
         spent += time.perf_counter() - t0
         n_checks += 1
         if on_check is not None:

@@ -36,12 +36,15 @@ class TriggerState:
         return cls(**{k: data[k] for k in ("armed", "last_fired_at", "last_update_at") if k in data})
 
     def updated(self, at: float) -> TriggerState:
-        """The state after an adapter update finished at ``at``: the cooldown starts and the trigger re-arms.
+        """The state after an adapter update finished at ``at`` without a new reference (e.g. the gate rejected
+        the candidate): the cooldown starts, hysteresis still holds against the unchanged P_ref."""
+        return replace(self, last_update_at=at)
 
-        Hysteresis guards against flapping around theta *against one reference*; an update installs a new
-        P_ref, so the old level no longer applies. Without re-arming, an update that learned a transitional
-        window could leave the trigger disarmed for good (JS against the new reference never drops below
-        rearm_ratio * theta). The cooldown still prevents an immediate re-fire."""
+    def rereferenced(self, at: float) -> TriggerState:
+        """The state after a new P_ref was installed at ``at`` (a promoted update): the cooldown starts and the
+        trigger re-arms. Hysteresis guards against flapping around theta *against one reference*; measured
+        against the new one the old level no longer applies, and an update that learned a transitional window
+        would otherwise stay disarmed for good (JS never drops below rearm_ratio * theta again)."""
         return replace(self, armed=True, last_update_at=at)
 
 
