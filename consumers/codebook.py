@@ -3,7 +3,7 @@
 Layout under ``root`` (``consumer.codebook_dir``)::
 
     <version>/manifest.json   {"format", "version", "lineage", "type", "model_id", "languages", "parent",
-                               "created_at", "n_clusters", "dim"}
+                               "created_at", "n_clusters", "dim", "distance_quantiles"}
     <version>/clusterer/      the clusterer's own save(): manifest.json + .npy files (no pickle)
 
 A version directory is written in a temporary directory and renamed into place, so a reader sees a whole
@@ -15,6 +15,11 @@ microseconds, random hex), its lineage is itself. A revision (eq. 2 moved the ce
 across a lineage, so the monitor windows (consumers/window.py) are kept across revisions and reset on a new fit.
 The pointer moves only forward: a new fit must sort after the current lineage, a revision only replaces its
 parent (a revision racing a newer fit is stored but not made current).
+
+``distance_quantiles`` (paper §6.1, stale clusters) calibrates "far from every centroid": the 0.90/0.95/0.99
+quantiles of the cosine distance ``1 - max_k x·c_k`` of each training row to its nearest centroid, computed when
+``publish`` is given the vectors the clusterer was fitted on. A revision carries its parent's forward (eq. 2 moves
+the centroids little); a fit published without its vectors has none (null), and the far share is then unmeasured.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 _LANG = re.compile(r"^[a-z]{2,3}$")
+QUANTILES = (0.90, 0.95, 0.99)  # the calibrated distances a manifest records, keyed "0.90", "0.95", "0.99"
 
 
 class CodebookError(CompassError, RuntimeError):
@@ -69,6 +75,7 @@ class Codebook:
     languages: tuple[str, ...] | None  # language scope; None = every language
     created_at: float  # unix seconds
     parent: str | None  # the version this one was derived from (a revision's or a re-fit's origin)
+    distance_quantiles: dict[str, float] | None = None  # {"0.95": d, ...} of training distances; None: uncalibrated
 
     @property
     def lineage(self) -> str:
@@ -95,6 +102,18 @@ class Codebook:
                 f"[{NOISE}, {k}); the codebook's files are inconsistent: publish a new one"
             )
         return np.where(labels == NOISE, k, labels)
+
+    def nearest_distances(self, X: np.ndarray) -> np.ndarray:
+        """Cosine distance (float64) of each row of ``X`` to its nearest centroid; inf without centroids."""
+        return nearest_cosine_distances(X, _centroids(self.clusterer))
+
+    def calibrated_distance(self, quantile: float) -> float | None:
+        """The ``quantile`` of the training rows' nearest-centroid distances, or None when the manifest has no
+        such quantile (published without its training vectors, or ``quantile`` not among those recorded)."""
+        for key, value in (self.distance_quantiles or {}).items():
+            if abs(float(key) - quantile) < 1e-9:
+                return value
+        return None
 
     def check_model(self, model_id: str) -> None:
         """Raise ``EmbedderMismatch`` unless the codebook was fitted on vectors of ``model_id``."""
@@ -147,12 +166,16 @@ class CodebookStore:
         languages: Sequence[str] | None = None,
         parent: str | None = None,
         revision: bool | None = None,
+        X_fit: np.ndarray | None = None,
     ) -> Codebook:
         """Store ``clusterer`` as a new version and make it current.
 
         ``revision``: the new version keeps ``parent``'s cluster ids (eq. 2 moved the centroids). None (the
         default) decides from the files: a parent of the same type, K, dim and embedder makes a revision.
         Pass False for a re-fit that merely records where it came from.
+
+        ``X_fit``: the (n, dim) vectors the clusterer was fitted on; their nearest-centroid distances give the
+        manifest's ``distance_quantiles``. Without it a revision keeps its parent's, anything else has none.
         """
         if not isinstance(model_id, str) or not model_id:
             raise CodebookError(f"model_id must be the embedder's non-empty model_id; got {model_id!r}")
@@ -165,6 +188,7 @@ class CodebookStore:
             "parent": parent,
             "n_clusters": int(clusterer.n_clusters_),
             "dim": _dim(clusterer),
+            "distance_quantiles": None if X_fit is None else distance_quantiles(X_fit, _centroids(clusterer)),
         }
         lineage = None
         if parent is not None:
@@ -178,6 +202,8 @@ class CodebookStore:
                 )
             if same and revision is not False:
                 lineage = lineage_of(parent)
+                if X_fit is None:
+                    meta["distance_quantiles"] = parent_meta.get("distance_quantiles")
         elif revision:
             raise CodebookError("publish(revision=True) needs parent: the version whose cluster ids it keeps")
 
@@ -199,7 +225,7 @@ class CodebookStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._move_pointer(version, parent if lineage else None)
-        return Codebook(version, clusterer, model_id, langs, created_at, parent)
+        return Codebook(version, clusterer, model_id, langs, created_at, parent, meta["distance_quantiles"])
 
     def _move_pointer(self, version: str, parent: str | None) -> None:
         if self._pointer is None:
@@ -262,7 +288,9 @@ class CodebookStore:
                 f"{path} has {clusterer.n_clusters_}; the directory is damaged: publish a new version"
             )
         langs = tuple(meta["languages"]) if meta.get("languages") is not None else None
-        return Codebook(version, clusterer, meta["model_id"], langs, float(meta["created_at"]), meta.get("parent"))
+        quantiles = _check_quantiles(version, path.parent / "manifest.json", meta.get("distance_quantiles"))
+        return Codebook(version, clusterer, meta["model_id"], langs, float(meta["created_at"]), meta.get("parent"),
+                        quantiles)
 
     def _resolve(self, version: str | None) -> str:
         if version is None:
@@ -365,6 +393,71 @@ def check_version(version: str) -> str:
             f"got {version!r}"
         )
     return version
+
+
+def nearest_cosine_distances(X: np.ndarray, centroids: np.ndarray, batch: int = 8192) -> np.ndarray:
+    """``1 - max_k cos(x, c_k)`` (float64, in [0, 2]) of each row of ``X``; inf for every row without centroids.
+    Rows are normalised here, so it is the cosine distance whatever their norm (a zero row is at distance 1)."""
+    X = np.asarray(X)
+    C = np.asarray(centroids, dtype=np.float64)
+    if X.ndim != 2 or C.ndim != 2 or (len(C) and X.shape[1] != C.shape[1]):
+        raise CodebookError(
+            f"vectors of shape {X.shape} do not match centroids of shape {C.shape}; pass (n, dim) rows of the "
+            "embedder the codebook was fitted with"
+        )
+    if len(C) == 0:
+        return np.full(len(X), np.inf)
+    C = C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    out = np.empty(len(X), dtype=np.float64)
+    for s in range(0, len(X), batch):
+        rows = np.asarray(X[s : s + batch], dtype=np.float64)
+        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        out[s : s + batch] = 1.0 - (rows @ C.T).max(axis=1)
+    return np.clip(out, 0.0, 2.0)  # round-off just below 0 for a row equal to a centroid
+
+
+def distance_quantiles(X_fit: np.ndarray, centroids: np.ndarray) -> dict[str, float] | None:
+    """``{"0.90": d, "0.95": d, "0.99": d}``: quantiles (numpy's linear) of the training rows' nearest-centroid
+    cosine distances; None when there are no centroids (e.g. HDBSCAN found only noise)."""
+    X_fit = np.asarray(X_fit)
+    if X_fit.ndim != 2 or len(X_fit) == 0:
+        raise CodebookError(
+            f"X_fit: got an array of shape {X_fit.shape}; pass the (n, dim) vectors the clusterer was fitted on "
+            "(n >= 1), or None to publish without a calibrated distance"
+        )
+    if not np.isfinite(X_fit).all():
+        raise CodebookError("X_fit: contains NaN or inf; pass the finite vectors the clusterer was fitted on")
+    if np.asarray(centroids).ndim != 2 or len(centroids) == 0:
+        return None
+    d = nearest_cosine_distances(X_fit, centroids)
+    return {f"{q:.2f}": float(v) for q, v in zip(QUANTILES, np.quantile(d, QUANTILES), strict=True)}
+
+
+def _check_quantiles(version: str, path: Path, value: object) -> dict[str, float] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, dict) and all(
+        isinstance(k, str) and _is_quantile(k) and isinstance(v, int | float) and 0.0 <= v <= 2.0
+        for k, v in value.items()
+    )
+    if not ok:
+        raise CodebookError(
+            f"codebook {version}: {path} field distance_quantiles is {value!r}, not null or a map of quantile "
+            '("0.95") to a cosine distance in [0, 2]; the directory is damaged: publish a new version'
+        )
+    return {k: float(v) for k, v in value.items()}
+
+
+def _is_quantile(key: str) -> bool:
+    try:
+        return 0.0 < float(key) < 1.0
+    except ValueError:
+        return False
+
+
+def _centroids(clusterer: Clusterer) -> np.ndarray:
+    centroids = getattr(clusterer, "centroids_", None)
+    return np.asarray(centroids) if centroids is not None and np.ndim(centroids) == 2 else np.zeros((0, 0))
 
 
 def _check_languages(languages: Sequence[str] | None) -> tuple[str, ...] | None:

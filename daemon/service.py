@@ -9,6 +9,7 @@ One check of language ``l`` (``Daemon.check``), in order; the first step that en
   5. updating   a job is out: ``updating``, until update_finished or ``daemon.update_timeout_s`` (then re-armed)
   6. manual     an operator asked for an update (POST .../trigger) -> fires ``manual``
   7. stale      noise (or far) share past its level with >= min_samples -> ``stale_clusters``: recluster job
+                (far share: ``RecentFarShare``, the language's recent texts embedded against the window's codebook)
   8. reference  no P_ref -> ``no_reference``; unreadable -> ``bad_reference``; its codebook lineage differs
                 from the window's (or its bucket count) -> ``codebook_mismatch`` (logged once on entry; no
                 event: the window was re-clustered after the adapter's cycle, so P_ref must be rebuilt with the new
@@ -46,7 +47,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from compass.config import LanguageSettings, ServiceConfig
 from compass.divergence import js_divergence
 from compass.drift import TriggerState, decide
+from compass.embed.base import Embedder
 from consumers.clients import redis_client
+from consumers.codebook import Codebook, CodebookStore
 from consumers.window import WindowSnapshot, WindowStore, lineage_of
 from daemon import stale
 from daemon.dispatch import Dispatcher, EventInbox, drain_inbox
@@ -59,6 +62,72 @@ log = logging.getLogger(__name__)
 
 # far share of a language's recent points: (lang, window snapshot) -> share in [0, 1], or None when unmeasured
 FarShareFn = Callable[[str, WindowSnapshot], float | None]
+
+
+class RecentFarShare:
+    """The default ``FarShareFn`` (paper §6.1): the share of ``lang``'s recent texts (at most
+    ``daemon.stale_far_max_texts``, from the window store) whose embeddings lie farther from every centroid of the
+    window's codebook than its calibrated distance (``daemon.stale_distance_quantile`` of the training distances,
+    consumers/codebook.py). None (unknown) when the window keeps no texts (``consumer.store_texts: false``) or the
+    codebook has no calibration; each such reason is logged once per language. Other failures raise, for the
+    daemon to log and count. The embedder (``compass.embed.make_embedder``) is built on first use, once."""
+
+    def __init__(self, config: ServiceConfig, windows: WindowStore, client: redis.Redis,
+                 embedder: Embedder | None = None):
+        self.dcfg = config.daemon
+        self.embedder_config = config.embedder
+        self.windows = windows
+        self.store = CodebookStore(config.consumer.codebook_dir, client, config.redis.key_prefix)
+        self._embedder = embedder
+        self._lock = threading.Lock()  # checks of several languages run in parallel; one embedder, one codebook
+        self._codebook: Codebook | None = None  # the last one loaded: windows of a lineage share it
+        self._logged: set[tuple[str, str]] = set()
+
+    def __call__(self, lang: str, snap: WindowSnapshot) -> float | None:
+        if snap.codebook_version is None or self.dcfg.stale_far_max_texts == 0:
+            return None
+        texts = [t for _, t in self.windows.recent(lang, limit=self.dcfg.stale_far_max_texts) if t]
+        if not texts:
+            self._once(lang, "no_texts", "%s: far share unknown: no recent texts in the window store (with "
+                       "consumer.store_texts false only ids are kept); only the noise share is measured", lang)
+            return None
+        with self._lock:
+            codebook = self._load(snap.codebook_version)
+            q = self.dcfg.stale_distance_quantile
+            radius = codebook.calibrated_distance(q)
+            if radius is None:
+                self._once(lang, f"uncalibrated:{codebook.version}",
+                           "%s: far share unknown: codebook %s has no calibrated distance for quantile %s "
+                           "(distance_quantiles %s); rebuild it with `compass codebook build`, or set "
+                           "daemon.stale_distance_quantile to a recorded quantile", lang, codebook.version, q,
+                           codebook.distance_quantiles)
+                return None
+            embedder = self._embedder_()
+            codebook.check_model(embedder.model_id)
+            X = embedder.encode(texts)
+        return stale.share_beyond(codebook.nearest_distances(X), radius)
+
+    def close(self) -> None:
+        close = getattr(self._embedder, "close", None)
+        if callable(close):
+            close()
+
+    def _load(self, version: str) -> Codebook:
+        if self._codebook is None or self._codebook.version != version:
+            self._codebook = self.store.load(version)
+        return self._codebook
+
+    def _embedder_(self) -> Embedder:
+        if self._embedder is None:
+            from compass.embed import make_embedder
+
+            self._embedder = make_embedder(self.embedder_config)
+        return self._embedder
+
+    def _once(self, lang: str, what: str, msg: str, *args: Any) -> None:
+        if (lang, what) not in self._logged:
+            self._logged.add((lang, what))
+            log.warning(msg, *args)
 
 
 @dataclass
@@ -128,7 +197,10 @@ class Daemon:
         client: redis.Redis | None = None,
         dispatcher: Dispatcher | None = None,
         far_share: FarShareFn | None = None,
+        embedder: Embedder | None = None,
     ):
+        """``far_share``: measures the far share of a language (default ``RecentFarShare``, with ``embedder``
+        or, built on first use, ``compass.embed.make_embedder(config.embedder)``)."""
         self.config = config
         self.dcfg = config.daemon
         self.prefix = config.redis.key_prefix
@@ -138,10 +210,7 @@ class Daemon:
         self.windows = WindowStore(self.client, self.prefix, store_texts=c.store_texts, recent_max=c.recent_max,
                                    recent_ttl_s=c.recent_ttl_s)
         self.dispatcher = dispatcher or Dispatcher(config.kafka)
-        # TODO(far share): wire compass.embed.make_embedder + the codebook's centroids and calibrated distance
-        # (daemon.stale.calibrated_distance) here once consumers/codebook.py exposes them; until then only
-        # the noise share is measured unless a far_share function is passed in.
-        self.far_share = far_share
+        self.far_share: FarShareFn = far_share or RecentFarShare(config, self.windows, self.client, embedder)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.metrics = DaemonMetrics()
         self.inbox: EventInbox | None = None
@@ -150,6 +219,7 @@ class Daemon:
         self._lang_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._mismatch_logged: set[str] = set()
+        self._far_failed: dict[str, str] = {}  # lang -> the last far-share failure logged (warned once per change)
 
     # ------------------------------------------------------------------ keys and small state
 
@@ -315,14 +385,24 @@ class Daemon:
         return since is not None and now - since < settings.cooldown_s
 
     def _far_share(self, lang: str, snap: WindowSnapshot) -> float | None:
-        if self.far_share is None or self.dcfg.stale_far_max_texts == 0:
+        """The far share, or None (unknown) when not measured; a failure is logged, counted, never raised."""
+        if self.dcfg.stale_far_max_texts == 0:
             return None
         try:
-            return self.far_share(lang, snap)
-        except Exception as e:  # an embedder outage must not stop the JS check
-            log.warning("%s: far share not measured: %s", lang, e)
+            share = self.far_share(lang, snap)
+        except Exception as e:  # an embedder outage, a missing codebook: the JS check goes on
+            problem = f"{type(e).__name__}: {e}"
+            level = logging.DEBUG if self._far_failed.get(lang) == problem else logging.WARNING
+            log.log(level, "%s: far share not measured: %s", lang, problem)
+            self._far_failed[lang] = problem
             self.metrics.errors.labels(lang, "far_share").inc()
             return None
+        self._far_failed.pop(lang, None)
+        if share is not None and not 0.0 <= share <= 1.0:
+            log.error("%s: far share %r outside [0, 1] ignored", lang, share)
+            self.metrics.errors.labels(lang, "far_share").inc()
+            return None
+        return share
 
     # ------------------------------------------------------------------ reports from the worker
 
@@ -541,6 +621,9 @@ class Daemon:
             self.inbox.close()
             self.inbox = None
         self.dispatcher.close()
+        close = getattr(self.far_share, "close", None)
+        if callable(close):
+            close()
 
 
 def _utcnow():

@@ -5,7 +5,10 @@ Two shares of the window, each compared with its configured level (``daemon.stal
 
 - noise share: the window's noise-bucket count / window size (the last bucket is noise, consumers/window.py);
 - far share: the share of recent points farther from every centroid than a calibrated distance, the
-  ``stale_distance_quantile`` quantile of the training points' distances to their nearest centroid.
+  ``stale_distance_quantile`` quantile of the training points' distances to their nearest centroid. The service
+  measures it in cosine distance (``consumers.codebook``: the quantiles are recorded in the codebook's manifest
+  when it is published, ``daemon.service.RecentFarShare`` applies them); the Euclidean helpers below compute the
+  same on arbitrary vectors.
 
 Either past its level means re-clustering, not an adapter update: an adapter trained on clusters that no
 longer cover the traffic cannot be fixed by reweighting them.
@@ -53,6 +56,12 @@ def far_share(X: np.ndarray, centroids: np.ndarray, radius: float) -> float | No
     if len(X) == 0:
         return None
     return float(np.mean(nearest_distances(X, centroids) > radius))
+
+
+def share_beyond(distances: np.ndarray, radius: float) -> float | None:
+    """Share of ``distances`` strictly greater than ``radius`` (any metric); None for none."""
+    distances = np.asarray(distances)
+    return None if len(distances) == 0 else float(np.mean(distances > radius))
 
 
 def assess(noise: float | None, far: float | None, noise_level: float, far_level: float) -> StaleReading:

