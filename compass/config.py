@@ -285,6 +285,12 @@ class LanguageSettings(_Frozen):
     rearm_ratio: float = Field(
         0.8, gt=0.0, le=1.0, description="hysteresis: after a trigger, re-arm once JS < rearm_ratio * theta; in (0, 1]"
     )
+    quality_signal: Literal["none", "adwin", "page_hinkley"] = Field(
+        "none", description="none, adwin or page_hinkley: a river drift detector on the language's quality stream"
+    )
+    combine: Literal["js_only", "any", "all"] = Field(
+        "js_only", description="js_only, any or all: how the quality signal joins the JS trigger (eq. 6)"
+    )
 
     @model_validator(mode="after")
     def _window(self) -> LanguageSettings:
