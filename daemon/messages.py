@@ -13,7 +13,7 @@ Job, on ``compass.jobs`` (key = language)::
 - ``snapshot_key``: a Redis key holding the frozen window at trigger time: JSON {counts, size, codebook_version,
   offsets, ids (recent query ids, newest last), created_at}; it expires after ``daemon.snapshot_ttl_s``.
 - ``js``: JS divergence in bits (eq. 5), or null when it could not be computed (manual trigger without reference).
-- ``reason``: ``drift``, ``manual`` or ``stale_clusters``.
+- ``reason``: ``drift``, ``manual``, ``stale_clusters`` or ``quality`` (the performance signal, rule ``any``).
 
 Event, on ``compass.events`` (key = language)::
 
@@ -38,7 +38,7 @@ from compass.errors import CompassError
 SCHEMA_VERSION = 1
 SCHEMA_HEADER = "compass-schema"
 JOB_KINDS = ("adapter_update", "recluster")
-JOB_REASONS = ("drift", "manual", "stale_clusters")
+JOB_REASONS = ("drift", "manual", "stale_clusters", "quality")
 EVENT_TYPES = (
     "drift_detected",
     "update_enqueued",

@@ -17,13 +17,19 @@ One check of language ``l`` (``Daemon.check``), in order; the first step that en
                 manual trigger, which step 6 honours even here)
   9. trigger    JS(P_ref || P_mon) in bits (eq. 5) through ``compass.drift.decide`` (eq. 6, min_samples,
                 hysteresis, cooldown) -> its reason; ``drift`` fires an adapter update
+ 10. quality    with ``quality_signal`` set (languages.yaml), values RPUSHed to ``{prefix}:{l}:quality`` (NLL of
+                sampled queries, a feedback score) feed a river ADWIN / Page-Hinkley detector; ``combine: any``
+                also fires on a quality alarm alone (state ``quality``, after decide() let the check through
+                to ``below_threshold``); ``combine: all`` holds a JS drift as ``awaiting_quality`` until the
+                quality signal agrees (no quality data yet: JS alone decides)
 
 State of ``l`` lives in Redis (``{prefix}:{l}:status``, JSON, written with the lease's fencing token), so a
 restart or another replica continues it. A new P_ref (its adapter_version changed) re-arms the trigger: the
 hysteresis guards one reference, a new adapter is a new baseline.
 
 Redis keys of ``l`` besides the window's: ``ref`` (daemon/reference.py), ``status``, ``inbox``
-(daemon/dispatch.py), ``paused``, ``force`` and ``snapshot:<job_id>`` (the frozen window a job refers to).
+(daemon/dispatch.py), ``paused``, ``force``, ``quality`` and ``snapshot:<job_id>`` (the frozen window a job
+refers to).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -47,6 +54,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from compass.config import LanguageSettings, ServiceConfig
 from compass.divergence import js_divergence
 from compass.drift import TriggerState, decide
+from compass.drift.quality import QualitySignal, combine
 from compass.embed.base import Embedder
 from consumers.clients import redis_client
 from consumers.codebook import Codebook, CodebookStore
@@ -220,6 +228,11 @@ class Daemon:
         self._guard = threading.Lock()
         self._mismatch_logged: set[str] = set()
         self._far_failed: dict[str, str] = {}  # lang -> the last far-share failure logged (warned once per change)
+        # The performance-aware signal (languages.yaml quality_signal / combine). Detector state lives in this
+        # process: a restart or another replica starts a fresh detector (documented limitation). A detection is
+        # latched until the next trigger, since a detector flags one change point, not a lasting state.
+        self._quality: dict[str, QualitySignal] = {}
+        self._quality_alarm: set[str] = set()
 
     # ------------------------------------------------------------------ keys and small state
 
@@ -360,11 +373,55 @@ class Daemon:
         if js is None:  # empty window: no P_mon (eq. 4)
             return done(CheckResult(lang, "insufficient_samples", n_samples=0), **extra)
         decision = decide(js, n, settings, st.trigger, now)
+        quality = self._quality_reading(lang, settings)
+        if settings.quality_signal != "none":
+            extra["quality_alarm"] = quality
+        if decision.fire and not combine(True, quality, settings.combine):
+            # rule "all": JS drifted but the quality stream shows no degradation; stay armed and wait for both
+            return done(CheckResult(lang, "awaiting_quality", js=js, n_samples=n,
+                                    detail="JS above theta; rule 'all' waits for the quality signal"), **extra)
         st.trigger = decision.state
         if decision.fire:
+            self._quality_alarm.discard(lang)
             return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update", "drift"),
                         **extra)
+        if decision.reason == "below_threshold" and settings.combine == "any" and quality:
+            # the quality signal alone fires; min_samples, hysteresis and cooldown were honoured by decide()
+            self._quality_alarm.discard(lang)
+            return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update",
+                                   "quality"), **extra)
         return done(CheckResult(lang, decision.reason, js=js, n_samples=n), **extra)
+
+    def _quality_reading(self, lang: str, settings: LanguageSettings) -> bool | None:
+        """Feed what producers pushed to ``{prefix}:{lang}:quality`` (RPUSH of numbers, e.g. NLL or a feedback
+        score) into the language's detector. None: no signal configured or no data yet; never raises."""
+        if settings.quality_signal == "none":
+            self._quality.pop(lang, None)
+            return None
+        try:
+            signal = self._quality.get(lang)
+            if signal is None or signal.kind != settings.quality_signal:
+                signal = self._quality[lang] = QualitySignal(settings.quality_signal)
+            raw = self.client.lpop(self.key(lang, "quality"), 10_000) or []
+            values = []
+            for item in raw:
+                try:
+                    value = float(item)
+                except (TypeError, ValueError):
+                    value = math.nan
+                if math.isfinite(value):
+                    values.append(value)
+                else:
+                    self.metrics.errors.labels(lang, "quality_value").inc()
+            if signal.feed(values):
+                self._quality_alarm.add(lang)
+        except Exception as e:  # the JS check must go on whatever the quality path does
+            self.metrics.errors.labels(lang, "quality").inc()
+            log.warning("%s: quality signal unavailable (%s); JS decides alone this check", lang, e)
+            return None
+        if lang in self._quality_alarm:
+            return True
+        return False if signal.n_seen else None
 
     def _comparable(self, lang: str, ref: Reference, snap: WindowSnapshot) -> str:
         """"" when the window can be compared with P_ref, else why not."""

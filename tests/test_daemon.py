@@ -518,3 +518,74 @@ def test_no_recent_texts_means_far_share_unknown(make_daemon, redis, cfg, far_se
         assert [d.check("sw", T0 + i).state for i in range(2)] == ["no_reference", "no_reference"]
     assert sum("no recent texts" in rec.getMessage() for rec in caplog.records) == 1
     assert d.status("sw").last_check["far_share"] is None and embedder.calls == 0 and far_errors(d) == 0.0
+
+
+# ---------------------------------------------------------------- the performance-aware signal (rule any / all)
+
+QUALITY_LANGS = """
+defaults: {min_samples: 4, window_size: 4, theta: 0.2, rearm_ratio: 0.5, cooldown_s: 100}
+languages:
+  sw: {quality_signal: adwin, combine: any}
+  yo: {quality_signal: adwin, combine: all}
+"""
+
+
+@pytest.fixture
+def quality_daemon(cfg, tmp_path):
+    path = tmp_path / "quality-languages.yaml"
+    path.write_text(QUALITY_LANGS)
+    d = Daemon(cfg, path, owner="daemon-q")
+    yield d
+    d.stop()
+
+
+def push_quality(redis, lang: str, values) -> None:
+    redis.rpush(f"compass:{{{lang}}}:quality", *[repr(float(v)) for v in values])
+
+
+def quality_stream(shift: bool):
+    rng = np.random.default_rng(7)
+    calm = rng.normal(0.0, 1.0, 1000)
+    return np.concatenate([calm, rng.normal(2.0, 1.0, 300)]) if shift else calm
+
+
+def test_rule_any_fires_on_quality_alone(quality_daemon, redis, cfg):
+    ref(redis, "sw")
+    fill(redis, "sw", [0, 1, 0, 1])  # JS 0 against P_ref (0.5, 0.5, 0)
+    push_quality(redis, "sw", quality_stream(shift=False))
+    r = quality_daemon.check("sw", T0)
+    assert (r.state, r.js) == ("below_threshold", 0.0)
+    push_quality(redis, "sw", quality_stream(shift=True)[1000:])  # the same stream continues, shifted by 2 sd
+    r = quality_daemon.check("sw", T0 + 1)
+    assert r.fired and r.state == "quality"  # fired by the quality signal alone
+    [job] = jobs(cfg)
+    assert (job.language, job.reason, job.js) == ("sw", "quality", 0.0)
+
+
+def test_rule_all_waits_for_quality_then_fires(quality_daemon, redis, cfg):
+    ref(redis, "yo")
+    fill(redis, "yo", [0, 0, 0, 0])  # JS 0.311 > theta 0.2
+    push_quality(redis, "yo", quality_stream(shift=False))
+    r = quality_daemon.check("yo", T0)
+    assert r.state == "awaiting_quality" and not r.fired
+    assert jobs(cfg) == []
+    push_quality(redis, "yo", quality_stream(shift=True)[1000:])
+    r = quality_daemon.check("yo", T0 + 1)  # still armed: JS drift + quality alarm -> fire
+    assert r.fired
+    [job] = jobs(cfg)
+    assert (job.language, job.reason) == ("yo", "drift")
+
+
+def test_rule_all_without_quality_data_falls_back_to_js(quality_daemon, redis, cfg):
+    ref(redis, "yo")
+    fill(redis, "yo", [0, 0, 0, 0])
+    assert quality_daemon.check("yo", T0).fired  # no values pushed yet: JS decides alone
+    assert [j.reason for j in jobs(cfg)] == ["drift"]
+
+
+def test_bad_quality_values_are_counted_not_fatal(quality_daemon, redis):
+    ref(redis, "sw")
+    fill(redis, "sw", [0, 1, 0, 1])
+    redis.rpush("compass:{sw}:quality", "nan", "not-a-number", "0.5")
+    assert quality_daemon.check("sw", T0).state == "below_threshold"
+    assert quality_daemon.metrics.errors.labels("sw", "quality_value")._value.get() == 2
