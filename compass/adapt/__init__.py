@@ -1,0 +1,28 @@
+"""Per-language DoRA adapters and their ECDA update (§3.3.3, §4.3). Pure method code: no Kafka, no Redis."""
+
+from compass.adapt.anchors import anchor_budget, select_anchors
+from compass.adapt.config import AdaptError, ECDAConfig, TrainConfig
+from compass.adapt.ewc import diagonal_fisher, ewc_penalty, snapshot
+from compass.adapt.loss import causal_lm_nll, ecda_loss
+from compass.adapt.model import adapter_parameters, add_language_adapter, base_parameters, load_base
+from compass.adapt.train import TrainResult, ecda_step_loss, train_adapter
+
+__all__ = [
+    "AdaptError",
+    "ECDAConfig",
+    "TrainConfig",
+    "TrainResult",
+    "adapter_parameters",
+    "add_language_adapter",
+    "anchor_budget",
+    "base_parameters",
+    "causal_lm_nll",
+    "diagonal_fisher",
+    "ecda_loss",
+    "ecda_step_loss",
+    "ewc_penalty",
+    "load_base",
+    "select_anchors",
+    "snapshot",
+    "train_adapter",
+]

@@ -1,0 +1,106 @@
+"""Configuration of one adapter update (§3.3.3, §4.3, App. D.3-D.4): frozen dataclasses checked in ``__post_init__``.
+
+Errors follow the project's sentence: "The 'x' parameter of Y must be z. Got v instead." so the message alone
+names the field, the value received and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from compass.errors import CompassError
+
+# §4.3: "We target modules in the attention and feedforward layers"; these are the llama/qwen/mistral names.
+LLAMA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class AdaptError(CompassError, ValueError):
+    """An adapter-training parameter or input is invalid; the message names it, the value received and the fix."""
+
+
+def bad_param(name: str, owner: str, expected: str, got: object) -> AdaptError:
+    """The project's error sentence: "The 'x' parameter of y must be z. Got v instead."."""
+    return AdaptError(f"The {name!r} parameter of {owner} must be {expected}. Got {got!r} instead.")
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """DoRA fine-tuning of one language adapter. Defaults are §4.3's (Phi-4-mini / Qwen2.5 setting: r=16, lr 2e-4;
+    the paper uses r=8 and lr 1e-4 for LLaMA-8B). alpha, dropout, patience, batch size and max length are not given
+    in the paper; the defaults here are common PEFT choices (alpha = 2r)."""
+
+    rank: int = 16  # §4.3 r
+    alpha: int = 32  # LoRA scaling numerator (scale = alpha / rank)
+    dropout: float = 0.05  # dropout on the adapter input
+    target_modules: tuple[str, ...] | str = LLAMA_TARGET_MODULES  # or "all-linear" (peft) for other architectures
+    lr: float = 2e-4  # §4.3
+    betas: tuple[float, float] = (0.9, 0.999)  # §4.3 AdamW (beta1, beta2)
+    weight_decay: float = 0.1  # §4.3
+    grad_clip: float = 1.0  # §4.3 max global gradient norm
+    warmup_ratio: float = 0.1  # §4.3 linear warm-up over this share of the steps, then cosine decay
+    max_epochs: int = 3  # §4.3 "at most 3 epochs with early stopping"
+    patience: int = 1  # epochs without a validation improvement before stopping
+    batch_size: int = 8
+    max_length: int = 128  # tokens per example (truncation)
+    val_fraction: float = 0.1  # share of the training texts held out when no validation texts are given
+    seed: int = 0  # shuffling, validation split and dropout
+
+    def __post_init__(self) -> None:
+        owner = "TrainConfig"
+        for name in ("rank", "alpha", "max_epochs", "patience", "batch_size", "max_length"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise bad_param(name, owner, "an int >= 1", v)
+        if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise bad_param("dropout", owner, "a float in [0, 1)", self.dropout)
+        tm = self.target_modules
+        if isinstance(tm, str):
+            if tm != "all-linear":
+                raise bad_param("target_modules", owner, "a tuple of module names or the string 'all-linear'", tm)
+        elif not isinstance(tm, tuple | list) or not tm or not all(isinstance(m, str) and m for m in tm):
+            raise bad_param(
+                "target_modules", owner, "a non-empty tuple of module names (e.g. ('q_proj', 'v_proj'))", tm
+            )
+        if not _is_real(self.lr) or self.lr <= 0:
+            raise bad_param("lr", owner, "a float > 0 (the paper uses 2e-4 or 1e-4)", self.lr)
+        b = self.betas
+        if not isinstance(b, tuple | list) or len(b) != 2 or not all(_is_real(x) and 0.0 <= x < 1.0 for x in b):
+            raise bad_param("betas", owner, "a pair of floats in [0, 1), e.g. (0.9, 0.999)", b)
+        if not _is_real(self.weight_decay) or self.weight_decay < 0:
+            raise bad_param("weight_decay", owner, "a float >= 0", self.weight_decay)
+        if not _is_real(self.grad_clip) or self.grad_clip <= 0:
+            raise bad_param("grad_clip", owner, "a float > 0 (max gradient norm)", self.grad_clip)
+        if not _is_real(self.warmup_ratio) or not 0.0 <= self.warmup_ratio < 1.0:
+            raise bad_param("warmup_ratio", owner, "a float in [0, 1)", self.warmup_ratio)
+        if not _is_real(self.val_fraction) or not 0.0 <= self.val_fraction < 1.0:
+            raise bad_param("val_fraction", owner, "a float in [0, 1) (0 turns early stopping off)", self.val_fraction)
+        if not _is_int(self.seed):
+            raise bad_param("seed", owner, "an int", self.seed)
+
+
+@dataclass(frozen=True)
+class ECDAConfig:
+    """Elastic Consolidation and Distributional Anchoring (§3.3.3). Defaults: lambda=2, beta=0.1 (App. D.4, the
+    Pareto-optimal pair of the sweep) and an anchor buffer of 5% of the cycle's data (App. D.3, Table 12)."""
+
+    beta: float = 0.1  # weight of L_DAR(B_anchor)
+    lam: float = 2.0  # lambda of L_EWC = lambda/2 * sum_j F_j (theta_j - theta_j_prev)^2
+    anchor_fraction: float = 0.05  # |B_anchor| = round(anchor_fraction * n_total)
+
+    def __post_init__(self) -> None:
+        owner = "ECDAConfig"
+        if not _is_real(self.beta) or self.beta < 0:
+            raise bad_param("beta", owner, "a float >= 0 (App. D.4 default 0.1)", self.beta)
+        if not _is_real(self.lam) or self.lam < 0:
+            raise bad_param("lam", owner, "a float >= 0 (App. D.4 default 2)", self.lam)
+        if not _is_real(self.anchor_fraction) or not 0.0 < self.anchor_fraction <= 1.0:
+            raise bad_param("anchor_fraction", owner, "a float in (0, 1] (App. D.3 default 0.05)", self.anchor_fraction)

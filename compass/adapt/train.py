@@ -1,0 +1,254 @@
+"""Incremental fine-tuning of one language's DoRA adapter (§3.3.3 update step, §4.3 training setup).
+
+AdamW on the adapter's parameters only, linear warm-up over ``warmup_ratio`` of the steps then cosine decay to 0
+(``transformers.get_cosine_schedule_with_warmup``), global-norm gradient clipping, at most ``max_epochs`` epochs with
+early stopping on the validation task loss (the best epoch's adapter weights are restored). With ``ecda`` each step
+minimises the ECDA objective: a task batch of D_new plus the next anchor batch of B_anchor (cycled), and the EWC
+penalty towards theta_prev weighted by the Fisher on B_anchor at theta_prev.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import PeftModel
+from torch import Tensor, nn
+from transformers import get_cosine_schedule_with_warmup
+
+from compass.adapt.config import AdaptError, ECDAConfig, TrainConfig, bad_param
+from compass.adapt.ewc import Batch, diagonal_fisher, ewc_penalty, snapshot
+from compass.adapt.loss import causal_lm_nll, ecda_loss
+from compass.adapt.model import adapter_parameters
+
+Examples = Sequence[str] | Sequence[Sequence[int]]  # plain texts (need a tokenizer) or token ids
+
+
+@dataclass
+class TrainResult:
+    steps: int  # optimizer steps taken
+    epochs: int  # epochs run (early stopping may end before max_epochs)
+    train_loss: list[float]  # per epoch: mean total (ECDA) loss of its steps
+    val_loss: list[float]  # per epoch: validation task loss (empty without a validation split)
+    best_epoch: int  # 1-based epoch whose adapter weights the model now holds
+    seconds_per_step: float  # wall time of the optimisation steps (no evaluation, no Fisher) / steps
+    lrs: list[float] = field(default_factory=list)  # learning rate used at each step
+
+
+def encode(items: Examples, tokenizer: Any | None, max_length: int) -> list[list[int]]:
+    """Token ids per example, truncated to ``max_length``. Texts are tokenised as they are (instruction data is
+    trained on its "prompt\\nresponse" text); id sequences pass through."""
+    out: list[list[int]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            if tokenizer is None:
+                raise bad_param("tokenizer", "train_adapter", "a tokenizer when examples are texts", None)
+            ids = tokenizer(item, truncation=True, max_length=max_length)["input_ids"]
+        else:
+            ids = [int(t) for t in item]
+        if any(t < 0 for t in ids):
+            raise bad_param(f"examples[{i}]", "train_adapter", "non-negative token ids", ids[:8])
+        out.append(list(ids[:max_length]))
+    return out
+
+
+def collate(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | None = None) -> Batch:
+    """Right-padded (input_ids, attention_mask); padding is masked out of the loss (labels -100)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _pad_id(tokenizer: Any | None) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        v = getattr(tokenizer, attr, None) if tokenizer is not None else None
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def _batches(seqs: list[list[int]], bs: int, pad_id: int, device, gen: torch.Generator | None) -> list[Batch]:
+    order = torch.randperm(len(seqs), generator=gen).tolist() if gen is not None else list(range(len(seqs)))
+    return [collate([seqs[j] for j in order[i : i + bs]], pad_id, device) for i in range(0, len(order), bs)]
+
+
+def ecda_step_loss(
+    model: nn.Module,
+    batch: Batch,
+    anchor_batch: Batch | None,
+    params: Mapping[str, Tensor],
+    prev: Mapping[str, Tensor] | None,
+    fisher: Mapping[str, Tensor] | None,
+    ecda: ECDAConfig | None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One step's objective and its parts {'task', 'dar', 'ewc'} (§3.3.3). Without ``ecda`` it is L_task alone."""
+    task = causal_lm_nll(model, *batch)
+    parts = {"task": task}
+    if ecda is None:
+        return task, parts
+    dar = causal_lm_nll(model, *anchor_batch) if anchor_batch is not None else None
+    ewc = ewc_penalty(params, prev, fisher, ecda.lam) if prev is not None and fisher is not None else None
+    if dar is not None:
+        parts["dar"] = dar
+    if ewc is not None:
+        parts["ewc"] = ewc
+    return ecda_loss(task, dar, ewc, ecda.beta), parts
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Sequence[Batch]) -> float:
+    """Token-weighted mean next-token NLL over ``batches`` (eval mode)."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0.0
+    try:
+        for ids, mask in batches:
+            n = float((mask[:, 1:] * mask[:, :-1]).sum()) if mask is not None else float(ids.numel() - ids.size(0))
+            total += float(causal_lm_nll(model, ids, mask)) * n
+            count += n
+    finally:
+        model.train(was)
+    return total / count if count else float("nan")
+
+
+def _split(seqs: list[list[int]], frac: float, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    if frac <= 0 or len(seqs) < 2:
+        return seqs, []
+    n_val = min(len(seqs) - 1, max(1, round(frac * len(seqs))))
+    perm = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [seqs[i] for i in perm[n_val:]], [seqs[i] for i in perm[:n_val]]
+
+
+def train_adapter(
+    model: PeftModel,
+    lang: str,
+    train_texts: Examples,
+    tokenizer: Any | None,
+    cfg: TrainConfig,
+    *,
+    ecda: ECDAConfig | None = None,
+    anchors_texts: Examples | None = None,
+    prev_state: Mapping[str, Tensor] | None = None,
+    fisher: Mapping[str, Tensor] | None = None,
+    val_texts: Examples | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Fine-tune the adapter ``lang`` of ``model`` in place on ``train_texts`` (D_new); base weights stay frozen.
+
+    Validation: ``val_texts`` if given, else ``cfg.val_fraction`` of ``train_texts`` held out (seeded); none at all
+    (fraction 0 or a single example) disables early stopping. ECDA (``ecda`` given) needs ``anchors_texts``
+    (B_anchor); ``prev_state`` (theta_prev) defaults to the adapter as it is now and ``fisher`` to the diagonal
+    Fisher on the anchors at theta_prev. ``progress`` receives {'event': 'step'|'epoch', ...} dicts.
+    Seeds torch's global RNG with ``cfg.seed`` (adapter dropout)."""
+    params = adapter_parameters(model, lang)
+    model.set_adapter(lang)
+    for p in params.values():
+        p.requires_grad_(True)
+    device = next(iter(params.values())).device
+    pad_id = _pad_id(tokenizer)
+    seqs = [s for s in encode(train_texts, tokenizer, cfg.max_length) if len(s) >= 2]
+    if not seqs:
+        raise bad_param("train_texts", "train_adapter", "at least one example of >= 2 tokens", len(train_texts))
+    if val_texts is not None:
+        train_seqs, val_seqs = seqs, [s for s in encode(val_texts, tokenizer, cfg.max_length) if len(s) >= 2]
+    else:
+        train_seqs, val_seqs = _split(seqs, cfg.val_fraction, cfg.seed)
+    val_batches = _batches(val_seqs, cfg.batch_size, pad_id, device, None) if val_seqs else []
+
+    anchor_batches: list[Batch] = []
+    prev: dict[str, Tensor] | None = None
+    if ecda is not None:
+        anchor_seqs = [s for s in encode(anchors_texts or [], tokenizer, cfg.max_length) if len(s) >= 2]
+        if not anchor_seqs:
+            raise AdaptError(
+                "The 'anchors_texts' parameter of train_adapter must hold the anchor buffer B_anchor when 'ecda' is "
+                "given. Got none. Fix: pass the previous cycle's anchors, or ecda=None for a first training."
+            )
+        anchor_batches = _batches(anchor_seqs, cfg.batch_size, pad_id, device, None)
+        prev = {n: t.to(device) for n, t in (prev_state or snapshot(params)).items()}
+        if fisher is None:  # §3.3.3: F on B_anchor at theta_prev (the adapter before this update)
+            fisher = diagonal_fisher(model, anchor_batches, params)
+        for name, given in (("prev_state", prev), ("fisher", fisher)):
+            if set(given) != set(params):
+                raise bad_param(name, "train_adapter", f"exactly the adapter parameters of {lang!r}", sorted(given)[:3])
+        fisher = {n: f.to(device) for n, f in fisher.items()}
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps_per_epoch = math.ceil(len(train_seqs) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.max_epochs
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)  # as transformers.TrainingArguments.get_warmup_steps
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, warmup, total_steps)
+
+    result = TrainResult(steps=0, epochs=0, train_loss=[], val_loss=[], best_epoch=0, seconds_per_step=0.0)
+    best_val, best_state, bad_epochs, step_time = math.inf, None, 0, 0.0
+    was_training = model.training
+    model.train()
+    try:
+        for epoch in range(1, cfg.max_epochs + 1):
+            losses = []
+            for batch in _batches(train_seqs, cfg.batch_size, pad_id, device, gen):
+                t0 = time.perf_counter()
+                anchor = anchor_batches[result.steps % len(anchor_batches)] if anchor_batches else None
+                loss, _ = ecda_step_loss(model, batch, anchor, params, prev, fisher, ecda)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
+                result.lrs.append(opt.param_groups[0]["lr"])
+                opt.step()
+                sched.step()
+                step_time += time.perf_counter() - t0
+                result.steps += 1
+                losses.append(float(loss.detach()))
+                if progress:
+                    progress(
+                        {
+                            "event": "step",
+                            "epoch": epoch,
+                            "step": result.steps,
+                            "loss": losses[-1],
+                            "lr": result.lrs[-1],
+                            "total_steps": total_steps,
+                        }
+                    )
+            result.epochs = epoch
+            result.train_loss.append(sum(losses) / len(losses))
+            stop = False
+            if val_batches:
+                v = evaluate(model, val_batches)
+                result.val_loss.append(v)
+                if v < best_val:
+                    best_val, best_state, bad_epochs, result.best_epoch = v, snapshot(params), 0, epoch
+                else:
+                    bad_epochs += 1
+                    stop = bad_epochs >= cfg.patience
+            else:
+                result.best_epoch = epoch
+            if progress:
+                progress(
+                    {
+                        "event": "epoch",
+                        "epoch": epoch,
+                        "train_loss": result.train_loss[-1],
+                        "val_loss": result.val_loss[-1] if result.val_loss else None,
+                    }
+                )
+            if stop:
+                break
+    finally:
+        model.train(was_training)
+    if best_state is not None and result.best_epoch != result.epochs:  # early stopping: back to the best epoch
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(best_state[n])
+    result.seconds_per_step = step_time / max(result.steps, 1)
+    return result
