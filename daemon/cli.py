@@ -20,6 +20,7 @@ app.add_typer(config_cmd.app, name="config")
 
 def _register_optional() -> None:
     """Command groups owned by other modules; registered here so `compass --help` lists them all."""
+    from daemon.commands import adapters as adapters_cmd
     from daemon.commands import calibrate as calibrate_cmd
     from daemon.commands import codebook as codebook_cmd
     from daemon.commands import consume as consume_cmd
@@ -43,6 +44,7 @@ def _register_optional() -> None:
     app.command("daemon")(daemon_cmd.daemon)
     app.add_typer(ref_cmd.app, name="ref")
     app.command("calibrate")(calibrate_cmd.calibrate)
+    app.add_typer(adapters_cmd.app, name="adapters")
 
 
 _register_optional()
