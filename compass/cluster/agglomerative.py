@@ -63,9 +63,7 @@ class AgglomerativeClusterer(BaseClusterer):
 
     def _fit(self, X: np.ndarray) -> None:
         cfg = self.config
-        rng = np.random.default_rng(cfg.seed)
-        idx = fit_sample(X.shape[0], cfg.max_fit_samples, rng)
-        Xf = X if idx is None else X[idx]
+        rng, idx, Xf = self._fit_rows(X)
         if Xf.shape[0] < 2:
             raise ClusterInputError(f"{OWNER}.fit: Ward needs at least 2 rows; got {Xf.shape[0]}.")
         Z = linkage(Xf.astype(np.float64), method="ward")

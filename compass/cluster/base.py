@@ -322,6 +322,13 @@ class BaseClusterer:
     def fit_predict(self, X: np.ndarray) -> np.ndarray:
         return self.fit(X).labels_.copy()
 
+    def _fit_rows(self, X: np.ndarray) -> tuple[np.random.Generator, np.ndarray | None, np.ndarray]:
+        """(seeded rng, sorted sample indices or None, the rows to fit on): every method fits on at most
+        ``config.max_fit_samples`` rows so large pools stay tractable; the rest are assigned afterwards."""
+        rng = np.random.default_rng(self.config.seed)
+        idx = fit_sample(X.shape[0], self.config.max_fit_samples, rng)
+        return rng, idx, (X if idx is None else X[idx])
+
     def _fit(self, X: np.ndarray) -> None:
         raise NotImplementedError
 

@@ -32,7 +32,6 @@ from compass.cluster.base import (
     ClusterInputError,
     ClusterLoadError,
     check_int,
-    fit_sample,
     nearest_centroid,
     normalised_means,
     param_error,
@@ -142,9 +141,7 @@ class ButinaClusterer(BaseClusterer):
 
     def _fit(self, X: np.ndarray) -> None:
         cfg = self.config
-        rng = np.random.default_rng(cfg.seed)
-        idx = fit_sample(X.shape[0], cfg.max_fit_samples, rng)
-        Xf = X if idx is None else X[idx]
+        rng, idx, Xf = self._fit_rows(X)
         n = Xf.shape[0]
         floor = cfg.threshold if cfg.threshold is not None else cfg.threshold_range[0]
         nb = NeighbourLists(Xf, floor, cfg.max_neighbour_pairs)

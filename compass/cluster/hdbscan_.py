@@ -41,7 +41,6 @@ from compass.cluster.base import (
     ClusterLoadError,
     check_int,
     check_int_seq,
-    fit_sample,
     normalised_means,
     param_error,
 )
@@ -125,9 +124,7 @@ class HDBSCANClusterer(BaseClusterer):
 
     def _fit(self, X: np.ndarray) -> None:
         cfg = self.config
-        rng = np.random.default_rng(cfg.seed)
-        idx = fit_sample(X.shape[0], cfg.max_fit_samples, rng)
-        Xf = X if idx is None else X[idx]
+        rng, idx, Xf = self._fit_rows(X)
         n = Xf.shape[0]
         grid = [(mcs, ms) for mcs in cfg.min_cluster_sizes for ms in cfg.min_samples if mcs <= n and ms < n]
         if not grid:

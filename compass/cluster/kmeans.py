@@ -114,9 +114,7 @@ class KMeansClusterer(BaseClusterer):
 
     def _fit(self, X: np.ndarray) -> None:
         cfg = self.config
-        rng = np.random.default_rng(cfg.seed)
-        idx = fit_sample(X.shape[0], cfg.max_fit_samples, rng)
-        Xf = X if idx is None else X[idx]
+        rng, idx, Xf = self._fit_rows(X)
         self.silhouette_scores_: dict[int, float] = {}
         if cfg.n_clusters is not None:
             if cfg.n_clusters > Xf.shape[0]:
