@@ -42,7 +42,7 @@ import redis
 from compass.cluster import Clusterer, load_clusterer
 from compass.cluster.base import NOISE
 from compass.errors import CompassError
-from consumers.window import VERSION_RE, lineage_of
+from consumers.window import LUA_OLDER, VERSION_RE, lineage_of
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +127,8 @@ class Codebook:
 
 # KEYS: pointer. ARGV: new version, new lineage, expected parent ('' = a new fit).
 # Returns {1, previous} when set, {0, current} when refused.
-_POINTER_LUA = r"""
+_POINTER_LUA = LUA_OLDER + r"""
 local cur = redis.call('GET', KEYS[1])
-local function older(a, b)  -- byte order (Lua's `<` follows the server's collation locale)
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
 if ARGV[3] ~= '' then
   if cur ~= ARGV[3] then return {0, cur or ''} end
 elseif cur and not older(string.match(cur, '^[^.]+'), ARGV[2]) then

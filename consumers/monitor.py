@@ -57,6 +57,7 @@ from consumers.clients import kafka_consumer, kafka_producer, redis_client
 from consumers.codebook import Codebook, CodebookStore, CodebookWatcher
 from consumers.enrich import enrich
 from consumers.events import BadEvent, QueryEvent, decode_event
+from consumers.lease import Lease
 from consumers.metrics import ConsumerMetrics
 from consumers.window import ApplyResult, Assignment, StaleCodebookError, WindowStore
 
@@ -112,27 +113,6 @@ class RunStats:
         self.batch_seconds.append(b.seconds)
         if b.published:
             self.published.append(b.published)
-
-
-class PublisherLock:
-    """Who publishes codebook revisions: the holder of a Redis key (SET NX PX), renewed by its holder."""
-
-    _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-
-    def __init__(self, client: Any, key: str, ttl_ms: int):
-        self.client, self.key, self.ttl_ms = client, key, ttl_ms
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}".encode()
-        self._renew = client.register_script(self._RENEW)
-
-    def acquire_or_renew(self) -> bool:
-        if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
-            return True
-        return bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
-
-    def release(self) -> None:
-        # Only our own token is deleted: compare-and-delete in one script.
-        self.client.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-                         1, self.key, self.token)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -208,8 +188,9 @@ class Monitor:
         self._published: set[str] = set()  # revisions this worker published
         self.codebook: Codebook = self._use_codebook(self.watcher.current())
         self._watched = self.codebook_version  # the version the watcher reported last
-        self._publisher = PublisherLock(self.redis, f"{prefix}:codebook:publisher",
-                                        ttl_ms=max(1000, int(3000 * self.cc.revision_interval_s)))
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._publisher = Lease(self.redis, f"{prefix}:codebook:publisher", owner,
+                                ttl_ms=max(1000, int(3000 * self.cc.revision_interval_s)))
         self._next_revision = time.monotonic() + self.cc.revision_interval_s
 
         self._pending: dict[TopicPartition, int] = {}  # written to Redis, not yet committed
@@ -264,7 +245,7 @@ class Monitor:
         if not self.updates_centroids or time.monotonic() < self._next_revision:
             return None
         self._next_revision = time.monotonic() + self.cc.revision_interval_s
-        if not self._publisher.acquire_or_renew():
+        if self._publisher.hold() is None:
             return None
         cb = self.codebooks.publish(self.codebook.clusterer, self.embedder.model_id,
                                     languages=self.codebook.languages, parent=self.codebook_version)

@@ -125,8 +125,20 @@ class WindowSnapshot:
 #       five strings (a few long arguments instead of 4 per item: redis-py packs each argument in Python):
 #       positions ("topic:partition", "\n"-joined), per item: position index (1-based), offset, bucket
 #       (","-joined each), recent entries (JSON, "\n"-joined; JSON never holds a raw newline)
+# Version strings compared in Lua, as bytes: shared by the window script and the codebook pointer script.
+LUA_OLDER = r"""
+-- byte order, not Lua's `<` (strcoll: redis-server sets LC_COLLATE from its environment)
+local function older(a, b)  -- a sorts before b
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+"""
+
 # Returns {applied, duplicates, evicted, reset} or {-1, window_version} when the lineage is older.
-_APPLY_LUA = r"""
+_APPLY_LUA = LUA_OLDER + r"""
 local version, wsize, nb = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local rmax, rttl, n, lineage = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local function split(s, pattern)
@@ -141,14 +153,6 @@ if #pidx ~= n or #offs ~= n or #buckets ~= n or #ents ~= n then
   return redis.error_reply('malformed item arguments: expected ' .. n .. ' items')
 end
 
--- byte order, not Lua's `<` (strcoll: redis-server sets LC_COLLATE from its environment)
-local function older(a, b)  -- a sorts before b
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
 
 local meta = redis.call('HMGET', KEYS[5], 'codebook_version', 'lineage', 'n_buckets')
 local stored, stored_lineage, stored_nb = meta[1], meta[2], meta[3]

@@ -246,12 +246,6 @@ class Daemon:
                 self._lang_locks[lang] = threading.Lock()
             return self._leases[lang]
 
-    def _hold(self, lease: LanguageLease) -> int | None:
-        """Our fencing token for the language: renew a hold we have, else try to take the lease."""
-        if lease.token is not None and lease.renew():
-            return lease.token
-        return lease.acquire()
-
     def status(self, lang: str) -> LanguageStatus:
         return LanguageStatus.from_json(self.client.get(self.key(lang, "status")))
 
@@ -296,7 +290,7 @@ class Daemon:
         return result
 
     def _check(self, lang: str, now: float, lease: LanguageLease) -> CheckResult:
-        token = self._hold(lease)
+        token = lease.hold()
         if token is None:
             return CheckResult(lang, "standby", detail=f"lease held by {lease.holder()}")
         settings = self.languages.current.get(lang)
