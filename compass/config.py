@@ -263,6 +263,91 @@ class DaemonConfig(_Frozen):
         return self
 
 
+class ModelConfig(_Frozen):
+    """The shared base causal LM: the worker trains per-language adapters on it, the router serves them."""
+
+    path: Path | None = Field(
+        None, description="a local transformers model directory (or the directory holding gguf_file); "
+        "`compass models path smollm2` prints the packaged SmolLM2's"
+    )
+    gguf_file: str | None = Field(None, min_length=1, description="a GGUF file name inside path (needs `gguf`)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (CUDA when present), cpu or cuda")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="float32, bfloat16 or float16")
+
+
+class AdaptersConfig(_Frozen):
+    """Where adapter versions live (compass/registry)."""
+
+    registry: str = Field(".compass/adapters", min_length=1, description="a local directory or an fsspec URL "
+                          "such as s3://bucket/adapters (needs the s3 extra)")
+
+
+class TrainSettings(_Frozen):
+    """DoRA fine-tuning of one adapter (§4.3); maps onto compass.adapt.TrainConfig."""
+
+    rank: int = Field(16, ge=1, le=1024, description="DoRA rank r, in [1, 1024] (§4.3: 16)")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator, >= 1")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names to adapt (attention + feed-forward) or 'all-linear'",
+    )
+    lr: float = Field(2e-4, gt=0, le=1.0, description="AdamW learning rate, in (0, 1] (§4.3: 2e-4)")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, >= 0 (§4.3: 0.1)")
+    max_epochs: int = Field(3, ge=1, le=100, description="at most this many epochs, in [1, 100] (§4.3: 3)")
+    batch_size: int = Field(8, ge=1, le=4096, description="examples per step, in [1, 4096]")
+    max_length: int = Field(128, ge=8, le=32768, description="tokens per example, in [8, 32768]")
+    max_examples: int | None = Field(
+        None, ge=1, description="cap on D_new per update (seeded sample; null = all), >= 1"
+    )
+    seed: int = Field(0, description="seed of sampling, splits and dropout")
+
+
+class ECDASettings(_Frozen):
+    """The ECDA loss of §3.3.3 (App. D.3-D.4 defaults)."""
+
+    beta: float = Field(0.1, ge=0, description="weight of the anchor replay term, >= 0 (App. D.4: 0.1)")
+    lam: float = Field(2.0, ge=0, description="EWC lambda, >= 0 (App. D.4: 2)")
+    anchor_fraction: float = Field(0.05, gt=0, le=1, description="anchor buffer share of the data, in (0, 1]")
+
+
+class GateSettings(_Frozen):
+    """The promotion gate: adaptation must improve, retention may degrade by at most ``retention_margin``."""
+
+    retention_margin: float = Field(0.05, ge=0, le=1, description="max relative NLL rise on retention, in [0, 1]")
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of the recent window held out to score adaptation, in (0, 1)"
+    )
+    min_improvement: float = Field(0.0, ge=0, description="min relative NLL drop on adaptation, >= 0")
+
+
+class WorkerConfig(_Frozen):
+    """The adapter worker (`compass worker`): reselection + ECDA update + gate per job on compass.jobs."""
+
+    group_id: str = Field("compass-worker", min_length=1, description="Kafka consumer group reading compass.jobs")
+    pool: Path | None = Field(None, description="auxiliary pool D_aux: a records file (.jsonl, .jsonl.gz, .parquet)")
+    targets_dir: Path | None = Field(
+        None, description="directory of per-language target data D_t: <lang>.jsonl (records format)"
+    )
+    work_dir: Path = Field(Path(".compass/worker"), description="checkpoints and per-job reports")
+    max_attempts: int = Field(3, ge=1, le=100, description="tries per job before it is dead-lettered, in [1, 100]")
+    retry_backoff_s: float = Field(30.0, ge=0, description="seconds before a failed job is tried again, >= 0")
+    lock_ttl_ms: int = Field(120_000, ge=1000, description="per-language in-progress lock TTL (renewed), ms >= 1000")
+    checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints, >= 1")
+    train: TrainSettings = TrainSettings()
+    ecda: ECDASettings = ECDASettings()
+    gate: GateSettings = GateSettings()
+
+
+class ServingConfig(_Frozen):
+    """Routing and generation (`compass route`, POST /v1/route, POST /v1/generate), §3.2.5."""
+
+    host: str = Field("127.0.0.1", description="bind address of `compass serve`; keep 127.0.0.1 unless behind a proxy")
+    port: int = Field(8471, ge=1, le=65535, description="port of `compass serve`, in [1, 65535]")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="default generation length, in [1, 4096]")
+    max_batch: int = Field(8, ge=1, le=256, description="requests of one language generated together, in [1, 256]")
+    events_group_id: str = Field("compass-router", min_length=1, description="Kafka group reading promotions")
+
+
 class ServiceConfig(_Frozen):
     state_dir: Path = Field(Path(".compass"), description="directory for data, logs and PID files")
     kafka: KafkaConfig = KafkaConfig()
@@ -273,6 +358,10 @@ class ServiceConfig(_Frozen):
     consumer: ConsumerConfig = ConsumerConfig()
     stack: StackConfig = StackConfig()
     daemon: DaemonConfig = DaemonConfig()
+    model: ModelConfig = ModelConfig()
+    adapters: AdaptersConfig = AdaptersConfig()
+    worker: WorkerConfig = WorkerConfig()
+    serving: ServingConfig = ServingConfig()
 
 
 class LanguageSettings(_Frozen):

