@@ -66,6 +66,9 @@ def check_file_name(name: Any, what: str = "file name") -> str:
     return check_version(name, what)
 
 
+ADAPTER_KINDS = ("compass", "target_only")
+
+
 @dataclass(frozen=True)
 class AdapterManifest:
     """Everything needed to reproduce, audit and compare one adapter version of one language."""
@@ -83,6 +86,9 @@ class AdapterManifest:
     created_at: str = field(default_factory=utc_now)
     promoted_at: str | None = None
     gate: dict[str, Any] | None = None
+    # "compass": D_t + COMPASS selection guided by a usage proxy; "target_only": D_t alone (no proxy E_t yet);
+    # routing (§3.2.5) reports which one serves a language.
+    kind: str = "compass"
 
     def __post_init__(self) -> None:
         problems = _problems(asdict(self))
@@ -172,4 +178,6 @@ def _problems(d: dict[str, Any]) -> list[str]:
     g = d["gate"]
     if g is not None and not (isinstance(g, dict) and isinstance(g.get("outcome"), str)):
         problems.append(f"field 'gate' is {g!r}; give null or an object with a string 'outcome' (and 'reasons')")
+    if d["kind"] not in ADAPTER_KINDS:
+        problems.append(f"field 'kind' is {d['kind']!r}; give one of {list(ADAPTER_KINDS)}")
     return problems
