@@ -20,6 +20,7 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers import get_cosine_schedule_with_warmup
 
+from compass.adapt.checkpoint import Interrupted, TrainState
 from compass.adapt.config import AdaptError, ECDAConfig, TrainConfig, bad_param
 from compass.adapt.ewc import Batch, diagonal_fisher, ewc_penalty, snapshot
 from compass.adapt.loss import causal_lm_nll, ecda_loss
@@ -140,6 +141,10 @@ def train_adapter(
     fisher: Mapping[str, Tensor] | None = None,
     val_texts: Examples | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_every: int | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Fine-tune the adapter ``lang`` of ``model`` in place on ``train_texts`` (D_new); base weights stay frozen.
 
@@ -147,7 +152,12 @@ def train_adapter(
     (fraction 0 or a single example) disables early stopping. ECDA (``ecda`` given) needs ``anchors_texts``
     (B_anchor); ``prev_state`` (theta_prev) defaults to the adapter as it is now and ``fisher`` to the diagonal
     Fisher on the anchors at theta_prev. ``progress`` receives {'event': 'step'|'epoch', ...} dicts.
-    Seeds torch's global RNG with ``cfg.seed`` (adapter dropout)."""
+    Seeds torch's global RNG with ``cfg.seed`` (adapter dropout).
+
+    Checkpoints: every ``checkpoint_every`` steps ``on_checkpoint`` receives a ``TrainState``; ``resume`` (one such
+    state, e.g. from ``compass.adapt.checkpoint.load_checkpoint``) continues the same run with the same inputs and
+    ends with the same weights as an uninterrupted run. ``should_stop`` is asked after every step; when it answers
+    True the state goes to ``on_checkpoint`` and ``Interrupted`` is raised."""
     params = adapter_parameters(model, lang)
     model.set_adapter(lang)
     for p in params.values():
@@ -173,6 +183,9 @@ def train_adapter(
                 "given. Got none. Fix: pass the previous cycle's anchors, or ecda=None for a first training."
             )
         anchor_batches = _batches(anchor_seqs, cfg.batch_size, pad_id, device, None)
+        if resume is not None:  # theta_prev and F as the interrupted run had them (the adapter has moved since)
+            prev_state = _group(resume.tensors, "prev.")
+            fisher = _group(resume.tensors, "fisher.") or None
         prev = {n: t.to(device) for n, t in (prev_state or snapshot(params)).items()}
         if fisher is None:  # §3.3.3: F on B_anchor at theta_prev (the adapter before this update)
             fisher = diagonal_fisher(model, anchor_batches, params)
@@ -191,12 +204,25 @@ def train_adapter(
 
     result = TrainResult(steps=0, epochs=0, train_loss=[], val_loss=[], best_epoch=0, seconds_per_step=0.0)
     best_val, best_state, bad_epochs, step_time = math.inf, None, 0, 0.0
+    start_epoch, skip, losses = 1, 0, []
+    if resume is not None:
+        start_epoch, skip, losses = resume.epoch, resume.position, list(resume.meta["losses"])
+        best_val, best_state, bad_epochs, step_time = _restore(resume, params, opt, sched, gen, result, lang)
     was_training = model.training
     model.train()
+
+    def state(epoch: int, position: int, gen_state: Tensor) -> TrainState:
+        return _capture(params, opt, sched, prev, fisher, best_state, gen_state, result, epoch, position, losses,
+                        best_val, bad_epochs, step_time, lang)
+
     try:
-        for epoch in range(1, cfg.max_epochs + 1):
-            losses = []
-            for batch in _batches(train_seqs, cfg.batch_size, pad_id, device, gen):
+        for epoch in range(start_epoch, cfg.max_epochs + 1):
+            gen_state = gen.get_state()  # before this epoch's shuffle: a resume redraws the same order
+            if epoch != start_epoch or resume is None:
+                losses = []
+            for position, batch in enumerate(_batches(train_seqs, cfg.batch_size, pad_id, device, gen)):
+                if epoch == start_epoch and position < skip:
+                    continue
                 t0 = time.perf_counter()
                 anchor = anchor_batches[result.steps % len(anchor_batches)] if anchor_batches else None
                 loss, _ = ecda_step_loss(model, batch, anchor, params, prev, fisher, ecda)
@@ -220,6 +246,11 @@ def train_adapter(
                             "total_steps": total_steps,
                         }
                     )
+                stop = should_stop is not None and should_stop()
+                if on_checkpoint is not None and (stop or (checkpoint_every and result.steps % checkpoint_every == 0)):
+                    on_checkpoint(state(epoch, position + 1, gen_state))
+                if stop:
+                    raise Interrupted(result.steps)
             result.epochs = epoch
             result.train_loss.append(sum(losses) / len(losses))
             stop = False
@@ -252,3 +283,57 @@ def train_adapter(
                 p.copy_(best_state[n])
     result.seconds_per_step = step_time / max(result.steps, 1)
     return result
+
+
+def _group(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _capture(params, opt, sched, prev, fisher, best_state, gen_state, result, epoch, position, losses, best_val,
+             bad_epochs, step_time, lang) -> TrainState:
+    """The resumable state: tensors flattened by role (safetensors holds flat name -> tensor maps only)."""
+    tensors: dict[str, Tensor] = {f"param.{n}": p.detach().clone() for n, p in params.items()}
+    opt_state = opt.state_dict()
+    for idx, st in opt_state["state"].items():
+        for key, value in st.items():
+            tensors[f"opt.{idx}.{key}"] = value.detach().clone() if torch.is_tensor(value) else torch.tensor(value)
+    for role, group in (("prev", prev), ("fisher", fisher), ("best", best_state)):
+        for n, t in (group or {}).items():
+            tensors[f"{role}.{n}"] = t.detach().clone()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tensors["rng.epoch_gen"] = gen_state.clone()
+    meta = {
+        "lang": lang, "names": list(params), "losses": list(losses), "train_loss": list(result.train_loss),
+        "val_loss": list(result.val_loss), "lrs": list(result.lrs), "best_epoch": result.best_epoch,
+        "best_val": None if math.isinf(best_val) else best_val, "bad_epochs": bad_epochs, "step_time": step_time,
+        "param_groups": opt_state["param_groups"], "sched_last_epoch": sched.last_epoch,
+    }
+    return TrainState(result.steps, epoch, position, tensors, meta)
+
+
+def _restore(resume: TrainState, params, opt, sched, gen, result: TrainResult, lang: str):
+    meta, tensors = resume.meta, resume.tensors
+    if meta.get("lang") != lang or meta.get("names") != list(params):
+        raise bad_param("resume", "train_adapter", f"a checkpoint of the adapter {lang!r} of this model",
+                        meta.get("lang"))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[f"param.{n}"])
+    state: dict[int, dict[str, Tensor]] = {}
+    for k, v in _group(tensors, "opt.").items():
+        idx, key = k.split(".", 1)
+        state.setdefault(int(idx), {})[key] = v.to(next(iter(params.values())).device) if key != "step" else v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.last_epoch = meta["sched_last_epoch"]
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    gen.set_state(tensors["rng.epoch_gen"])
+    result.steps, result.train_loss, result.val_loss = resume.step, list(meta["train_loss"]), list(meta["val_loss"])
+    result.lrs, result.best_epoch, result.epochs = list(meta["lrs"]), meta["best_epoch"], resume.epoch - 1
+    best = _group(tensors, "best.") or None
+    best_val = math.inf if meta["best_val"] is None else meta["best_val"]
+    return best_val, best, meta["bad_epochs"], meta["step_time"]

@@ -1,0 +1,72 @@
+"""Initial adaptation of a language (§3.2.4): its first adapter from D_t + S, no EWC, no earlier anchors.
+
+S is the COMPASS selection from the pool guided by a usage proxy E_t (``proxy``); without a proxy the adapter is
+trained on D_t alone (manifest kind "target_only"). The version is promoted with gate outcome "pass" (reason
+"initial adaptation"), and its P_ref goes into the manifest and, when Redis is reachable, into Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from compass.config import LanguagesConfig, ServiceConfig
+from compass.data import read_records
+from daemon.worker.model import ModelHost
+from daemon.worker.pipeline import JobContext, base_report, train_and_register, write_report
+
+log = logging.getLogger(__name__)
+
+
+def _records(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str | Path):
+        return read_records(value)
+    return list(value)
+
+
+def adapt_language(
+    config: ServiceConfig,
+    languages: LanguagesConfig,
+    lang: str,
+    *,
+    targets: str | Path | Sequence[Any],
+    pool: str | Path | None = None,
+    proxy: str | Path | Sequence[Any] | None = None,
+    client: redis.Redis | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
+    codebook: Any = None,
+    embedder: Any = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    host: ModelHost | None = None,
+) -> dict[str, Any]:
+    """Train, register and promote the first adapter of ``lang``; returns its job report (kind "initial")."""
+    from compass.embed import make_embedder
+
+    job_id = f"{lang}-initial-{int(time.time() * 1000)}-{uuid.uuid4().hex[:4]}"
+    ctx = JobContext(config, languages, client, host or ModelHost(config, model, tokenizer),
+                     embedder or make_embedder(config.embedder))
+    if codebook is None and client is not None:
+        from consumers.codebook import CodebookNotFound, CodebookStore
+
+        try:
+            codebook = CodebookStore(config.consumer.codebook_dir, client, config.redis.key_prefix).load()
+        except CodebookNotFound:
+            log.warning("%s: no codebook published; P_ref has one bucket and no anchors are kept", lang)
+    target = _records(targets)
+    recent = [(r.id, r.text) for r in _records(proxy)]
+    report = base_report(job_id, lang, "initial", "initial", time.time())
+    train_and_register(ctx, lang, job_id=job_id, target=target, recent=recent, codebook=codebook,
+                       window_counts=None, report=report, pool_path=Path(pool) if pool else None, initial=True,
+                       use_current=False, progress=progress)
+    report["finished_at"] = time.time()
+    write_report(ctx.work_dir, report)
+    return report

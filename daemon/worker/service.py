@@ -1,0 +1,224 @@
+"""The worker process: Kafka intake into the Redis queue, one job at a time from the queue, events out.
+
+Intake: each message of ``kafka.jobs_topic`` (group ``worker.group_id``) is decoded and added to the durable
+queue (daemon/worker/queue.py), or dead-lettered when malformed; then the offsets are committed. Jobs run from
+the queue under the language's in-progress lock ``{prefix}:{lang}:worker-lock`` (a Lease renewed by a heartbeat
+thread while training). A failed attempt waits ``retry_backoff_s``; after ``max_attempts`` the job is
+dead-lettered (reason ``max_attempts``) and update_finished(ok=false) is emitted. Stop (SIGTERM): no new job
+is taken, the running one checkpoints and stays pending, and resumes from its checkpoint at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from compass.adapt import Interrupted
+from compass.config import LanguagesConfig, ServiceConfig
+from consumers.deadletter import DeadLetter, DeadLetterWriter, dead_letter_of
+from consumers.lease import Lease
+from daemon.messages import BadMessage, Event, UpdateJob, decode_job, encode
+from daemon.worker.model import ModelHost
+from daemon.worker.pipeline import JobContext, base_report, run_job, write_report
+from daemon.worker.queue import JobQueue, PendingJob
+
+log = logging.getLogger(__name__)
+BAD_JOB, MAX_ATTEMPTS, NOT_AN_UPDATE = "bad_job", "max_attempts", "not_an_update"
+
+
+def lock_key(lang: str, prefix: str) -> str:
+    return f"{prefix}:{{{lang}}}:worker-lock"
+
+
+class _Heartbeat:
+    """Renews a lease every ttl/3 until stopped (training holds the GIL rarely long enough to matter)."""
+
+    def __init__(self, lease: Lease):
+        self.lease, self._stop = lease, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat:{lease.key}")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease.ttl_ms / 3000):
+            try:
+                if not self.lease.renew():
+                    log.error("%s: lost the worker lock while training", self.lease.key)
+            except redis.RedisError as e:
+                log.warning("%s: heartbeat failed: %s", self.lease.key, e)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class Worker:
+    """``Worker(config, languages).run(stop)``; ``run_once`` and ``run_job`` for in-process use (demo, tests)."""
+
+    def __init__(self, config: ServiceConfig, languages: LanguagesConfig, client: redis.Redis | None = None,
+                 model: Any = None, tokenizer: Any = None, embedder: Any = None, consumer: Any = None,
+                 producer: Any = None):
+        from compass.embed import make_embedder
+        from consumers.clients import kafka_consumer, kafka_producer, redis_client
+
+        self.config = config
+        self.client = client or redis_client(config.redis)
+        self.queue = JobQueue(self.client, config.redis.key_prefix)
+        self.producer = producer or kafka_producer(config.kafka, acks="all")
+        self.dead = DeadLetterWriter(self.producer, config.kafka.dead_letter_topic)
+        self._consumer = consumer
+        self._consumer_factory = lambda: kafka_consumer(config.kafka, config.worker.group_id,
+                                                        [config.kafka.jobs_topic], auto_offset_reset="earliest")
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.ctx = JobContext(config, languages, self.client, ModelHost(config, model, tokenizer),
+                              embedder or make_embedder(config.embedder), emit=self.emit)
+        self.stop_event = threading.Event()
+
+    @property
+    def consumer(self) -> Any:
+        if self._consumer is None:
+            self._consumer = self._consumer_factory()
+        return self._consumer
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, event: Event) -> None:
+        try:
+            self.producer.send(self.config.kafka.events_topic, key=event.language.encode(),
+                               value=encode(event)).get(timeout=10)
+        except Exception as e:  # a missing notice must not fail the job; the report file still has it
+            log.error("%s: could not emit %s for job %s: %s", event.language, event.type, event.job_id, e)
+
+    # ------------------------------------------------------------------ intake
+
+    def intake(self, timeout_ms: int = 500) -> int:
+        """Move one poll's jobs into the queue (bad ones to the dead-letter topic), then commit."""
+        batches = self.consumer.poll(timeout_ms=timeout_ms)
+        added = 0
+        for records in batches.values():
+            for rec in records:
+                try:
+                    job = decode_job(rec.value)
+                except BadMessage as e:
+                    log.warning("job %s:%d@%d dead-lettered: %s", rec.topic, rec.partition, rec.offset, e)
+                    self.dead.send(dead_letter_of(rec, BAD_JOB, str(e)))
+                    continue
+                source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+                if self.queue.add(job.job_id, job.to_json(), source):
+                    added += 1
+                else:
+                    log.info("job %s is pending or done already; redelivery ignored", job.job_id)
+        if batches:
+            self.dead.flush()
+            self.consumer.commit()  # after the queue write and the dead letters: a crash re-delivers, never loses
+        return added
+
+    # ------------------------------------------------------------------ processing
+
+    def process_due(self, max_jobs: int | None = None) -> int:
+        """Run due jobs from the queue (oldest first) until none is left or asked to stop; returns jobs finished."""
+        done = 0
+        for entry in self.queue.due():
+            if self.stop_event.is_set() or (max_jobs is not None and done >= max_jobs):
+                break
+            if self._process(entry):
+                done += 1
+        return done
+
+    def _process(self, entry: PendingJob) -> bool:
+        job = UpdateJob(**entry.job)
+        if self.queue.is_done(job.job_id):
+            self.queue.finish(job.job_id, "duplicate")
+            return False
+        lease = Lease(self.client, lock_key(job.language, self.config.redis.key_prefix), self.owner,
+                      self.config.worker.lock_ttl_ms)
+        if lease.acquire() is None:
+            log.info("%s: job %s waits: another worker holds the language (%s)", job.language, job.job_id,
+                     lease.holder())
+            self.queue.postpone(entry, min(5.0, self.config.worker.lock_ttl_ms / 1000))
+            return False
+        try:
+            return self._attempt(entry, job, lease)
+        finally:
+            lease.release()
+
+    def _attempt(self, entry: PendingJob, job: UpdateJob, lease: Lease) -> bool:
+        attempt = entry.attempts + 1
+        self.emit(Event("update_started", job.language, time.time(), job.job_id, {"attempt": attempt}))
+        try:
+            with _Heartbeat(lease):
+                report = run_job(self.ctx, job, should_stop=self.stop_event.is_set)
+        except Interrupted as e:
+            log.info("%s: job %s interrupted (%s); it stays pending", job.language, job.job_id, e)
+            return False
+        except Exception as e:  # any failure of the pipeline is retried, never fatal to the worker
+            return self._failed(entry, job, e, final=job.kind != "adapter_update")  # recluster: not ours, no retry
+        self.queue.finish(job.job_id, report["outcome"])
+        self.emit(Event("update_finished", job.language, time.time(), job.job_id,
+                        {"ok": True, "adapter_version": self.ctx.registry.current(job.language),
+                         "outcome": report["outcome"], "error": None}))
+        log.info("%s: job %s %s (version %s)", job.language, job.job_id, report["outcome"], report["version"])
+        return True
+
+    def _failed(self, entry: PendingJob, job: UpdateJob, error: Exception, final: bool = False) -> bool:
+        msg = f"{type(error).__name__}: {error}"
+        wcfg = self.config.worker
+        entry = self.queue.failed(entry, msg, wcfg.retry_backoff_s)
+        log.error("%s: job %s attempt %d/%d failed: %s", job.language, job.job_id, entry.attempts,
+                  wcfg.max_attempts, msg, exc_info=error)
+        if entry.attempts < wcfg.max_attempts and not final:
+            return False
+        src = entry.source
+        self.dead.send(DeadLetter(src.get("topic", self.config.kafka.jobs_topic), int(src.get("partition", -1)),
+                                  int(src.get("offset", -1)), job.language.encode(), encode(job), [],
+                                  NOT_AN_UPDATE if final else MAX_ATTEMPTS,
+                                  f"job {job.job_id} failed {entry.attempts} times; last error: {msg}"))
+        self.dead.flush()
+        report = base_report(job.job_id, job.language, "update", job.reason, time.time())
+        report.update(finished_at=time.time(), error=msg, parent=self.ctx.registry.current(job.language))
+        write_report(self.ctx.work_dir, report)
+        self.queue.finish(job.job_id, "failed")
+        shutil.rmtree(self.ctx.checkpoint_dir(job.job_id), ignore_errors=True)
+        self.emit(Event("update_finished", job.language, time.time(), job.job_id,
+                        {"ok": False, "adapter_version": self.ctx.registry.current(job.language),
+                         "outcome": "failed", "error": msg}))
+        return True
+
+    # ------------------------------------------------------------------ loops
+
+    def run_once(self, timeout_s: float = 1.0) -> int:
+        """One intake poll, then every due job; returns how many jobs finished."""
+        self.intake(int(timeout_s * 1000))
+        return self.process_due()
+
+    def run(self, stop: threading.Event | None = None, max_jobs: int | None = None, once: bool = False) -> int:
+        """Until ``stop`` is set (or ``max_jobs`` finished, or, with ``once``, the queue is drained)."""
+        if stop is not None:
+            self.stop_event = stop
+        done = 0
+        while not self.stop_event.is_set():
+            self.intake(500)
+            left = None if max_jobs is None else max_jobs - done
+            done += self.process_due(left)
+            if (max_jobs is not None and done >= max_jobs) or (once and not self.queue.due()):
+                break
+        return done
+
+    def run_job(self, job: UpdateJob) -> dict[str, Any]:
+        """The pipeline of one job in process, without the queue (the demo's path)."""
+        return run_job(self.ctx, job, should_stop=self.stop_event.is_set)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+        self.producer.close(timeout=5)
