@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from compass.config import KafkaConfig
 from consumers.clients import kafka_consumer, kafka_producer
+from daemon import history
 from daemon.messages import (
     SCHEMA_HEADER,
     SCHEMA_VERSION,
@@ -63,16 +64,19 @@ class EventInbox:
     """Reads worker reports from compass.events into the languages' Redis inboxes (not thread-safe: one poller)."""
 
     def __init__(self, cfg: KafkaConfig, group_id: str, client: redis.Redis, prefix: str,
-                 consumer: KafkaConsumer | None = None, **consumer_overrides: Any):
+                 consumer: KafkaConsumer | None = None, events_max: int = history.EVENTS_MAX,
+                 **consumer_overrides: Any):
         self.client = client
         self.prefix = prefix
+        self.events_max = events_max  # timeline entries kept per language (daemon/history.py)
         self.consumer = consumer or kafka_consumer(cfg, group_id, [cfg.events_topic], **consumer_overrides)
         self.bad = 0  # malformed messages skipped
 
     def poll(self, timeout_ms: int = 200) -> int:
-        """Move the reports of one poll into the inboxes, then commit; returns how many were queued."""
+        """Move the reports of one poll into the inboxes and every event into its language's timeline, then
+        commit; returns how many reports were queued."""
         batches = self.consumer.poll(timeout_ms=timeout_ms)
-        queued = 0
+        queued = recorded = 0
         pipe = self.client.pipeline(transaction=False)
         for records in batches.values():
             for rec in records:
@@ -82,13 +86,15 @@ class EventInbox:
                     self.bad += 1
                     log.warning("compass.events %s:%d@%d skipped: %s", rec.topic, rec.partition, rec.offset, e)
                     continue
+                history.queue_event(pipe, event, self.prefix, self.events_max)  # the status page's timeline
+                recorded += 1
                 if event.type not in WORKER_EVENTS:
                     continue  # our own events (drift_detected, ...) come back on the same topic
                 key = inbox_key(event.language, self.prefix)
                 pipe.rpush(key, encode(event))
                 pipe.ltrim(key, -INBOX_MAX, -1)
                 queued += 1
-        if queued:
+        if recorded:
             pipe.execute()
         if batches:
             self.consumer.commit()  # after the inbox write: a crash in between re-delivers, never loses

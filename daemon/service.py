@@ -28,8 +28,9 @@ restart or another replica continues it. A new P_ref (its adapter_version change
 hysteresis guards one reference, a new adapter is a new baseline.
 
 Redis keys of ``l`` besides the window's: ``ref`` (daemon/reference.py), ``status``, ``inbox``
-(daemon/dispatch.py), ``paused``, ``force``, ``quality`` and ``snapshot:<job_id>`` (the frozen window a job
-refers to).
+(daemon/dispatch.py), ``paused``, ``force``, ``quality``, ``snapshot:<job_id>`` (the frozen window a job
+refers to) and ``history:js`` / ``history:events`` (daemon/history.py: what the status page draws; every check
+past step 5 appends its reading).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from compass.embed.base import Embedder
 from consumers.clients import redis_client
 from consumers.codebook import Codebook, CodebookStore
 from consumers.window import WindowSnapshot, WindowStore, lineage_of
-from daemon import stale
+from daemon import history, stale
 from daemon.dispatch import Dispatcher, EventInbox, drain_inbox
 from daemon.lock import LanguageLease
 from daemon.messages import Event, UpdateJob
@@ -67,6 +68,9 @@ from daemon.reference import BadReference, Reference, get_reference
 from daemon.reload import ReloadingLanguages
 
 log = logging.getLogger(__name__)
+
+# check states that end before JS is computed (not recorded in the JS history of daemon/history.py)
+UNMEASURED_STATES = frozenset({"standby", "disabled", "paused", "updating", "error"})
 
 # far share of a language's recent points: (lang, window snapshot) -> share in [0, 1], or None when unmeasured
 FarShareFn = Callable[[str, WindowSnapshot], float | None]
@@ -303,6 +307,8 @@ class Daemon:
             if not lease.fenced_set("status", st.to_json(), token):
                 return CheckResult(lang, "standby", detail="lease lost during the check; a newer holder acts")
             self.metrics.updating.labels(lang).set(1 if st.phase == "updating" else 0)
+            if result.state not in UNMEASURED_STATES:
+                self._record_history(lang, st.last_check)
             return result
 
         if not settings.enabled:
@@ -385,6 +391,16 @@ class Daemon:
             return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update",
                                    "quality"), **extra)
         return done(CheckResult(lang, decision.reason, js=js, n_samples=n), **extra)
+
+    def _record_history(self, lang: str, reading: dict[str, Any]) -> None:
+        """Append the check to the status page's JS history; a failure there never changes the check's outcome."""
+        try:
+            # the cap: DaemonConfig.history_js_max where the config defines it
+            history.record_check(self.client, lang, reading, self.prefix,
+                                 cap=getattr(self.dcfg, "history_js_max", history.JS_MAX))
+        except Exception as e:
+            log.warning("%s: JS history not recorded: %s", lang, e)
+            self.metrics.errors.labels(lang, "history").inc()
 
     def _quality_reading(self, lang: str, settings: LanguageSettings) -> bool | None:
         """Feed what producers pushed to ``{prefix}:{lang}:quality`` (RPUSH of numbers, e.g. NLL or a feedback

@@ -1,0 +1,203 @@
+"""The live status page (GET /) and its JSON (GET /v1/status) over a real Daemon on the real Kafka and Redis:
+the JSON's exact content, then the page rendered by headless chromium against uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import uuid
+
+import pytest
+import torch
+import uvicorn
+from fastapi.testclient import TestClient
+
+from compass.registry import AdapterManifest, AdapterRegistry
+from consumers.window import Assignment, WindowStore
+from daemon.api.app import create_app
+from daemon.history import record_check, record_event
+from daemon.messages import Event
+from daemon.reference import set_reference
+from daemon.service import Daemon
+
+LANGS = """
+defaults: {min_samples: 4, window_size: 8, theta: 0.15, rearm_ratio: 0.5, cooldown_s: 100}
+languages:
+  it: {}
+  es: {}
+"""
+T0 = 1_763_800_000.0
+N_POINTS = 37
+FIRED_AT = (12, 30)  # readings whose check fired (state "drift"): the chart's trigger markers
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def daemon(services, topic_factory, tmp_path, redis):
+    base = services.config
+    cfg = base.model_copy(update={
+        "kafka": base.kafka.model_copy(update={"jobs_topic": topic_factory(), "events_topic": topic_factory()}),
+        "daemon": base.daemon.model_copy(update={"check_interval_s": 1.0, "lease_ttl_ms": 5000,
+                                                 "events_group_id": f"test-page-{uuid.uuid4().hex[:8]}"}),
+        "adapters": base.adapters.model_copy(update={"registry": str(tmp_path / "adapters")}),
+    })
+    path = tmp_path / "languages.yaml"
+    path.write_text(LANGS)
+    d = Daemon(cfg, path, owner="page-test")
+    yield d
+    d.stop()
+    d.client.close()
+
+
+def js_of(i: int) -> float:
+    return round(0.02 + (i % 10) * 0.02, 4)  # 0.02 .. 0.2: crosses theta 0.15
+
+
+@pytest.fixture
+def recorded(daemon, redis):
+    """``it``: a JS history, a window over 3 buckets vs P_ref, two adapter versions (one promoted), events."""
+    for i in range(N_POINTS):
+        state = "drift" if i in FIRED_AT else "below_threshold"
+        record_check(redis, "it", {"at": T0 + 60 * i, "js": js_of(i), "theta": 0.15, "n_samples": 8, "state": state},
+                     daemon.prefix)
+    set_reference(redis, "it", probs=[0.5, 0.25, 0.25], codebook_version="v1", adapter_version="va")
+    items = [Assignment(f"q{i}", b, "compass.queries", 0, i, f"testo {i}") for i, b in enumerate([0, 0, 0, 0, 0, 0, 1, 2])]
+    WindowStore(redis).apply_batch({"it": (8, items)}, "v1", 3)
+    reg = AdapterRegistry(daemon.config.adapters.registry)
+    for v, parent in (("va", None), ("vb", "va")):
+        reg.write_version("it", {"w": torch.zeros(2)}, {"r": 4},
+                          AdapterManifest(language="it", version=v, base_model_id="tiny", codebook_version="v1",
+                                          parent=parent))
+    reg.promote("it", "va", {"outcome": "pass"})
+    record_event(redis, Event("drift_detected", "it", T0 + 720, "it-job-1", {"js": 0.2, "theta": 0.15}), daemon.prefix)
+    record_event(redis, Event("adapter_rejected", "it", T0 + 900, "it-job-1",
+                              {"adapter_version": "vb", "reasons": ["retention +7% > margin 5%"]}), daemon.prefix)
+    return reg
+
+
+def test_status_json_has_every_card_exactly(daemon, recorded):
+    client = TestClient(create_app(daemon))
+    body = client.get("/v1/status").json()
+    assert [c["language"] for c in body["languages"]] == ["es", "it"]
+    es, it = body["languages"]
+    assert (es["error"], es["js_history"], es["timeline"]) == (None, [], [])
+    assert es["adapters"] == {"current": None, "n_versions": 0, "versions": [], "promotions": [], "error": None}
+    assert es["proportions"]["reference"] is None and es["badge"] == "unknown"
+    assert len(it["js_history"]) == N_POINTS
+    assert it["js_history"][12] == {"at": T0 + 720, "js": 0.06, "theta": 0.15, "n_samples": 8, "state": "drift"}
+    assert it["proportions"]["window"] == [0.75, 0.125, 0.125]
+    assert it["proportions"]["reference"] == [0.5, 0.25, 0.25]
+    assert it["proportions"]["counts"] == [6, 1, 1]
+    assert it["window"]["fill"] == 1.0
+    a = it["adapters"]
+    assert (a["current"], a["n_versions"], a["versions"]) == ("va", 2, ["vb", "va"])
+    assert [(p["action"], p["version"], p["gate"]) for p in a["promotions"]] == [("promote", "va", {"outcome": "pass"})]
+    assert [e["type"] for e in it["timeline"]] == ["adapter_rejected", "drift_detected"]
+    assert len(client.get("/v1/status", params={"points": 5}).json()["languages"][1]["js_history"]) == 5
+
+
+def test_page_is_self_contained(daemon):
+    html = TestClient(create_app(daemon)).get("/")
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    text = html.text
+    for outside in ("<link", "src=", "@import", "url(", "https://"):
+        assert outside not in text
+    assert text.count("http://") == 1 and "http://www.w3.org/2000/svg" in text  # the SVG namespace, not a fetch
+    assert 'data-poll-ms="5000"' in text
+
+
+def test_a_broken_language_gets_an_error_card_not_a_500(daemon, redis):
+    redis.hset("compass:{it}:counts", "7", 1)  # bucket outside the window's (absent) codebook: corrupt state
+    redis.hset("compass:{it}:meta", mapping={"codebook_version": "v1", "n_buckets": 3})
+    body = TestClient(create_app(daemon)).get("/v1/status").json()
+    it = next(c for c in body["languages"] if c["language"] == "it")
+    assert it["badge"] == "attention" and it["error"].startswith("WindowStateError: compass:{it}:counts: bucket 7")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(daemon):
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(daemon), host="127.0.0.1", port=port, log_level="warning",
+                                        lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if srv.started or not thread.is_alive():
+            break
+        thread.join(0.02)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def browser():
+    if not shutil.which(CHROMIUM) or not shutil.which(CHROMEDRIVER):
+        pytest.skip(f"needs Debian's chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium "
+                    "chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="compass-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={profile}", "--window-size=1400,2000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_page_renders_the_cards_in_headless_chromium(server, browser, recorded):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    line = WebDriverWait(browser, 60).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, "#card-it svg.js-chart polyline.js-line"))[0]
+    card = browser.find_element(By.ID, "card-it")
+    assert line.get_attribute("data-points") == str(N_POINTS)
+    assert len(line.get_attribute("points").split()) == N_POINTS
+    chart = card.find_element(By.CSS_SELECTOR, "svg.js-chart")
+    assert (chart.get_attribute("data-readings"), chart.get_attribute("data-triggers")) == (str(N_POINTS), "2")
+    markers = card.find_elements(By.CSS_SELECTOR, "svg.js-chart circle.trigger-marker")
+    assert sorted(float(m.get_attribute("data-at")) for m in markers) == [T0 + 60 * i for i in FIRED_AT]
+    theta = card.find_element(By.CSS_SELECTOR, "svg.js-chart line.theta-line")
+    assert theta.get_attribute("data-theta") == "0.15"
+    assert theta.get_attribute("y1") == theta.get_attribute("y2")
+    assert float(theta.get_attribute("x2")) > float(theta.get_attribute("x1"))
+    # JS points above theta sit above the theta line (SVG y grows downwards)
+    ys = [float(p.split(",")[1]) for p in line.get_attribute("points").split()]
+    above = [i for i in range(N_POINTS) if js_of(i) > 0.15]
+    assert above and all(ys[i] < float(theta.get_attribute("y1")) for i in above)
+
+    bars = card.find_elements(By.CSS_SELECTOR, "svg.cluster-bars rect.bar-window")
+    refs = card.find_elements(By.CSS_SELECTOR, "svg.cluster-bars rect.bar-ref")
+    assert [float(b.get_attribute("data-p")) for b in bars] == [0.75, 0.125, 0.125]
+    assert [float(b.get_attribute("data-p")) for b in refs] == [0.5, 0.25, 0.25]
+
+    assert card.find_element(By.CSS_SELECTOR, ".adapters .current-version").text == "va"
+    events = card.find_elements(By.CSS_SELECTOR, "ol.timeline li")
+    assert [e.get_attribute("data-type") for e in events] == ["adapter_rejected", "drift_detected"]
+    assert "it-job-1" in events[1].text and "drift_detected" in events[1].text
+    assert "retention +7% > margin 5%" in events[0].text
+
+    es = browser.find_element(By.ID, "card-es")
+    assert es.find_element(By.CSS_SELECTOR, "polyline.js-line").get_attribute("data-points") == "0"
+    assert es.find_element(By.CSS_SELECTOR, ".adapters .current-version").text == "none"
+    assert browser.find_element(By.ID, "error").is_displayed() is False
+    if os.environ.get("COMPASS_STATUS_SCREENSHOT"):  # a PNG of the rendered page, for a human look
+        browser.save_screenshot(os.environ["COMPASS_STATUS_SCREENSHOT"])
