@@ -1,5 +1,8 @@
 """HTTP API of the drift daemon, served by uvicorn on ``http.host:http.port`` (127.0.0.1 by default).
 
+  GET  /                                the live status page for on-call (daemon/api/status_page.py)
+  GET  /v1/status                        every language's card data at once: JS history, P_mon vs P_ref,
+                                         adapters, events timeline (the page polls it)
   GET  /healthz                          the process answers
   GET  /readyz                           Kafka and Redis reachable (503 naming the one that is not)
   GET  /metrics                          Prometheus text format
@@ -8,6 +11,7 @@
   POST /v1/languages/{lang}/pause        stop checks acting on the language (all replicas)
   POST /v1/languages/{lang}/resume
   POST /v1/languages/{lang}/trigger      enqueue an adapter update now (reason ``manual``)
+  POST /v1/route                         {"text", "lang"?} -> routing decision (§3.2.5; registry re-read every 10 s)
   GET  /openapi.json, /docs              FastAPI's OpenAPI document
 
 POST endpoints need ``Authorization: Bearer <token>`` with the token from the environment variable
@@ -28,10 +32,15 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from compass.route import RouteError
+from daemon.api.serving import RouteRequest
+from daemon.api.status_page import status_router
+
 if TYPE_CHECKING:
     from daemon.service import Daemon
 
 TOKEN_ENV = "COMPASS_API_TOKEN"
+ROUTE_REFRESH_S = 10.0
 _LANG = re.compile(r"^[a-z]{2,3}$")
 _bearer = HTTPBearer(auto_error=False)
 
@@ -111,4 +120,25 @@ def create_app(daemon: Daemon) -> FastAPI:
         daemon.cancel_trigger(lang)  # paused, updating, disabled, error: not kept to fire by surprise later
         return JSONResponse(body, status_code=409)
 
+    router_cache: dict[str, Any] = {}  # the Router, built on first use (language ID loads ~1 s), and its age
+
+    @app.post("/v1/route")
+    def route(body: RouteRequest) -> dict[str, Any]:  # public like GET: it reads, never mutates
+        import time
+
+        from compass.route import Router
+
+        now = time.monotonic()
+        if "router" not in router_cache:
+            router_cache["router"] = Router.from_config(daemon.config, daemon.languages.current())
+            router_cache["at"] = now
+        elif now - router_cache["at"] > ROUTE_REFRESH_S:  # the daemon follows no promotions: re-read the pointers
+            router_cache["router"].refresh()
+            router_cache["at"] = now
+        try:
+            return router_cache["router"].route(body.text, body.lang).to_dict()
+        except RouteError as e:
+            raise HTTPException(422, str(e)) from None
+
+    app.include_router(status_router(daemon))
     return app

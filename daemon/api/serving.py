@@ -1,0 +1,92 @@
+"""HTTP API of the model server (`compass serve`), on ``serving.host:serving.port`` (127.0.0.1 by default).
+
+  GET  /healthz          the process answers
+  GET  /readyz           the model is loaded (and how promotions arrive: Kafka ``ok`` or registry poll only)
+  POST /v1/route         {"text", "lang"?} -> the §3.2.5 routing decision (no generation)
+  POST /v1/generate      {"text", "lang"?, "max_new_tokens"?} -> {"text", "language", "adapter_version", "kind",
+                         "reason"}
+  GET  /openapi.json, /docs
+
+Invalid bodies answer 422 with FastAPI's ``detail`` list, whose ``loc`` names the field (e.g. ["body", "lang"]).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from compass.route import RouteError
+from compass.route.router import normalize_lang
+
+if TYPE_CHECKING:
+    from daemon.serving import AdapterServer
+
+MAX_TEXT = 100_000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., min_length=1, max_length=MAX_TEXT, description="the query")
+    lang: str | None = Field(None, description="language code overriding detection, e.g. 'it'")
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text is blank; send the query text")
+        return v
+
+    @field_validator("lang")
+    @classmethod
+    def _lang(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            return normalize_lang(v)
+        except RouteError as e:
+            raise ValueError(str(e)) from None
+
+
+class RouteRequest(_Body):
+    pass
+
+
+class GenerateRequest(_Body):
+    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="tokens to generate, in [1, 4096]")
+
+
+def create_serving_app(server: AdapterServer) -> FastAPI:
+    """The API over one ``AdapterServer`` (sync endpoints: FastAPI runs them in its thread pool)."""
+    app = FastAPI(title="compass serving", version="1",
+                  description="Language-routed generation over per-language adapters (paper §3.2.5).")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        checks = server.ready()
+        ok = checks.get("model") == "ok"
+        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+    @app.post("/v1/route")
+    def route(body: RouteRequest) -> dict[str, Any]:
+        try:
+            return server.route(body.text, body.lang).to_dict()
+        except RouteError as e:
+            raise HTTPException(422, str(e)) from None
+
+    @app.post("/v1/generate")
+    def generate(body: GenerateRequest) -> dict[str, Any]:
+        try:
+            (gen,) = server.generate([body.text], max_new_tokens=body.max_new_tokens, lang=body.lang)
+        except RouteError as e:
+            raise HTTPException(422, str(e)) from None
+        return gen.to_dict()
+
+    return app
