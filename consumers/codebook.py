@@ -220,6 +220,12 @@ class CodebookStore:
         self._move_pointer(version, parent if lineage else None)
         return Codebook(version, clusterer, model_id, langs, created_at, parent, meta["distance_quantiles"])
 
+    def restore(self, version: str) -> Codebook:
+        """Make a stored ``version`` current again where no pointer exists (e.g. a fresh Redis) and return it."""
+        codebook = self.load(version)
+        self._move_pointer(check_version(version), None)
+        return codebook
+
     def _move_pointer(self, version: str, parent: str | None) -> None:
         if self._pointer is None:
             return

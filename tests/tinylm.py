@@ -12,13 +12,16 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
 
 
-def make_tiny_lm(path: Path, texts: list[str], seed: int = 0, hidden: int = 16, layers: int = 1) -> Path:
-    """Write a tiny llama + a word-level tokenizer trained on ``texts`` into ``path``; returns ``path``."""
+def make_tiny_lm(path: Path, texts: list[str], seed: int = 0, hidden: int = 16, layers: int = 1,
+                 vocab_size: int | None = None) -> Path:
+    """Write a tiny llama + a word-level tokenizer trained on ``texts`` into ``path``; returns ``path``.
+    ``vocab_size`` keeps only the most frequent words (the rest are <unk>), so a tiny model can learn quickly."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL))
+    kw = {"vocab_size": vocab_size} if vocab_size else {}
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL, **kw))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>")
     fast.save_pretrained(path)
