@@ -20,7 +20,9 @@ app.add_typer(config_cmd.app, name="config")
 
 def _register_optional() -> None:
     """Command groups owned by other modules; registered here so `compass --help` lists them all."""
+    from daemon.commands import adapt as adapt_cmd
     from daemon.commands import adapters as adapters_cmd
+    from daemon.commands import bench as bench_cmd
     from daemon.commands import calibrate as calibrate_cmd
     from daemon.commands import codebook as codebook_cmd
     from daemon.commands import consume as consume_cmd
@@ -28,23 +30,35 @@ def _register_optional() -> None:
     from daemon.commands import data as data_cmd
     from daemon.commands import demo as demo_cmd
     from daemon.commands import embed as embed_cmd
+    from daemon.commands import langid_demo as langid_demo_cmd
     from daemon.commands import ref as ref_cmd
+    from daemon.commands import report as report_cmd
+    from daemon.commands import route as route_cmd
     from daemon.commands import select as select_cmd
+    from daemon.commands import serve as serve_cmd
     from daemon.commands import simulate as simulate_cmd
     from daemon.commands import stack as stack_cmd
+    from daemon.commands import worker as worker_cmd
 
     app.add_typer(stack_cmd.app, name="stack")
     app.add_typer(data_cmd.app, name="data")
     app.command("embed")(embed_cmd.embed)
     app.command("demo")(demo_cmd.demo)
+    app.command("langid-demo")(langid_demo_cmd.langid_demo)
     app.add_typer(codebook_cmd.app, name="codebook")
     app.command("select")(select_cmd.select)
     app.command("simulate")(simulate_cmd.simulate)
     app.command("consume")(consume_cmd.consume)
     app.command("daemon")(daemon_cmd.daemon)
+    app.command("route")(route_cmd.route)
+    app.command("serve")(serve_cmd.serve)
+    app.command("worker")(worker_cmd.worker)
+    app.command("adapt")(adapt_cmd.adapt)
     app.add_typer(ref_cmd.app, name="ref")
+    app.command("report")(report_cmd.report)
     app.command("calibrate")(calibrate_cmd.calibrate)
     app.add_typer(adapters_cmd.app, name="adapters")
+    app.add_typer(bench_cmd.app, name="bench")
 
 
 _register_optional()
