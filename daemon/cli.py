@@ -67,6 +67,8 @@ _register_optional()
 def main() -> None:
     """Entry point: a CompassError prints its message (which names the fix) and exits 2, no traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "apscheduler"):  # their INFO lines (connections, every job run) drown ours
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         app()
     except CompassError as e:

@@ -15,7 +15,7 @@ import typer
 app = typer.Typer(help="Versioned per-language adapters: list, show, promote, roll back.", no_args_is_help=True)
 REGISTRY = typer.Option(None, "--registry", "-r",
                         help="registry root: a directory or an fsspec URL such as s3://bucket/adapters "
-                             "(default: <state_dir>/adapters from the service config)")
+                             "(default: adapters.registry from the service config)")
 CONFIG = typer.Option(None, "--config", "-c", help="service config YAML (default: configs/default.yaml)")
 
 
@@ -25,7 +25,7 @@ def _registry(registry: str | None, config: Path | None):
     if registry is None:
         from compass.config import load_service_config
 
-        registry = str(Path(load_service_config(config).state_dir) / "adapters")
+        registry = load_service_config(config).adapters.registry
     return AdapterRegistry(registry)
 
 

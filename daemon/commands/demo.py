@@ -16,7 +16,7 @@ CONFIG = typer.Option(None, "--config", help="service config YAML (default: conf
 def demo(
     config: Path | None = CONFIG,
     model: str = typer.Option("smollm2", help="base LM: 'smollm2' (packaged SmolLM2-135M) or a local model dir"),
-    max_examples: int = typer.Option(160, min=8, help="training examples per adapter update (D_new cap)"),
+    max_examples: int = typer.Option(96, min=8, help="training examples per adapter update (D_new cap)"),
     epochs: int = typer.Option(1, min=1, max=10, help="epochs per adapter update"),
     phase2: int = typer.Option(260, min=50, help="queries after the shift"),
     seed: int = typer.Option(0, help="seed of the data split, the stream order and training"),
@@ -36,8 +36,12 @@ def demo(
         def say(line: str) -> None:
             console.print(line)
 
+        def progress(ev: dict) -> None:  # training steps of the bootstrap adapters
+            if ev.get("event") == "step":
+                status.update(f"training: step {ev['step']}/{ev['total_steps']}, loss {ev['loss']:.3f}")
+
         result = run_demo(cfg, settings, say, stack_up=(lambda: stack_up(only=None, config=config)) if stack else None,
-                          progress=status)
+                          progress=progress)
     table = Table("phase", "seconds", title="phases")
     for name, secs in result.phases.items():
         table.add_row(name, f"{secs:.1f}")
