@@ -414,6 +414,8 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
                                    settings.update_timeout_s)
             if done is None:
                 say(f"[red]no update finished for {lang} within {settings.update_timeout_s:.0f} s[/]")
+            else:  # the new P_ref (eq. 3 of this cycle) is in force: JS of the same window against it
+                _wait_checked(daemon, (lang,), time.time(), timeout_s=5 * settings.check_interval_s + 10)
             _show_js(daemon, settings.languages, say)
             t = phase("update_cycle_s", t)
     finally:
