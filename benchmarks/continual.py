@@ -166,14 +166,6 @@ def prepare(cfg: BenchConfig, records: Sequence[Any] | None = None, embed: Calla
 # --- model -----------------------------------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def load_model(spec: str, texts: Sequence[str], workdir: Path) -> tuple[Any, Any]:
     """(frozen base model on CPU, tokenizer): ``tiny`` = a random 2-layer llama with a word-level tokenizer trained
     on the benchmark texts (tests/tinylm.py); ``smollm2`` = the packaged SmolLM2-135M GGUF; else a model dir."""
@@ -222,12 +214,13 @@ def run_seed(prep: Prepared, cfg: BenchConfig, seed: int, base: Any, tok: Any,
         adapter_parameters,
         add_language_adapter,
         diagonal_fisher,
+        resolve_device,
         snapshot,
         train_adapter,
     )
     from compass.adapt.train import evaluate
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device).type
     tcfg = TrainConfig(rank=cfg.rank, alpha=2 * cfg.rank, lr=cfg.lr, max_epochs=cfg.epochs, batch_size=cfg.batch_size,
                        max_length=cfg.max_length, val_fraction=0.0, seed=seed)  # fixed epochs: same budget for all
     torch.manual_seed(seed)
@@ -446,6 +439,8 @@ def run(cfg: BenchConfig, out: Path, prepared: Path | None = None, console: Any 
     import torch
     from rich.console import Console
 
+    from compass.adapt import resolve_device
+
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -459,7 +454,7 @@ def run(cfg: BenchConfig, out: Path, prepared: Path | None = None, console: Any 
     console.print(f"phase 1 {prep.topics.get('phase1')}: {len(prep.train1)} train / {len(prep.eval1)} eval; "
                   f"phase 2 {prep.topics.get('phase2')}: {len(prep.train2)} train / {len(prep.eval2)} eval; "
                   f"anchors {[(f, len(v)) for f, v in prep.anchors.items()]}")
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device).type
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.perf_counter()

@@ -268,7 +268,7 @@ class ModelConfig(_Frozen):
 
     path: Path | None = Field(
         None, description="a local transformers model directory (or the directory holding gguf_file); "
-        "`compass models path smollm2` prints the packaged SmolLM2's"
+        "compass.adapt.packaged_model('smollm2') gives the packaged SmolLM2's directory and GGUF file"
     )
     gguf_file: str | None = Field(None, min_length=1, description="a GGUF file name inside path (needs `gguf`)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (CUDA when present), cpu or cuda")

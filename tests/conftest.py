@@ -110,3 +110,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "services" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.services)
+
+
+
+@pytest.fixture
+def make_daemon(services: Services, topic_factory: Callable[..., str], tmp_path, redis: Redis):
+    """make(languages_yaml, name, **section_updates): a Daemon on fresh job/event topics with a 1 s check interval,
+    stopped at teardown. ``section_updates`` replace whole ServiceConfig sections (e.g. ``adapters=...``)."""
+    from daemon.service import Daemon
+
+    made = []
+
+    def make(languages_yaml: str, name: str, **section_updates):
+        base = services.config
+        cfg = base.model_copy(update={
+            "kafka": base.kafka.model_copy(update={"jobs_topic": topic_factory(), "events_topic": topic_factory()}),
+            "daemon": base.daemon.model_copy(update={"check_interval_s": 1.0, "lease_ttl_ms": 5000,
+                                                     "events_group_id": f"test-{name}-{uuid.uuid4().hex[:8]}"}),
+            **section_updates,
+        })
+        path = tmp_path / "languages.yaml"
+        path.write_text(languages_yaml)
+        made.append(Daemon(cfg, path, owner=f"{name}-test"))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.stop()
+        d.client.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -12,7 +10,6 @@ from consumers.window import Assignment, WindowStore
 from daemon.api.app import TOKEN_ENV, create_app
 from daemon.cli import app as cli_app
 from daemon.reference import get_reference, set_reference
-from daemon.service import Daemon
 
 LANGS = """
 defaults: {min_samples: 4, window_size: 4, theta: 0.2, cooldown_s: 100}
@@ -24,19 +21,8 @@ TOKEN = "s3cret-token"
 
 
 @pytest.fixture
-def daemon(services, topic_factory, tmp_path, redis):
-    base = services.config
-    cfg = base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={"jobs_topic": topic_factory(), "events_topic": topic_factory()}),
-        "daemon": base.daemon.model_copy(update={"check_interval_s": 1.0, "lease_ttl_ms": 5000,
-                                                 "events_group_id": f"test-api-{uuid.uuid4().hex[:8]}"}),
-    })
-    path = tmp_path / "languages.yaml"
-    path.write_text(LANGS)
-    d = Daemon(cfg, path, owner="api-test")
-    yield d
-    d.stop()
-    d.client.close()
+def daemon(make_daemon):
+    return make_daemon(LANGS, "api")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 
 import pytest
 
@@ -15,7 +14,6 @@ from daemon import history
 from daemon.history import HistoryError, js_history, record_check, record_event, timeline
 from daemon.messages import Event, encode
 from daemon.reference import set_reference
-from daemon.service import Daemon
 
 LANGS = """
 defaults: {min_samples: 4, window_size: 4, theta: 0.2, rearm_ratio: 0.5, cooldown_s: 100}
@@ -91,19 +89,8 @@ def test_timeline_keeps_the_newest_cap_newest_first(redis):
 
 
 @pytest.fixture
-def daemon(services, topic_factory, tmp_path, redis):
-    base = services.config
-    cfg = base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={"jobs_topic": topic_factory(), "events_topic": topic_factory()}),
-        "daemon": base.daemon.model_copy(update={"check_interval_s": 1.0, "lease_ttl_ms": 5000,
-                                                 "events_group_id": f"test-history-{uuid.uuid4().hex[:8]}"}),
-    })
-    path = tmp_path / "languages.yaml"
-    path.write_text(LANGS)
-    d = Daemon(cfg, path, owner="history-test")
-    yield d
-    d.stop()
-    d.client.close()
+def daemon(make_daemon):
+    return make_daemon(LANGS, "history")
 
 
 def fill(redis, buckets: list[int], start: int) -> None:

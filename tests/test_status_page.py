@@ -8,7 +8,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import uuid
 
 import pytest
 import torch
@@ -21,7 +20,6 @@ from daemon.api.app import create_app
 from daemon.history import record_check, record_event
 from daemon.messages import Event
 from daemon.reference import set_reference
-from daemon.service import Daemon
 
 LANGS = """
 defaults: {min_samples: 4, window_size: 8, theta: 0.15, rearm_ratio: 0.5, cooldown_s: 100}
@@ -36,20 +34,9 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", "/usr/
 
 
 @pytest.fixture
-def daemon(services, topic_factory, tmp_path, redis):
-    base = services.config
-    cfg = base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={"jobs_topic": topic_factory(), "events_topic": topic_factory()}),
-        "daemon": base.daemon.model_copy(update={"check_interval_s": 1.0, "lease_ttl_ms": 5000,
-                                                 "events_group_id": f"test-page-{uuid.uuid4().hex[:8]}"}),
-        "adapters": base.adapters.model_copy(update={"registry": str(tmp_path / "adapters")}),
-    })
-    path = tmp_path / "languages.yaml"
-    path.write_text(LANGS)
-    d = Daemon(cfg, path, owner="page-test")
-    yield d
-    d.stop()
-    d.client.close()
+def daemon(make_daemon, services, tmp_path):
+    adapters = services.config.adapters.model_copy(update={"registry": str(tmp_path / "adapters")})
+    return make_daemon(LANGS, "page", adapters=adapters)
 
 
 def js_of(i: int) -> float:

@@ -13,6 +13,7 @@ from compass.adapt.model import (
     load_base,
     load_tokenizer,
     packaged_model,
+    resolve_device,
 )
 from compass.adapt.train import TrainResult, ecda_step_loss, evaluate, train_adapter
 
@@ -39,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "load_tokenizer",
     "packaged_model",
+    "resolve_device",
     "save_checkpoint",
     "select_anchors",
     "snapshot",

@@ -44,6 +44,13 @@ def load_base(
     return model
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when a GPU is visible, else the CPU; ``cpu`` / ``cuda`` (``cuda:N``) are taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def load_tokenizer(path: str | Path, gguf_file: str | None = None):
     """The tokenizer of a local model directory (or of its GGUF file); a pad token is set to EOS when missing."""
     from transformers import AutoTokenizer

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from compass.config import LanguagesConfig, ServiceConfig, load_languages
+from compass.config import ServiceConfig, load_languages
 from compass.data import write_records
 from daemon.demo.scenario import Scenario
 
@@ -244,10 +244,6 @@ def export_js(client: Any, languages: list[str], run_dir: Path, since: float) ->
     return n
 
 
-def languages_of(path: Path) -> LanguagesConfig:
-    return load_languages(path)
-
-
 @contextlib.contextmanager
 def running(threads: list[tuple[str, Callable[[threading.Event], Any]]]):
     """Run each target(stop_event) in a thread; on exit set the events and join."""
@@ -280,7 +276,7 @@ def _guarded(name: str, target: Callable[[threading.Event], Any], stop: threadin
 def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up: Callable[[], None] | None = None,
              progress: Any = None) -> DemoResult:
     """The whole main job; ``say`` prints a line (rich markup), ``stack_up`` starts the local stack first."""
-    from compass.adapt import load_base, load_tokenizer, packaged_model
+    from compass.adapt import load_base, load_tokenizer, packaged_model, resolve_device
     from compass.cluster import make_clusterer
     from compass.corpora import chatterbot
     from compass.embed import make_embedder
@@ -316,7 +312,7 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
     else:
         model_dir, gguf = Path(settings.model), None
     cfg, languages_path = demo_configs(base, settings, root, model_dir, gguf, run_id)
-    langs = languages_of(languages_path)
+    langs = load_languages(languages_path)
     say(f"  D_t per language {({k: len(v) for k, v in scenario.targets.items()})}, pool {len(scenario.pool)} "
         f"utterances in {len({r.lang for r in scenario.pool})} languages; stream: {len(scenario.phase1)} queries, "
         f"then {len(scenario.phase2)} in which [bold]{scenario.shift_language}[/] moves to new topics")
@@ -348,7 +344,7 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
     t = phase("codebook_s", t)
 
     say(f"[bold]4. bootstrap[/]: initial COMPASS adaptation (§3.2.4) per language on {model_dir.name}/{gguf or ''}")
-    device = _device(cfg)
+    device = resolve_device(cfg.model.device)
     model = load_base(model_dir, gguf_file=gguf, device=device)
     tokenizer = load_tokenizer(model_dir, gguf)
     registry = AdapterRegistry(cfg.adapters.registry)
@@ -394,21 +390,20 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
     server = _http_server(cfg, daemon, say) if settings.http else None
     if server is not None:
         components.append(("http", lambda stop: _serve_until(server, stop)))
-    job_ids: set[str] = set()
     try:
         with running(components):
             daemon.start(interval_s=settings.check_interval_s)
             t = phase("start_s", t)
 
             say(f"[bold]6. phase 1[/]: {len(scenario.phase1)} queries on the usual topics")
-            _replay(cfg, [to_event(r, run_id) for r in scenario.phase1], replay)
+            replay(cfg.kafka, [to_event(r, run_id) for r in scenario.phase1])
             _wait_windows(daemon, settings, say, timeout_s=300)
             _wait_checked(daemon, settings.languages, time.time(), timeout_s=10 * settings.check_interval_s + 30)
             _show_js(daemon, settings.languages, say)
             t = phase("phase1_s", t)
 
             say(f"[bold]7. phase 2[/]: {len(scenario.phase2)} queries; {scenario.shift_language} shifts topics")
-            _replay(cfg, [to_event(r, run_id) for r in scenario.phase2], replay)
+            replay(cfg.kafka, [to_event(r, run_id) for r in scenario.phase2])
             lang = scenario.shift_language
             done = events.wait_for(lambda e: e["type"] == "update_finished" and e["language"] == lang,
                                    settings.update_timeout_s)
@@ -444,18 +439,6 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
     except Exception as e:  # the run itself succeeded; a report failure must not hide it
         say(f"[red]report failed: {e}[/]")
     return DemoResult(run_dir, phases, events.events, bootstrap, final, updates, report)
-
-
-def _device(cfg: ServiceConfig) -> str:
-    import torch
-
-    if cfg.model.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg.model.device
-
-
-def _replay(cfg: ServiceConfig, events: list, replay: Callable[..., Any]) -> None:
-    replay(cfg.kafka, events)
 
 
 def _wait_windows(daemon: Any, settings: DemoSettings, say: Say, timeout_s: float) -> None:

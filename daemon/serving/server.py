@@ -65,19 +65,13 @@ class Generation:
                 "kind": self.kind, "reason": self.reason}
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class AdapterServer:
     """Routes and generates. ``model``/``tokenizer`` may be given (tests, or a caller sharing a loaded model);
     otherwise ``cfg.model`` is loaded. ``languages``: the configured languages (or a list of codes)."""
 
     def __init__(self, cfg: ServiceConfig, languages: LanguagesConfig | Sequence[str], model: Any = None,
                  tokenizer: Any = None, registry: AdapterRegistry | None = None, sync: bool = True):
-        from compass.adapt import load_base, load_tokenizer
+        from compass.adapt import load_base, load_tokenizer, resolve_device
         from compass.langid import make_identifier
         from compass.registry import AdapterRegistry
 
@@ -85,13 +79,14 @@ class AdapterServer:
         codes = languages.enabled if isinstance(languages, LanguagesConfig) else list(languages)
         self.registry = registry if registry is not None else AdapterRegistry(cfg.adapters.registry)
         self.router = Router(make_identifier(cfg.langid, codes), self.registry, codes)
-        self.device = _device(cfg.model.device)
+        self.device = resolve_device(cfg.model.device)
         dtype = getattr(torch, cfg.model.dtype)
         if model is None or isinstance(model, str | Path):
             path = model if model is not None else cfg.model.path
             if path is None:
                 raise CompassError("model.path is not set; point it at a local model directory (or the directory of "
-                                   "model.gguf_file), e.g. `compass models path smollm2`")
+                                   "model.gguf_file); compass.adapt.packaged_model('smollm2') gives the packaged "
+                                   "SmolLM2's directory and GGUF file")
             model = load_base(path, dtype=dtype, device=self.device, gguf_file=cfg.model.gguf_file)
             tokenizer = tokenizer or load_tokenizer(path, cfg.model.gguf_file)
         else:

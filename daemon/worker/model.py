@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
-from compass.adapt import TrainConfig, add_language_adapter, load_base, load_tokenizer
-from compass.config import ModelConfig, ServiceConfig, TrainSettings
+from compass.adapt import TrainConfig, add_language_adapter, load_base, load_tokenizer, resolve_device
+from compass.config import ServiceConfig, TrainSettings
 from compass.errors import CompassError
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,6 @@ _WRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 class WorkerError(CompassError, RuntimeError):
     """A job cannot run; the message names what is missing and the fix."""
-
-
-def pick_device(cfg: ModelConfig) -> torch.device:
-    """CUDA when ``model.device`` is auto and CUDA is available (or cuda is asked for), else CPU."""
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def train_config(s: TrainSettings) -> TrainConfig:
@@ -46,11 +39,12 @@ class ModelHost:
 
     def __init__(self, config: ServiceConfig, model: Any = None, tokenizer: Any = None):
         mcfg = config.model
-        self.device = pick_device(mcfg)
+        self.device = resolve_device(mcfg.device)
         if model is None:
             if mcfg.path is None:
                 raise WorkerError("The 'model.path' setting of the service config must name the base model "
-                                  "directory. Got None. Fix: set model.path (`compass models path smollm2`).")
+                                  "directory. Got None. Fix: set model.path (compass.adapt.packaged_model('smollm2') "
+                                  "gives the packaged SmolLM2's directory and GGUF file).")
             model = load_base(mcfg.path, dtype=getattr(torch, mcfg.dtype), gguf_file=mcfg.gguf_file)
             self.base_model_id = f"{mcfg.path.name}/{mcfg.gguf_file}" if mcfg.gguf_file else mcfg.path.name
         else:
