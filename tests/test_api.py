@@ -95,3 +95,17 @@ def test_ref_cli_sets_and_shows_the_reference(services, redis):
                                                                                   [3.0, 1.0, 0.0], "v1", "a1")
     r = runner.invoke(cli_app, ["ref", "set", "sw", "--counts", "3,x", "--codebook", "v1", "--adapter", "a1"], env=env)
     assert r.exit_code == 2 and "give numbers separated by commas" in r.output
+
+
+def test_route_on_the_daemon_app(make_daemon, tmp_path):
+    # no adapter promoted yet: an enabled language routes to the base model; bad input is a 422 naming the field
+    from compass.config import AdaptersConfig
+
+    d = make_daemon(LANGS, "route", adapters=AdaptersConfig(registry=str(tmp_path / "adapters")))
+    client = TestClient(create_app(d))
+    r = client.post("/v1/route", json={"text": "Habari ya asubuhi, rafiki yangu. Ninakwenda sokoni leo."})
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["language"], body["adapter"], body["version"], body["kind"]) == ("sw", None, None, "base")
+    r = client.post("/v1/route", json={"text": "   "})
+    assert r.status_code == 422 and "text" in r.text

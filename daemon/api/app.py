@@ -130,7 +130,7 @@ def create_app(daemon: Daemon) -> FastAPI:
 
         now = time.monotonic()
         if "router" not in router_cache:
-            router_cache["router"] = Router.from_config(daemon.config, daemon.languages.current())
+            router_cache["router"] = Router.from_config(daemon.config, daemon.languages.current)
             router_cache["at"] = now
         elif now - router_cache["at"] > ROUTE_REFRESH_S:  # the daemon follows no promotions: re-read the pointers
             router_cache["router"].refresh()
