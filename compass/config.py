@@ -16,11 +16,13 @@ Environment variables:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, Self, get_args, get_origin
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -30,6 +32,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -50,9 +53,88 @@ SECRET_ENV = {
 }
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
+# A cross-field rule is a plain function whose parameter names are field names of one model; it returns a
+# problem message or None. Each model lists its rules in ``_rules``. Constructing a model checks them (the
+# validator below); the loaders instead set this context key and check them in a separate pass over the raw
+# dict (``cross_field_problems``), because pydantic skips a model's after-validators whenever any of its
+# fields is invalid, which would hide these problems behind unrelated ones.
+_DEFER_RULES = "compass_defer_cross_field_rules"
+Rule = Callable[..., "str | None"]
+
+
+@functools.cache
+def _rule_fields(rule: Rule) -> tuple[str, ...]:
+    return tuple(inspect.signature(rule).parameters)
+
+
+def _apply_rules(rules: tuple[Rule, ...], values: Any) -> list[str]:
+    """Messages of the rules that ``values`` (an object whose attributes are validated fields) breaks."""
+    found = (rule(**{f: getattr(values, f) for f in _rule_fields(rule)}) for rule in rules)
+    return [msg for msg in found if msg]
+
+
+def _sasl_mechanism_rule(security_protocol: str, sasl_mechanism: str | None) -> str | None:
+    if security_protocol.startswith("SASL") and sasl_mechanism is None:
+        return f"security_protocol {security_protocol} needs sasl_mechanism"
+    return None
+
+
+def _sasl_credentials_rule(
+    security_protocol: str, sasl_username: SecretStr | None, sasl_password: SecretStr | None
+) -> str | None:
+    if security_protocol.startswith("SASL") and (sasl_username is None or sasl_password is None):
+        return (
+            f"security_protocol {security_protocol} needs the environment variables "
+            "COMPASS_KAFKA_SASL_USERNAME and COMPASS_KAFKA_SASL_PASSWORD"
+        )
+    return None
+
+
+def _embedder_model_path_rule(backend: str, model_path: Path | None) -> str | None:
+    if backend == "sentence-transformers" and model_path is None:
+        return "backend sentence-transformers needs model_path (a local model directory)"
+    return None
+
+
+def _embedder_url_rule(backend: str, url: str | None) -> str | None:
+    if backend == "http" and not url:
+        return "backend http needs url, e.g. http://127.0.0.1:8080/v1"
+    return None
+
+
+def _langid_model_path_rule(backend: str, model_path: Path | None) -> str | None:
+    if backend == "fasttext" and model_path is None:
+        return "backend fasttext needs model_path (a fastText .bin/.ftz file, e.g. GlotLID)"
+    return None
+
+
+def _lease_rule(lease_ttl_ms: int, check_interval_s: float) -> str | None:
+    if lease_ttl_ms <= check_interval_s * 1000:
+        return (
+            f"lease_ttl_ms ({lease_ttl_ms}) must exceed check_interval_s ({check_interval_s}) "
+            "in ms, or the lease lapses between checks; raise lease_ttl_ms"
+        )
+    return None
+
+
+def _window_rule(min_samples: int, window_size: int) -> str | None:
+    # the trigger waits for min_samples queries in W_recent (eq. 4), which never holds more than window_size
+    if min_samples > window_size:
+        return f"min_samples ({min_samples}) must not exceed window_size ({window_size})"
+    return None
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+    _rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _cross_field(self, info: ValidationInfo) -> Self:
+        if self._rules and not (info.context or {}).get(_DEFER_RULES):
+            problems = _apply_rules(self._rules, self)
+            if problems:
+                raise ValueError("; ".join(problems))
+        return self
 
 
 class KafkaConfig(_Frozen):
@@ -73,6 +155,7 @@ class KafkaConfig(_Frozen):
     request_timeout_ms: int = Field(15000, ge=1000, le=300000, description="an integer in [1000, 300000]")
     sasl_username: SecretStr | None = Field(None, exclude=True)
     sasl_password: SecretStr | None = Field(None, exclude=True)
+    _rules = (_sasl_mechanism_rule, _sasl_credentials_rule)
 
     @field_validator("bootstrap_servers", mode="before")
     @classmethod
@@ -90,18 +173,6 @@ class KafkaConfig(_Frozen):
         if bad:
             raise ValueError(f"entries must look like host:port, e.g. 127.0.0.1:39092; bad: {bad}")
         return v
-
-    @model_validator(mode="after")
-    def _sasl(self) -> KafkaConfig:
-        if self.security_protocol.startswith("SASL"):
-            if self.sasl_mechanism is None:
-                raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
-            if self.sasl_username is None or self.sasl_password is None:
-                raise ValueError(
-                    f"security_protocol {self.security_protocol} needs the environment variables "
-                    "COMPASS_KAFKA_SASL_USERNAME and COMPASS_KAFKA_SASL_PASSWORD"
-                )
-        return self
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by kafka-python producers, consumers and admin clients."""
@@ -162,16 +233,15 @@ class EmbedderConfig(_Frozen):
     cache: bool = Field(True, description="keep an on-disk cache of embeddings")
     cache_dir: Path = Field(CACHE_ROOT / "embeddings", description="directory of the embedding cache")
     api_key: SecretStr | None = Field(None, exclude=True)
+    _rules = (_embedder_model_path_rule, _embedder_url_rule)
 
-    @model_validator(mode="after")
-    def _backend_fields(self) -> EmbedderConfig:
-        if self.backend == "sentence-transformers" and self.model_path is None:
-            raise ValueError("backend sentence-transformers needs model_path (a local model directory)")
-        if self.backend == "http" and not self.url:
-            raise ValueError("backend http needs url, e.g. http://127.0.0.1:8080/v1")
-        if self.url and not re.match(r"^https?://", self.url):
-            raise ValueError(f"url must start with http:// or https://; got {self.url!r}")
-        return self
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        # a one-field check: a field validator, so pydantic reports it next to the other fields' problems
+        if v and not re.match(r"^https?://", v):
+            raise ValueError("url must start with http:// or https://")
+        return v
 
 
 class LangIdConfig(_Frozen):
@@ -179,12 +249,7 @@ class LangIdConfig(_Frozen):
     model_path: Path | None = Field(None, description="a fastText-format model file (fasttext backend)")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="a probability in [0, 1]")
     restrict_to_configured: bool = Field(True, description="only answer languages in languages.yaml")
-
-    @model_validator(mode="after")
-    def _model(self) -> LangIdConfig:
-        if self.backend == "fasttext" and self.model_path is None:
-            raise ValueError("backend fasttext needs model_path (a fastText .bin/.ftz file, e.g. GlotLID)")
-        return self
+    _rules = (_langid_model_path_rule,)
 
 
 class HttpConfig(_Frozen):
@@ -211,6 +276,11 @@ class ConsumerConfig(_Frozen):
     )
     metrics_port: int = Field(9470, ge=0, le=65535, description="Prometheus /metrics port on 127.0.0.1; 0 = off")
     session_timeout_ms: int = Field(10000, ge=1000, le=300000, description="Kafka group session timeout in ms")
+    quality_meta_key: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="event meta field carrying a numeric quality score (e.g. user feedback) that feeds the "
+        "daemon's quality_signal; null = off",
+    )
 
 
 class StackConfig(_Frozen):
@@ -252,15 +322,7 @@ class DaemonConfig(_Frozen):
     stale_far_max_texts: int = Field(
         500, ge=0, description="recent texts embedded per far-share check, >= 0; 0 turns the far share off"
     )
-
-    @model_validator(mode="after")
-    def _lease(self) -> DaemonConfig:
-        if self.lease_ttl_ms <= self.check_interval_s * 1000:
-            raise ValueError(
-                f"lease_ttl_ms ({self.lease_ttl_ms}) must exceed check_interval_s ({self.check_interval_s}) "
-                "in ms, or the lease lapses between checks; raise lease_ttl_ms"
-            )
-        return self
+    _rules = (_lease_rule,)
 
 
 class ModelConfig(_Frozen):
@@ -380,19 +442,28 @@ class LanguageSettings(_Frozen):
     combine: Literal["js_only", "any", "all"] = Field(
         "js_only", description="js_only, any or all: how the quality signal joins the JS trigger (eq. 6)"
     )
-
-    @model_validator(mode="after")
-    def _window(self) -> LanguageSettings:
-        if self.min_samples > self.window_size:
-            raise ValueError(
-                f"min_samples ({self.min_samples}) must not exceed window_size ({self.window_size})"
-            )
-        return self
+    _rules = (_window_rule,)
 
     @property
     def rearm_below(self) -> float:
         """The JS level under which a fired trigger re-arms (hysteresis)."""
         return self.rearm_ratio * self.theta
+
+
+def merge_language_defaults(data: Any) -> Any:
+    """Raw languages data with ``defaults`` merged key by key under each ``languages.<code>`` entry."""
+    if not isinstance(data, Mapping):
+        return data
+    defaults = data.get("defaults") or {}
+    langs = data.get("languages") or {}
+    if not isinstance(defaults, Mapping) or not isinstance(langs, Mapping):
+        return data
+    merged = {}
+    for code, over in langs.items():
+        if over is None:  # `sw:` with nothing after it means "the defaults"
+            over = {}
+        merged[code] = {**defaults, **over} if isinstance(over, Mapping) else over
+    return {**data, "languages": merged}
 
 
 class LanguagesConfig(_Frozen):
@@ -404,18 +475,7 @@ class LanguagesConfig(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _merge_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, Mapping):
-            return data
-        defaults = data.get("defaults") or {}
-        langs = data.get("languages") or {}
-        if not isinstance(defaults, Mapping) or not isinstance(langs, Mapping):
-            return data
-        merged = {}
-        for code, over in langs.items():
-            if over is None:  # `sw:` with nothing after it means "the defaults"
-                over = {}
-            merged[code] = {**defaults, **over} if isinstance(over, Mapping) else over
-        return {**data, "languages": merged}
+        return merge_language_defaults(data)
 
     @property
     def enabled(self) -> list[str]:
@@ -495,6 +555,38 @@ def _language_key_problems(data: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _raw_rule_problem(model: type[_Frozen], rule: Rule, data: Mapping[str, Any]) -> str | None:
+    """``rule`` on the raw section ``data``: its fields validated alone, absent ones at their defaults."""
+    fields = _rule_fields(rule)
+    try:
+        inputs = model.model_validate({f: data[f] for f in fields if f in data}, context={_DEFER_RULES: True})
+    except ValidationError:
+        return None  # one of the rule's own fields is invalid: the field pass reports it with its value
+    return next(iter(_apply_rules((rule,), inputs)), None)
+
+
+def cross_field_problems(model: type[BaseModel], data: Any, loc: tuple[Any, ...] = ()) -> list[str]:
+    """Every cross-field rule broken anywhere in raw ``data`` for ``model``, as ``key.path: MESSAGE``.
+
+    Runs apart from pydantic (which skips them when any field is bad) so they are listed with field problems.
+    Sections that are not mappings are skipped: the field pass reports their type."""
+    if not isinstance(data, Mapping):
+        return []
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    rules = getattr(model, "_rules", ())
+    problems = [f"{path}: {msg}" for rule in rules if (msg := _raw_rule_problem(model, rule, data))]
+    for name, info in model.model_fields.items():
+        sub, value = _model_in(info.annotation), data.get(name)
+        if sub is None or not isinstance(value, Mapping):
+            continue
+        if get_origin(info.annotation) is dict:  # e.g. languages: {code: LanguageSettings}
+            for key, item in value.items():
+                problems += cross_field_problems(sub, item, (*loc, name, key))
+        else:
+            problems += cross_field_problems(sub, value, (*loc, name))
+    return problems
+
+
 def format_validation_error(err: ValidationError, model: type[BaseModel]) -> list[str]:
     """One line per problem: ``key.path: got VALUE; MESSAGE (allowed: ...)``."""
     problems = []
@@ -558,13 +650,14 @@ def load_service_config(
     """Load ``configs/default.yaml`` (or ``path``), apply environment overrides, validate everything."""
     path = Path(path) if path else DEFAULT_CONFIG
     env = os.environ if env is None else env
-    data = _read_yaml(path)
-    problems = _reject_secrets(data)
+    raw = _read_yaml(path)
+    problems = _reject_secrets(raw)
+    data = _apply_env(raw, env)
     try:
-        cfg = ServiceConfig.model_validate(_apply_env(data, env))
+        cfg = ServiceConfig.model_validate(data, context={_DEFER_RULES: True})
     except ValidationError as e:
         problems += format_validation_error(e, ServiceConfig)
-        cfg = None
+    problems += cross_field_problems(ServiceConfig, data)
     if problems:
         raise ConfigError(str(path), problems)
     return cfg
@@ -576,9 +669,10 @@ def load_languages(path: str | Path | None = None) -> LanguagesConfig:
     data = _read_yaml(path)
     problems = _language_key_problems(data)
     try:
-        cfg = LanguagesConfig.model_validate(data)
+        cfg = LanguagesConfig.model_validate(data, context={_DEFER_RULES: True})
     except ValidationError as e:
         problems += format_validation_error(e, LanguagesConfig)
+    problems += cross_field_problems(LanguagesConfig, merge_language_defaults(data))
     if problems:
         raise ConfigError(str(path), problems)
     return cfg

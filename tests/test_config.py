@@ -7,12 +7,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from compass import langcodes
 from compass.config import (
     DEFAULT_CONFIG,
     DEFAULT_LANGUAGES,
+    EmbedderConfig,
+    LanguagesConfig,
+    LanguageSettings,
+    ServiceConfig,
     check_file,
     load_languages,
     load_service_config,
@@ -78,8 +83,8 @@ def test_languages_file_lists_every_problem(tmp_path):
         "languages.und: 'und' (undetermined) cannot have settings; remove it",
         "languages.sw.theta: got 1.5; Input should be less than or equal to 1 "
         "(allowed: a JS divergence threshold in bits, in (0, 1])",
-        "languages.yo: min_samples (5000) must not exceed window_size (2000)",
         "languages.pt.budgett: unknown key; remove it or check its spelling",
+        "languages.yo: min_samples (5000) must not exceed window_size (2000)",  # cross-field rules come last
     ]
     with pytest.raises(ConfigError) as err:
         load_languages(path)
@@ -106,7 +111,166 @@ def test_service_file_lists_every_problem(tmp_path):
         "redis.port: got 70000; Input should be less than or equal to 65535 (allowed: a TCP port in [1, 65535])",
         "embedder.batch_size: got 0; Input should be greater than or equal to 1 (allowed: an integer in [1, 4096])",
         "langid.min_confidence: got 2; Input should be less than or equal to 1 (allowed: a probability in [0, 1])",
+        "embedder: backend http needs url, e.g. http://127.0.0.1:8080/v1",
     ]
+
+
+_NEEDS_SASL_ENV = (
+    "needs the environment variables COMPASS_KAFKA_SASL_USERNAME and COMPASS_KAFKA_SASL_PASSWORD"
+)
+
+
+def test_http_backend_without_url_is_reported_next_to_a_bad_field(tmp_path):
+    path = _write(tmp_path, "svc.yaml", "embedder: {backend: http, batch_size: 0}\n")
+    expected = [
+        "embedder.batch_size: got 0; Input should be greater than or equal to 1 (allowed: an integer in [1, 4096])",
+        "embedder: backend http needs url, e.g. http://127.0.0.1:8080/v1",
+    ]
+    assert check_file(path, env={}) == ("service", expected)
+    with pytest.raises(ConfigError) as err:
+        load_service_config(path, env={})
+    assert err.value.problems == expected
+
+
+def test_window_rule_is_reported_next_to_a_bad_theta(tmp_path):
+    path = _write(tmp_path, "langs.yaml", "languages:\n  yo: {min_samples: 5000, theta: 3}\n")
+    expected = [
+        "languages.yo.theta: got 3; Input should be less than or equal to 1 "
+        "(allowed: a JS divergence threshold in bits, in (0, 1])",
+        "languages.yo: min_samples (5000) must not exceed window_size (2000)",
+    ]
+    assert check_file(path) == ("languages", expected)
+    with pytest.raises(ConfigError) as err:
+        load_languages(path)
+    assert err.value.problems == expected
+
+
+# One case per cross-field rule, each next to an unrelated bad field that used to hide it.
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (  # sasl_mechanism and the credentials are two rules: both are listed
+            "kafka: {security_protocol: SASL_SSL, request_timeout_ms: 1}\n",
+            [
+                "kafka.request_timeout_ms: got 1; Input should be greater than or equal to 1000 "
+                "(allowed: an integer in [1000, 300000])",
+                "kafka: security_protocol SASL_SSL needs sasl_mechanism",
+                f"kafka: security_protocol SASL_SSL {_NEEDS_SASL_ENV}",
+            ],
+        ),
+        (
+            "kafka: {security_protocol: SASL_PLAINTEXT, sasl_mechanism: PLAIN, client_id: ''}\n",
+            [
+                "kafka.client_id: got ''; String should have at least 1 character (allowed: a non-empty client id)",
+                f"kafka: security_protocol SASL_PLAINTEXT {_NEEDS_SASL_ENV}",
+            ],
+        ),
+        (
+            "embedder: {backend: sentence-transformers, threads: -1}\n",
+            [
+                "embedder.threads: got -1; Input should be greater than or equal to 0 "
+                "(allowed: CPU threads, 0 = library default)",
+                "embedder: backend sentence-transformers needs model_path (a local model directory)",
+            ],
+        ),
+        (
+            "langid: {backend: fasttext, min_confidence: 2}\n",
+            [
+                "langid.min_confidence: got 2; Input should be less than or equal to 1 "
+                "(allowed: a probability in [0, 1])",
+                "langid: backend fasttext needs model_path (a fastText .bin/.ftz file, e.g. GlotLID)",
+            ],
+        ),
+        (  # 60000 ms is not more than 60 s: the lease would lapse exactly at the next check
+            "redis: {port: 0}\ndaemon: {lease_ttl_ms: 60000, check_interval_s: 60, events_poll_s: 0}\n",
+            [
+                "redis.port: got 0; Input should be greater than or equal to 1 (allowed: a TCP port in [1, 65535])",
+                "daemon.events_poll_s: got 0; Input should be greater than 0 "
+                "(allowed: seconds between polls of compass.events, in (0, 60])",
+                "daemon: lease_ttl_ms (60000) must exceed check_interval_s (60.0) in ms, or the lease lapses "
+                "between checks; raise lease_ttl_ms",
+            ],
+        ),
+    ],
+)
+def test_service_cross_field_rules_are_listed_with_field_problems(tmp_path, text, expected):
+    path = _write(tmp_path, "svc.yaml", text)
+    assert check_file(path, env={}) == ("service", expected)
+
+
+def test_window_rule_on_defaults_is_listed_for_defaults_and_each_language(tmp_path):
+    path = _write(
+        tmp_path,
+        "langs.yaml",
+        """
+        defaults: {window_size: 100, cooldown_s: -1}
+        languages:
+          sw: {}
+          yo: {window_size: 300}
+        """,
+    )
+    bad_cooldown = "got -1; Input should be greater than or equal to 0 (allowed: seconds >= 0)"
+    assert check_file(path)[1] == [
+        f"defaults.cooldown_s: {bad_cooldown}",
+        f"languages.sw.cooldown_s: {bad_cooldown}",
+        f"languages.yo.cooldown_s: {bad_cooldown}",
+        "defaults: min_samples (200) must not exceed window_size (100)",
+        "languages.sw: min_samples (200) must not exceed window_size (100)",  # yo's 300 >= 200: fine
+    ]
+
+
+def test_rule_with_a_bad_input_field_reports_only_that_field(tmp_path):
+    # window_size 0 is invalid: comparing min_samples with the default 2000 instead would be a false report
+    langs = _write(tmp_path, "langs.yaml", "languages:\n  yo: {min_samples: 5000, window_size: 0}\n")
+    assert check_file(langs)[1] == [
+        "languages.yo.window_size: got 0; Input should be greater than or equal to 1 "
+        "(allowed: an integer in [1, 10000000])",
+    ]
+    svc = _write(tmp_path, "svc.yaml", "embedder: {backend: http, url: 'ftp://x', batch_size: 0}\n")
+    assert check_file(svc, env={})[1] == [
+        "embedder.url: got 'ftp://x'; url must start with http:// or https:// "
+        "(allowed: base URL of an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1)",
+        "embedder.batch_size: got 0; Input should be greater than or equal to 1 (allowed: an integer in [1, 4096])",
+    ]
+
+
+def test_valid_files_load_as_plain_validation_does(tmp_path):
+    env = {"COMPASS_KAFKA_SASL_USERNAME": "svc", "COMPASS_KAFKA_SASL_PASSWORD": "pw-123"}
+    text = (
+        "kafka: {security_protocol: SASL_SSL, sasl_mechanism: PLAIN}\n"
+        "embedder: {backend: http, url: 'http://127.0.0.1:8080/v1'}\n"
+        "daemon: {lease_ttl_ms: 60001, check_interval_s: 60}\n"
+    )
+    svc = load_service_config(_write(tmp_path, "svc.yaml", text), env=env)
+    plain = ServiceConfig.model_validate({
+        "kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_username": "svc",
+                  "sasl_password": "pw-123"},
+        "embedder": {"backend": "http", "url": "http://127.0.0.1:8080/v1"},
+        "daemon": {"lease_ttl_ms": 60001, "check_interval_s": 60},
+    })
+    assert svc == plain and svc.daemon.lease_ttl_ms == 60001
+    langs = load_languages(_write(tmp_path, "langs.yaml", "languages:\n  yo: {min_samples: 2000}\n"))
+    assert langs == LanguagesConfig.model_validate({"languages": {"yo": {"min_samples": 2000}}})
+    assert (langs.get("yo").min_samples, langs.get("yo").window_size) == (2000, 2000)  # equal is allowed
+
+
+def test_constructing_a_model_still_enforces_the_rules():
+    with pytest.raises(ValidationError, match=r"min_samples \(5000\) must not exceed window_size \(2000\)"):
+        LanguageSettings(min_samples=5000)
+    with pytest.raises(ValidationError, match="backend http needs url"):
+        EmbedderConfig(backend="http", batch_size=8)
+    with pytest.raises(ValidationError, match="security_protocol SASL_SSL needs sasl_mechanism"):
+        ServiceConfig.model_validate({"kafka": {"security_protocol": "SASL_SSL"}})
+
+
+def test_config_check_cli_lists_hidden_rule(tmp_path):
+    from daemon.commands.config import app
+
+    bad = _write(tmp_path, "svc.yaml", "embedder: {backend: http, batch_size: 0}\n")
+    result = CliRunner().invoke(app, ["check", str(bad)], env={})
+    assert result.exit_code == 1
+    assert f"{bad} (service config): 2 problem(s)" in result.output
+    assert "  - embedder: backend http needs url, e.g. http://127.0.0.1:8080/v1" in result.output
 
 
 @pytest.mark.parametrize(
