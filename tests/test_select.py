@@ -18,6 +18,7 @@ from compass.select import (
     mix,
     neighbour_graph,
     proto_scores,
+    reallocate,
     sample_cluster,
     select,
     stochastic_quotas,
@@ -25,6 +26,7 @@ from compass.select import (
     training_set,
 )
 from compass.select.diversity import ClusterNeighbours
+from compass.select.report import build_report
 from compass.select.scores import alpha
 
 
@@ -63,10 +65,11 @@ def test_config_defaults_and_messages() -> None:
         {"langsim_k": 0},
         {"seed": -1},
         {"budget": True},
+        {"boundary": "far"},
     ):
         with pytest.raises(ValueError, match=repr(next(iter(bad)))):
             SelectionConfig(**bad)
-    assert "budget" in SelectionConfig.help()
+    assert "budget" in SelectionConfig.help() and c.boundary == "near"
 
 
 # ---------------------------------------------------------------- §3.1.1 / §3.2.2
@@ -158,6 +161,32 @@ def test_stochastic_quotas_bounds_total_and_mean() -> None:
     assert (np.abs(qs.mean(axis=0) - exact) <= tol).all()
 
 
+# w~ = [8, 2, 1, 0 | noise 0] / 11 and n_aux = [1, 3, 5, 6 | 4]: the reallocation cases below
+REALLOC_W = np.array([8, 2, 1, 0, 0]) / 11
+REALLOC_N = np.array([1, 3, 5, 6, 4])
+
+
+def test_reallocate_fresh_first_then_repeats() -> None:
+    # N = 10: quotas [7, 2, 1]. Cluster 0 delivers 3 * 1 = 3, 4 units left. Fresh round 1: rooms [0, 1, 4],
+    # 4 * [2/3, 1/3] = [2.67, 1.33] -> [3, 1], capped at [1, 1]; round 2: 2 units, only cluster 2 has room -> +2.
+    q10 = deterministic_quotas(REALLOC_W, 10)
+    assert q10.tolist() == [7, 2, 1, 0, 0]
+    assert reallocate(q10, REALLOC_W, REALLOC_N, 3).tolist() == [3, 3, 4, 0, 0]
+    # N = 20: quotas [14, 4, 2]; delivered [3, 4, 2] (cluster 1: 3 rows, one repeat). Fresh: only cluster 2 has
+    # room (3) -> 5. Repeats: 8 units, rooms [0, 5, 10], 8 * [2/3, 1/3] = [5.33, 2.67] -> [5, 3].
+    q20 = deterministic_quotas(REALLOC_W, 20)
+    assert q20.tolist() == [14, 4, 2, 0, 0]
+    assert reallocate(q20, REALLOC_W, REALLOC_N, 3).tolist() == [3, 9, 8, 0, 0]
+    # N = 40 > 3 * (1 + 3 + 5) = 27 that the clusters with w > 0 can supply: all full, 13 stay unmet;
+    # clusters 3 (n_eval = 0) and noise never receive although they have rows
+    assert reallocate(deterministic_quotas(REALLOC_W, 40), REALLOC_W, REALLOC_N, 3).tolist() == [3, 9, 15, 0, 0]
+    # COMPASS-S rounding: round 1 caps cluster 1 at its one fresh row whatever the draw, so [3, 3, 4] every time
+    for seed in range(5):
+        assert reallocate(q10, REALLOC_W, REALLOC_N, 3, np.random.default_rng(seed)).tolist() == [3, 3, 4, 0, 0]
+    # max_repeats = 1: no repeats at all; 10 > 1 + 3 + 5 so cluster 2 ends full at 5 and 1 unit is unmet
+    assert reallocate(q10, REALLOC_W, REALLOC_N, 1).tolist() == [1, 3, 5, 0, 0]
+
+
 # ---------------------------------------------------------------- §3.2.3 scores, eq. 1
 
 
@@ -172,6 +201,27 @@ def test_centroid_distances_and_scores() -> None:
     # margins in cluster 0: [1, -0.2, 0.2] -> inverted min-max: [0, 1, 2/3]; a lone row gets 0.5
     groups = np.array([0, 0, 0, 1])
     np.testing.assert_allclose(boundary_scores(d_own, d_other, groups), [0.0, 1.0, 2 / 3, 0.5], atol=1e-6)
+    # boundary="margin": the formula literally, min-max without inversion: [1, 0, 1/3]; a lone row still 0.5
+    literal = boundary_scores(d_own, d_other, groups, "margin")
+    np.testing.assert_allclose(literal, [1.0, 0.0, 1 / 3, 0.5], atol=1e-6)
+    with pytest.raises(SelectionError, match="'boundary' parameter of boundary_scores.*Got 'far'"):
+        boundary_scores(d_own, d_other, groups, "far")
+
+
+@pytest.mark.parametrize(("boundary", "second", "score"), [("near", 1, 0.875), ("margin", 2, 0.8125)])
+def test_engine_boundary_orientation(boundary: str, second: int, score: float) -> None:
+    # Cluster 0 (mu_0 = e0, other centroid e1), quota 2 = round(1.0 * |D_t|). Rows: r0 = e0 (d_own 0, margin 1),
+    # r1 = (0.8, 0.6, 0) leans to e1 (d_own 0.2, margin 0.2), r2 = (0.8, 0, 0.6) leans away (d_own 0.2, margin 0.8).
+    # s_proto = [1, 1/1.2, 1/1.2]. "near": s_boundary = 1 - (m - 0.2) / 0.8 = [0, 1, 1/4]; "margin": [1, 0, 3/4].
+    # Step 0 (alpha 0) takes r0; step 1 (alpha 1/2): s = 0.75 s_proto + 0.25 s_boundary
+    # near: r1 0.625 + 0.25 = 0.875 > r2 0.6875; margin: r1 0.625 < r2 0.625 + 0.1875 = 0.8125.
+    C = unit((1, 0, 0), (0, 1, 0))
+    Xp = unit((1, 0, 0), (0.8, 0.6, 0), (0.8, 0, 0.6), (0, 1, 0))
+    labels = (np.array([1, 1]), np.array([0]), np.array([0, 0, 0, 1]), C)  # w = [1/1, 0/3]: all quota to 0
+    config = SelectionConfig(budget=1.0, method="compass-d", delta=0.0, boundary=boundary)
+    sel = select(unit((0, 1, 0), (0, 1, 0)), unit((1, 0, 0)), Xp, config, labels=labels)
+    assert sel.pool_indices.tolist() == [0, second]
+    np.testing.assert_allclose(sel.scores, [1.0, score], atol=1e-6)
 
 
 def test_boundary_scores_single_centroid_is_neutral() -> None:
@@ -320,10 +370,66 @@ def test_engine_reports_shortfall() -> None:
     lp = lp.copy()
     lp[lp == 2] = 3
     lp[:2] = 2  # cluster 2 (quota ~10) has 2 candidates
-    sel = select(Xt, Xe, Xp, SelectionConfig(method="compass-d"), labels=(lt, le, lp, C))
-    assert sel.shortfall_clusters == [2]
-    assert sel.selected_per_cluster[2] == 6 < sel.quotas[2]  # 2 rows x max_repeats 3
-    assert sel.counts.max() == 3 and (sel.counts[sel.clusters != 2] == 1).all()
+    # n_aux = [5, 14, 2, 19 | 0]; w~ = [0, 0.2, 0.8, 0]: 12 -> quotas [0, 2, 10, 0]. Cluster 2 delivers
+    # 2 rows x max_repeats 3 = 6; the 4 left go to cluster 1 (the only other w > 0), which has 12 fresh rows.
+    for method in ("compass-d", "compass"):
+        sel = select(Xt, Xe, Xp, SelectionConfig(method=method), labels=(lt, le, lp, C))
+        assert sel.quotas.tolist() == [0, 2, 10, 0, 0]
+        assert sel.final_quotas.tolist() == sel.selected_per_cluster.tolist() == [0, 6, 6, 0, 0]
+        assert sel.extra.tolist() == [0, 4, 0, 0, 0] and sel.total == 12
+        assert sel.shortfall_clusters == [2] == sel.fell_short_clusters
+        assert sel.counts[sel.clusters == 2].tolist() == [3, 3] and (sel.counts[sel.clusters != 2] == 1).all()
+
+
+def realloc_problem():
+    """K = 4 clusters on axes e0..e3 + 4 noise rows: n_t = [0, 1, 3, 0], n_eval = [2, 1, 1, 0],
+    n_aux = [1, 3, 5, 6 | 4] (REALLOC_N): w = [2, 1/2, 1/4, 0] -> w~ = REALLOC_W; |D_t| = 4."""
+    rng = np.random.default_rng(5)
+    C = np.eye(4, 6, dtype=np.float32)
+    lt, le = np.array([1, 2, 2, 2]), np.array([0, 0, 1, 2])
+    lp = np.array([0] + [1] * 3 + [2] * 5 + [3] * 6 + [-1] * 4)
+
+    def around(labels):
+        X = np.where(labels[:, None] >= 0, C[np.maximum(labels, 0)], 0.5) + 0.05 * rng.normal(size=(len(labels), 6))
+        return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+    return around(lt), around(le), around(lp), (lt, le, lp, C)
+
+
+@pytest.mark.parametrize(
+    ("budget", "per_cluster", "extra", "shortfall"),
+    [
+        (2.5, [3, 3, 4, 0, 0], [0, 1, 3, 0, 0], [0]),  # N = 10, fresh rows suffice
+        (5.0, [3, 9, 8, 0, 0], [0, 5, 6, 0, 0], [0, 1, 2]),  # N = 20, repeats needed in clusters 1 and 2
+        (10.0, [3, 9, 15, 0, 0], [0, 2, 11, 0, 0], [0, 1, 2]),  # N = 40 > 27 the pool can supply
+    ],
+)
+def test_engine_reallocates_unfilled_quota(budget, per_cluster, extra, shortfall) -> None:
+    Xt, Xe, Xp, labels = realloc_problem()
+    sel = select(Xt, Xe, Xp, SelectionConfig(budget=budget, method="compass-d"), labels=labels)
+    n_total = total_budget(budget, 4)
+    assert sel.quotas.tolist() == deterministic_quotas(REALLOC_W, n_total).tolist()
+    assert sel.selected_per_cluster.tolist() == per_cluster == sel.final_quotas.tolist()
+    assert sel.extra.tolist() == extra and sel.total == min(n_total, 27)
+    assert sel.shortfall_clusters == shortfall and sel.fell_short_clusters == [0]
+    assert sel.counts.max() <= 3 and sel.counts[sel.clusters == 0].tolist() == [3]
+    assert (sel.counts[sel.clusters == 2] == 1).all() == (budget == 2.5)  # fresh rows before repeats
+    report = build_report(sel, ["es"] * len(Xp), "it")
+    c0, c1, c2 = report["clusters"][:3]
+    assert (c0["quota"], c0["extra"], c0["unfilled"], c0["fell_short"], c0["selected"]) == (
+        int(sel.quotas[0]), 0, int(sel.quotas[0]) - 3, True, 3,
+    )  # fmt: skip
+    assert (c1["extra"], c1["fell_short"], c2["extra"], c2["fell_short"]) == (extra[1], False, extra[2], False)
+    assert report["summary"]["reallocated"] == sum(extra) and report["summary"]["fell_short_clusters"] == [0]
+    assert report["summary"]["unmet"] == n_total - min(n_total, 27) and report["summary"]["selected"] == sel.total
+
+
+def test_engine_reallocation_compass_s_seeded() -> None:
+    # COMPASS-S at N = 10: any stochastic quotas (q0 in {7, 8}) end as [3, 3, 4] (see the reallocate test)
+    Xt, Xe, Xp, labels = realloc_problem()
+    for seed in range(4):
+        sel = select(Xt, Xe, Xp, SelectionConfig(budget=2.5, seed=seed), labels=labels)
+        assert sel.selected_per_cluster.tolist() == [3, 3, 4, 0, 0] and sel.fell_short_clusters == [0]
 
 
 def test_baseline_sizes_and_langsim() -> None:
@@ -373,7 +479,7 @@ def test_engine_with_clusterer_and_progress() -> None:
     sel = select(Xt, Xe, Xp, SelectionConfig(), clusterer=cl, progress=lambda done, total: calls.append((done, total)))
     assert cl.seen == len(Xt) + len(Xe) + len(Xp)
     np.testing.assert_array_equal(sel.eval_labels, np.argmax(Xe @ C.T, axis=1))
-    assert calls and calls[-1][0] == calls[-1][1] == int((sel.quotas > 0).sum())
+    assert calls and calls[-1][0] == calls[-1][1] == int((sel.final_quotas > 0).sum())
 
 
 def test_training_set_keeps_d_t_first_and_whole() -> None:

@@ -98,6 +98,9 @@ def test_misaligned_embeddings_name_file_rows_and_expected(case):
         (["--clusterer", "dbscan"], "--clusterer: got 'dbscan'; use one of kmeans, hdbscan"),
         (["--budget", "-1"], "budget"),
         (["--clusterer", "hdbscan"], "--k-clusters: got 3 with --clusterer hdbscan; it applies to kmeans and"),
+        (["--boundary", "far"], "boundary"),
+        (["--tau-sim", "1.5"], "tau_sim"),
+        (["--delta", "-0.1"], "delta"),
     ],
 )
 def test_bad_options_exit_2(case, change, fragment):

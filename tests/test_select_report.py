@@ -66,11 +66,15 @@ def test_report_numbers_are_exact():
         "repeated": 1,
         "tau_sim": 0.9,
         "shortfall_clusters": [1],
+        "reallocated": 0,
+        "fell_short_clusters": [],
+        "unmet": 0,
     }
     c0, c1, noise = r["clusters"]
     assert c0 == {
         "cluster": 0, "n_t": 3, "n_eval": 1, "n_aux": 1, "rho": pytest.approx(1 / 3), "w": 0.25,
         "w_tilde": pytest.approx(1 / 7), "quota": 0, "selected": 0, "shortfall": False,
+        "extra": 0, "unfilled": 0, "fell_short": False,
         "p_eval": 0.25, "p_train": 0.75, "p_train_plus_s": pytest.approx(3 / 7),
     }  # fmt: skip
     assert (c1["rho"], c1["quota"], c1["selected"], c1["shortfall"]) == (3.0, 3, 3, True)

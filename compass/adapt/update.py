@@ -137,7 +137,8 @@ def plan_update(
         st = sel.stats
         summary["clusters"] = [
             {"cluster": c, "n_t": int(st.n_t[c]), "n_eval": int(st.n_eval[c]), "n_aux": int(st.n_aux[c]),
-             "w_tilde": float(st.w_tilde[c]), "quota": int(sel.quotas[c]), "selected": int(sel_counts[c])}
+             "w_tilde": float(st.w_tilde[c]), "quota": int(sel.quotas[c]), "final_quota": int(sel.final_quotas[c]),
+             "selected": int(sel_counts[c])}
             for c in range(size)
         ]
         langs: Counter[str] = Counter()

@@ -4,7 +4,7 @@ from compass.select.config import COMPASS_METHODS, METHODS, SelectionConfig, Sel
 from compass.select.diversity import ClusterNeighbours, calibrate_tau_sim, neighbour_graph
 from compass.select.engine import Selection, select, training_set
 from compass.select.mismatch import NOISE, ClusterStats, cluster_stats
-from compass.select.quotas import deterministic_quotas, stochastic_quotas, total_budget
+from compass.select.quotas import deterministic_quotas, reallocate, stochastic_quotas, total_budget
 from compass.select.sampler import ClusterDraw, sample_cluster
 from compass.select.scores import alpha, boundary_scores, centroid_distances, mix, proto_scores
 
@@ -27,6 +27,7 @@ __all__ = [
     "mix",
     "neighbour_graph",
     "proto_scores",
+    "reallocate",
     "sample_cluster",
     "select",
     "stochastic_quotas",

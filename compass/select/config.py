@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field, fields
+from typing import Literal
 
 from compass.errors import CompassError
 
@@ -24,6 +25,7 @@ METHODS: tuple[str, ...] = (
     "langsim",
 )
 COMPASS_METHODS: tuple[str, ...] = METHODS[:4]
+BOUNDARY_MODES: tuple[str, ...] = ("near", "margin")
 
 
 class SelectionError(CompassError, ValueError):
@@ -81,6 +83,13 @@ class SelectionConfig:
         default=0.5,
         metadata={"help": "shortfall (§3.2.3): a row picked n times has its score scaled by decay**n; in (0, 1]."},
     )
+    boundary: Literal["near", "margin"] = field(
+        default="near",
+        metadata={
+            "help": "orientation of s_boundary (§3.2.3, scores.py): 'near' (the text) scores rows near a decision "
+            "boundary 1 (inverted min-max margin); 'margin' (the formula literally) scores the widest margin 1."
+        },
+    )
     sample_noise: bool = field(
         default=False,
         metadata={"help": "give the noise bucket (label -1, index K) a weight like a cluster; off by default."},
@@ -109,6 +118,8 @@ class SelectionConfig:
             raise bad_param("max_repeats", own, "an int >= 1", self.max_repeats)
         if not _is_real(self.decay) or not 0 < self.decay <= 1:
             raise bad_param("decay", own, "a float in (0, 1]", self.decay)
+        if self.boundary not in BOUNDARY_MODES:
+            raise bad_param("boundary", own, f"one of {', '.join(BOUNDARY_MODES)}", self.boundary)
         if not isinstance(self.sample_noise, bool):
             raise bad_param("sample_noise", own, "a bool", self.sample_noise)
         if not _is_int(self.langsim_k) or self.langsim_k < 1:

@@ -1,8 +1,20 @@
 """One entry point for every method: ``select`` returns the pool rows S to add to D_t (§3.2, Table 2).
 
 Flow for the COMPASS methods: labels (cluster D_t ∪ E_t ∪ D_aux together, §3.1.1, or take precomputed
-ones) -> ClusterStats (§3.2.2) -> quotas -> per cluster: eq. 1 scores and the sampling loop (§3.2.3).
-Random streams are derived from ``config.seed`` per purpose (quotas, calibration, each cluster, baselines),
+ones) -> ClusterStats (§3.2.2) -> quotas -> reallocation -> per cluster: eq. 1 scores and the sampling loop
+(§3.2.3).
+
+Unfilled quota: §3.2.3 lets a cluster with fewer candidates than q_k sample with replacement (at most
+max_repeats picks per row), but when even that cannot fill q_k the paper leaves open where the rest goes; we
+move it to the clusters that still have room, in proportion to their w~_k (the even weights for the
+no-cluster-weights ablation), with the quotas' exact-total rounding, fresh rows before repeats, only to
+clusters with w_k > 0 (see quotas.reallocate). Every cluster is then sampled once with its final quota, so
+alpha_k = min(1, sampled_k / q_k) of eq. 1 uses the final q_k. |S| = round(B |D_t|) whenever the receivers
+can supply it (sum of max_repeats * n_aux^k >= N); ``Selection.quotas`` keeps the original q_k and
+``Selection.final_quotas`` what each cluster was sampled with.
+
+Random streams are derived from ``config.seed`` per purpose (quotas, calibration, each cluster, baselines,
+reallocation),
 so a cluster's draw does not depend on the others.
 """
 
@@ -18,13 +30,13 @@ from compass import langcodes
 from compass.select.config import COMPASS_METHODS, SelectionConfig, bad_param
 from compass.select.diversity import ClusterNeighbours, calibrate_tau_sim
 from compass.select.mismatch import NOISE, ClusterStats, buckets, cluster_stats
-from compass.select.quotas import deterministic_quotas, stochastic_quotas, total_budget
+from compass.select.quotas import deterministic_quotas, reallocate, stochastic_quotas, total_budget
 from compass.select.sampler import sample_cluster
 from compass.select.scores import boundary_scores, centroid_distances, proto_scores
 
 T = TypeVar("T")
 _NORM_TOL = 1e-2
-_STREAM_QUOTAS, _STREAM_CALIBRATE, _STREAM_CLUSTER, _STREAM_BASELINE = 0, 1, 2, 3
+_STREAM_QUOTAS, _STREAM_CALIBRATE, _STREAM_CLUSTER, _STREAM_BASELINE, _STREAM_REALLOC = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -38,9 +50,10 @@ class Selection:
     pool_labels: np.ndarray
     centroids: np.ndarray  # float32 (K, d)
     stats: ClusterStats  # n_t, n_eval, n_aux, rho, w, w_tilde (length K + 1)
-    quotas: np.ndarray  # int64 (K + 1,) (zeros for the baselines)
+    quotas: np.ndarray  # int64 (K + 1,) original q_k from w~_k (zeros for the baselines)
+    final_quotas: np.ndarray  # int64 (K + 1,) q_k after reallocation: what each cluster was sampled with
     selected_per_cluster: np.ndarray  # int64 (K + 1,) selections incl. repeats
-    shortfall_clusters: list[int]  # clusters where the pool had fewer candidates than q_k
+    shortfall_clusters: list[int]  # clusters with fewer candidates than their final quota (rows repeated)
     tau_sim: float | None  # threshold used by the neighbour graph (None when unused)
     method: str
     config: SelectionConfig
@@ -48,6 +61,16 @@ class Selection:
     @property
     def total(self) -> int:
         return int(self.counts.sum())
+
+    @property
+    def extra(self) -> np.ndarray:
+        """int64 (K + 1,) quota units each cluster received from the reallocation."""
+        return np.maximum(self.final_quotas - self.quotas, 0)
+
+    @property
+    def fell_short_clusters(self) -> list[int]:
+        """Clusters that could not deliver their original q_k (the rest was moved elsewhere)."""
+        return np.flatnonzero(self.final_quotas < self.quotas).tolist()
 
 
 def training_set(train_records: Sequence[T], pool_records: Sequence[T], selection: Selection) -> list[T]:
@@ -129,17 +152,20 @@ def _compass(
     n_total: int,
     config: SelectionConfig,
     progress: Any,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int], float | None]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int], float | None]:
     method, seed, size = config.method, config.seed, len(stats.n_t)
     if method == "no-cluster-weights":  # Table 2 ablation: even quotas over the buckets that have candidates
-        even = (stats.n_aux > 0).astype(np.float64)
+        weights = (stats.n_aux > 0).astype(np.float64)
         if not config.sample_noise:
-            even[-1] = 0.0
-        quotas = deterministic_quotas(even, n_total)
-    elif config.stochastic:
-        quotas = stochastic_quotas(stats.w_tilde, n_total, np.random.default_rng([seed, _STREAM_QUOTAS]))
+            weights[-1] = 0.0
     else:
-        quotas = deterministic_quotas(stats.w_tilde, n_total)
+        weights = stats.w_tilde
+    if config.stochastic:
+        quotas = stochastic_quotas(weights, n_total, np.random.default_rng([seed, _STREAM_QUOTAS]))
+    else:
+        quotas = deterministic_quotas(weights, n_total)
+    realloc_rng = np.random.default_rng([seed, _STREAM_REALLOC]) if config.stochastic else None
+    final = reallocate(quotas, weights, stats.n_aux, config.max_repeats, realloc_rng)
 
     uniform = method == "no-instance-weights"
     use_diversity = not uniform and config.delta > 0
@@ -150,17 +176,17 @@ def _compass(
             tau = calibrate_tau_sim(X_pool, np.random.default_rng([seed, _STREAM_CALIBRATE]))
 
     # Only rows of buckets with a quota are scored; grouping by bucket keeps pool order inside a bucket.
-    rows = np.flatnonzero(quotas[pool_b] > 0)
+    rows = np.flatnonzero(final[pool_b] > 0)
     rows = rows[np.argsort(pool_b[rows], kind="stable")]
     row_b = pool_b[rows]
     if uniform:
         s_proto = s_bound = np.ones(len(rows))
     else:
         d_own, d_other = centroid_distances(X_pool, pool_labels[rows], centroids, rows=rows)
-        s_proto, s_bound = proto_scores(d_own), boundary_scores(d_own, d_other, row_b)
+        s_proto, s_bound = proto_scores(d_own), boundary_scores(d_own, d_other, row_b, config.boundary)
 
     out_rows, out_counts, out_scores, shortfall = [], [], [], []
-    active = [k for k in range(size) if quotas[k] > 0]
+    active = [k for k in range(size) if final[k] > 0]
     starts = np.searchsorted(row_b, np.arange(size + 1))
     for done, k in enumerate(active, 1):
         lo, hi = starts[k], starts[k + 1]
@@ -168,7 +194,7 @@ def _compass(
         draw = sample_cluster(
             s_proto[lo:hi],
             s_bound[lo:hi],
-            int(quotas[k]),
+            int(final[k]),  # eq. 1's alpha runs over the final quota
             None if not config.stochastic else np.random.default_rng([seed, _STREAM_CLUSTER, k]),
             greedy=not config.stochastic,
             neighbours=ClusterNeighbours(X_pool[members], tau) if use_diversity else None,
@@ -183,7 +209,8 @@ def _compass(
         out_counts.append(draw.counts)
         out_scores.append(np.full(len(draw.rows), np.nan) if uniform else draw.scores)
         _report(progress, done, len(active))
-    return _cat(out_rows, np.int64), _cat(out_counts, np.int64), _cat(out_scores, np.float64), quotas, shortfall, tau
+    rows_out, counts_out = _cat(out_rows, np.int64), _cat(out_counts, np.int64)
+    return rows_out, counts_out, _cat(out_scores, np.float64), quotas, final, shortfall, tau
 
 
 def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -257,13 +284,14 @@ def select(
     n_total = total_budget(config.budget, len(X_train))
     size = K + 1
     if needed:
-        rows, counts, scores, quotas, shortfall, tau = _compass(
+        rows, counts, scores, quotas, final, shortfall, tau = _compass(
             X_pool, pool_b, pool_l, centroids, stats, n_total, config, progress
         )
     else:
         rows = _baseline(config, len(X_pool), n_total, pool_langs, target_lang)
         counts, scores = np.ones(len(rows), np.int64), np.full(len(rows), np.nan)
         quotas, shortfall, tau = np.zeros(size, np.int64), [], None
+        final = quotas
     clusters = pool_b[rows]
     per_cluster = np.bincount(clusters, weights=counts, minlength=size).astype(np.int64)
     return Selection(
@@ -277,6 +305,7 @@ def select(
         centroids=centroids,
         stats=stats,
         quotas=quotas,
+        final_quotas=final,
         selected_per_cluster=per_cluster,
         shortfall_clusters=shortfall,
         tau_sim=tau,

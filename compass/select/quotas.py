@@ -12,6 +12,18 @@ that E[q_k] = w~_k * N. Here:
 * deterministic (COMPASS-D): largest remainder; ties broken by lower bucket index.
 
 Either way floor(w~_k N) <= q_k <= ceil(w~_k N).
+
+Reallocation (``reallocate``): the paper leaves open what happens when a cluster cannot fill q_k even with
+replacement (§3.2.3: "requiring further modifications to enforce sum_k |S_k| = B |D_t|"); we move the unfilled
+remainder to other clusters. A cluster's sampler delivers min(q_k, max_repeats * n_aux^k) (sampler.py), so the
+plan needs only counts and is made before any sampling; each cluster is then sampled once with its final quota,
+which keeps alpha_k of eq. 1 running from 0 to 1 over what the cluster really delivers. The remainder R goes, in
+rounds, to the receivers that still have room, split by their w~_k with the same exact-total rounding as above
+(largest remainder for COMPASS-D, systematic sampling for COMPASS-S), each share capped at the room; what the
+caps refuse goes round again. Fresh rows come first (room n_aux^k - selected_k), repeats only once no receiver
+has a fresh row left (room max_repeats * n_aux^k - selected_k, the paper's 0.5^n decay then applies). Only
+clusters with w_k > 0 receive, so a cluster with n_eval^k = 0 still gets nothing. If no receiver has room, |S|
+stays below N and the caller reports the gap.
 """
 
 from __future__ import annotations
@@ -67,3 +79,45 @@ def deterministic_quotas(w_tilde: np.ndarray, total: int) -> np.ndarray:
     order = np.lexsort((np.arange(len(frac)), -frac))  # by remainder desc, then index asc
     base[order[:rest]] += 1
     return base
+
+
+def deliverable(quotas: np.ndarray, n_aux: np.ndarray, max_repeats: int) -> np.ndarray:
+    """What ``sample_cluster`` delivers for each quota: q_k, or max_repeats * n_aux^k when that is less."""
+    return np.minimum(np.asarray(quotas, np.int64), max_repeats * np.asarray(n_aux, np.int64))
+
+
+def reallocate(
+    quotas: np.ndarray,
+    weights: np.ndarray,
+    n_aux: np.ndarray,
+    max_repeats: int,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Final quotas after moving what clusters cannot deliver to those with room (see the module doc).
+
+    ``weights``: w~_k of the receivers (0 = never receives); ``rng`` None rounds deterministically (COMPASS-D),
+    otherwise stochastically (COMPASS-S). sum(result) = sum(quotas) unless every receiver is full.
+    """
+    quotas, n_aux = np.asarray(quotas, np.int64), np.asarray(n_aux, np.int64)
+    w = np.asarray(weights, np.float64)
+    if not quotas.shape == n_aux.shape == w.shape:
+        raise bad_param("weights", "reallocate", f"arrays of one shape like quotas {quotas.shape}", w.shape)
+    final = deliverable(quotas, n_aux, max_repeats)
+    rest = int(quotas.sum() - final.sum())
+    for limit in (n_aux, max_repeats * n_aux):  # fresh rows first, then repeats
+        rest = _spread(final, rest, w, limit, rng)
+    return final
+
+
+def _spread(final: np.ndarray, rest: int, w: np.ndarray, limit: np.ndarray, rng: np.random.Generator | None) -> int:
+    """Add up to ``rest`` units to ``final`` in place, never beyond ``limit``; returns what is left."""
+    while rest > 0:
+        room = np.where(w > 0, np.maximum(limit - final, 0), 0)
+        if not room.any():
+            break
+        eligible = np.where(room > 0, w, 0.0)
+        share = deterministic_quotas(eligible, rest) if rng is None else stochastic_quotas(eligible, rest, rng)
+        give = np.minimum(share, room)  # a capped receiver is full: the next round splits its excess among the rest
+        final += give
+        rest -= int(give.sum())
+    return rest

@@ -3,8 +3,12 @@
 ``build_report`` turns a ``Selection`` into a JSON-ready dict:
   clusters       one row per bucket (clusters 0..K-1, then "noise" for rows labelled -1): n_t, n_eval, n_aux,
                  rho_k = P_eval / P_train (§3.1.1; null where undefined), w_k and w~_k (§3.2.2), quota q_k
-                 (§3.2.3), selected (rows of S in the bucket, repeats counted), shortfall (q_k not met from
-                 distinct candidates), and the three shares below.
+                 (§3.2.3, before reallocation), extra (quota units moved here from clusters that could not
+                 fill theirs), unfilled and fell_short (original quota units this cluster could not deliver,
+                 even with repeats; they went to other clusters), selected (rows of S in the bucket, repeats
+                 counted), shortfall (final quota not met from distinct candidates: rows repeated), and the three
+                 shares below. The summary adds reallocated (units moved), fell_short_clusters and unmet
+                 (round(B |D_t|) - |S| once no cluster had room left; 0 normally).
   distributions  P_eval, P_train and P_{D_t+S} over the K+1 buckets; P_{D_t+S}^k = (n_t^k + |S_k|) / (|D_t| + |S|).
   js             JS(P_eval || P_train) before and JS(P_eval || P_{D_t+S}) after adding S (eq. 5, bits).
   source_languages  counts of S per source language, repeats included (the paper's Figure 4), with the
@@ -113,6 +117,10 @@ def build_report(
     q = np.asarray(selection.quotas, dtype=np.int64)
     quotas[: len(q)] = q
     shortfall = {size - 1 if int(k) < 0 else int(k) for k in selection.shortfall_clusters}
+    final = np.zeros(size, dtype=np.int64)
+    f = np.asarray(getattr(selection, "final_quotas", q), dtype=np.int64)  # older Selection objects: no reallocation
+    final[: len(f)] = f
+    moved_in, unfilled = np.maximum(final - quotas, 0), np.maximum(quotas - final, 0)
 
     p_eval, p_train, p_after = _share(n_eval), _share(n_t), _share(n_t + selected)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -129,6 +137,9 @@ def build_report(
                 "w": float(stats.w[k]),
                 "w_tilde": float(stats.w_tilde[k]),
                 "quota": int(quotas[k]),
+                "extra": int(moved_in[k]),
+                "unfilled": int(unfilled[k]),
+                "fell_short": bool(unfilled[k] > 0),
                 "selected": int(selected[k]),
                 "shortfall": k in shortfall,
                 "p_eval": float(p_eval[k]),
@@ -151,6 +162,9 @@ def build_report(
             "repeated": int((counts > 1).sum()),
             "tau_sim": _finite(selection.tau_sim) if selection.tau_sim is not None else None,
             "shortfall_clusters": [clusters[k]["cluster"] for k in sorted(shortfall)],
+            "reallocated": int(moved_in.sum()),
+            "fell_short_clusters": [c["cluster"] for c in clusters if c["fell_short"]],
+            "unmet": int(quotas.sum() - final.sum()),
         },
         "js": {"eval_vs_train": _js(n_eval, n_t), "eval_vs_train_plus_s": _js(n_eval, n_t + selected)},
         "distributions": {

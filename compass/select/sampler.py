@@ -7,7 +7,8 @@ candidate set.
 
 Shortfall (fewer candidates than q_k): rows are drawn with replacement; a row picked n times has its score
 scaled by decay**n (0.5**n in the paper) and is retired after ``max_repeats`` picks. If even that cannot
-fill q_k (n_k * max_repeats < q_k) the cluster delivers what it can and the caller reports the gap.
+fill q_k (n_k * max_repeats < q_k) the cluster delivers what it can. The engine never asks for more: it moves
+that remainder to other clusters beforehand (quotas.reallocate) and passes each cluster its final quota.
 
 Cost: O(q_k * n_k) for the score updates plus one FAISS range search (O(n_k d)) per distinct pick.
 """

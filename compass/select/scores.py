@@ -4,8 +4,10 @@ dist(a, b) = 1 - a·b (cosine distance; rows and centroids are L2-normalised).
 
 Boundary orientation: the paper's margin m(x) = min_{j != k} dist(x, mu_j) - dist(x, mu_k) is *large* far
 from the decision boundary, yet the text says s_boundary "favours examples near decision boundaries" and the
-alpha curriculum goes from prototypical to boundary cases. We follow the text: s_boundary = 1 - minmax(m)
-within the cluster, so the row closest to another centroid scores 1 and the most central-by-margin scores 0.
+alpha curriculum goes from prototypical to boundary cases. By default (``SelectionConfig.boundary = "near"``)
+we follow the text: s_boundary = 1 - minmax(m) within the cluster, so the row closest to another centroid
+scores 1 and the most central-by-margin scores 0. ``boundary = "margin"`` takes the formula literally:
+s_boundary = minmax(m), so the row farthest from every other centroid scores 1.
 A cluster whose margins are all equal (one candidate, or K = 1 so there is no other centroid) gets 0.5:
 no row is more ambiguous than another.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compass.select.config import BOUNDARY_MODES, bad_param
 from compass.select.mismatch import NOISE
 
 NEUTRAL_BOUNDARY = 0.5
@@ -56,9 +59,12 @@ def proto_scores(d_own: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(s), 1.0, s)
 
 
-def boundary_scores(d_own: np.ndarray, d_other: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """s_boundary (§3.2.3): the margin d_other - d_own, min-max normalised within each group and inverted
-    so rows near a decision boundary score 1 (see the module doc). Constant or undefined groups -> 0.5."""
+def boundary_scores(d_own: np.ndarray, d_other: np.ndarray, groups: np.ndarray, boundary: str = "near") -> np.ndarray:
+    """s_boundary (§3.2.3): the margin d_other - d_own, min-max normalised within each group; ``boundary``
+    "near" inverts it so rows near a decision boundary score 1, "margin" does not (see the module doc).
+    Constant or undefined groups -> 0.5."""
+    if boundary not in BOUNDARY_MODES:
+        raise bad_param("boundary", "boundary_scores", f"one of {', '.join(BOUNDARY_MODES)}", boundary)
     margin = np.asarray(d_other, dtype=np.float64) - np.asarray(d_own, dtype=np.float64)
     groups = np.asarray(groups, dtype=np.int64)
     out = np.full(len(margin), NEUTRAL_BOUNDARY)
@@ -73,7 +79,8 @@ def boundary_scores(d_own: np.ndarray, d_other: np.ndarray, groups: np.ndarray) 
     np.maximum.at(hi, groups, m)
     span = (hi - lo)[groups]
     ok = np.isfinite(span) & (span > 0) & ~np.isnan(margin)
-    out[ok] = 1.0 - (margin[ok] - lo[groups][ok]) / span[ok]
+    scaled = (margin[ok] - lo[groups][ok]) / span[ok]
+    out[ok] = 1.0 - scaled if boundary == "near" else scaled
     return out
 
 

@@ -57,12 +57,18 @@ def select(
     config: Path | None = typer.Option(
         None, "--config", "-c", help="service config YAML for the embedder (default: configs/default.yaml)"
     ),
+    tau_sim: float | None = typer.Option(
+        None, "--tau-sim", help="neighbour threshold of the diversity penalty (default: 0.90 calibrated per embedder)"
+    ),
+    delta: float = typer.Option(0.25, "--delta", help="score penalty per picked neighbour (§3.2.3); 0 turns it off"),
+    boundary: str = typer.Option("near", "--boundary", help="s_boundary orientation: near (the text) or margin"),
 ) -> None:
     """Select auxiliary data for TARGET and write D_t ∪ S, report.json and plots into OUT."""
     from compass.errors import CompassError
 
     try:
-        run_select(target, train, pool, eval_, out, budget, method, clusterer, k_clusters, seed, embeddings, config)
+        run_select(target, train, pool, eval_, out, budget, method, clusterer, k_clusters, seed, embeddings, config,
+                   tau_sim=tau_sim, delta=delta, boundary=boundary)
     except CompassError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -157,6 +163,10 @@ def run_select(
     seed: int = 0,
     embeddings: Path | None = None,
     config: Path | None = None,
+    *,
+    tau_sim: float | None = None,
+    delta: float = 0.25,
+    boundary: str = "near",
 ) -> dict[str, Any]:
     """The command's work; raises CompassError subclasses on bad input. Returns the report dict."""
     import numpy as np
@@ -175,7 +185,8 @@ def run_select(
         target = langcodes.normalize(target)
     except ValueError as e:
         raise SelectionError(f"--target: {e}") from None
-    cfg = SelectionConfig(budget=budget, method=method, seed=seed)  # validates budget
+    cfg = SelectionConfig(budget=budget, method=method, seed=seed, tau_sim=tau_sim, delta=delta,
+                          boundary=boundary)  # type: ignore[arg-type]  # validates each value
     if k_clusters is not None and clusterer not in FIXED_K:
         raise SelectionError(
             f"--k-clusters: got {k_clusters} with --clusterer {clusterer}; it applies to {' and '.join(FIXED_K)} only"
