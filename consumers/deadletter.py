@@ -2,7 +2,9 @@
 
 Each dead letter keeps the original key, value and headers, plus:
   compass-dlq-reason            a short tag: a ``BadEvent`` reason (malformed_json, missing_text, ...), or
-                                oversize, invalid_unicode, unconfigured_language, undetermined_language
+                                oversize, invalid_unicode, unconfigured_language, undetermined_language,
+                                unsupported_schema (a compass-schema header other than 1),
+                                bad_quality (the query was counted; only its quality score was unusable)
   compass-dlq-detail            the human-readable message (names the field, the value and the fix)
   compass-source-topic          where the message was read
   compass-source-partition      (decimal)
@@ -33,6 +35,8 @@ OVERSIZE = "oversize"
 INVALID_UNICODE = "invalid_unicode"
 UNCONFIGURED_LANGUAGE = "unconfigured_language"
 UNDETERMINED_LANGUAGE = "undetermined_language"
+BAD_QUALITY = "bad_quality"
+UNSUPPORTED_SCHEMA = "unsupported_schema"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ Stop the live consumers first: their newer offsets would make the store skip the
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -56,7 +57,7 @@ from consumers import deadletter as dl
 from consumers.clients import kafka_consumer, kafka_producer, redis_client
 from consumers.codebook import Codebook, CodebookStore, CodebookWatcher
 from consumers.enrich import enrich
-from consumers.events import BadEvent, QueryEvent, decode_event
+from consumers.events import SCHEMA_HEADER, SCHEMA_VERSION, BadEvent, QueryEvent, decode_event
 from consumers.lease import Lease
 from consumers.metrics import ConsumerMetrics
 from consumers.window import ApplyResult, Assignment, StaleCodebookError, WindowStore
@@ -180,10 +181,18 @@ class Monitor:
                                    recent_max=self.cc.recent_max, recent_ttl_s=self.cc.recent_ttl_s)
         self.codebooks = CodebookStore(self.cc.codebook_dir, self.redis, prefix)
         if self.codebooks.current_version() is None:
-            raise NoCodebook(
-                f"no codebook is published in Redis under prefix {prefix!r} (codebook_dir {self.cc.codebook_dir}); "
-                "fit and publish one first (CodebookStore.publish), then start the consumer"
-            )
+            stored = self.codebooks.versions()
+            if not (rebuild and stored):
+                raise NoCodebook(
+                    f"no codebook is published in Redis under prefix {prefix!r} (codebook_dir "
+                    f"{self.cc.codebook_dir}); fit and publish one first (compass codebook build), or, after a "
+                    "Redis loss, run `compass consume --rebuild` to restore the newest stored codebook"
+                )
+            # Redis lost its state: the pointer only ever moves forward, so the newest stored version is where the
+            # consumers were; the rebuild below re-counts the windows against it.
+            self.codebooks.restore(stored[-1])
+            log.warning("codebook pointer missing (Redis state lost); restored the newest stored codebook",
+                        extra={"version": stored[-1]})
         self.watcher = CodebookWatcher(self.codebooks, model_id=self.embedder.model_id)
         self._published: set[str] = set()  # revisions this worker published
         self.codebook: Codebook = self._use_codebook(self.watcher.current())
@@ -326,6 +335,12 @@ class Monitor:
                        "shorten the query or raise the limit")
                 bad.append(dl.dead_letter_of(r, dl.OVERSIZE, why))
                 continue
+            schema = dict(r.headers or []).get(SCHEMA_HEADER)
+            if schema is not None and schema != str(SCHEMA_VERSION).encode():
+                bad.append(dl.dead_letter_of(r, dl.UNSUPPORTED_SCHEMA, (
+                    f"header {SCHEMA_HEADER!r} is {schema!r}; this consumer reads schema version {SCHEMA_VERSION}; "
+                    "upgrade compass or produce version-1 events (the header may be left out)")))
+                continue
             try:
                 event = decode_event(r.value or b"")
                 event.text.encode("utf-8")  # JSON escapes can carry lone surrogates no embedder accepts
@@ -396,14 +411,15 @@ class Monitor:
             else:
                 bad.append(letter)
         X = batch.embeddings[keep] if keep else None
-        by_lang = self._assign(keep, X, good, batch.langs) if keep else {}
+        scores = self._quality_scores(keep, good, bad)
+        by_lang = self._assign(keep, X, good, batch.langs, scores) if keep else {}
         m.stage_seconds.labels("assign").observe(time.perf_counter() - t)
 
         t = time.perf_counter()
         if self.dead_letters is not None:
             for letter in bad:
                 self.dead_letters.send(letter)  # async; acknowledged below, before the commit
-        for lang, res in self._apply(by_lang, keep, X, good, batch.langs if batch else []).items():
+        for lang, res in self._apply(by_lang, keep, X, good, batch.langs if batch else [], scores).items():
             stats.applied += res.applied
             stats.duplicates += res.duplicates
             stats.langs[lang] += res.applied
@@ -434,7 +450,28 @@ class Monitor:
         stats.codebook_version = self.codebook_version
         self._update_fill(by_lang.keys())
 
-    def _assign(self, keep: list[int], X: np.ndarray, good: list, langs: list[str],
+    def _quality_scores(self, keep: list[int], good: list, bad: list[dl.DeadLetter]) -> dict[int, float]:
+        """The events' quality scores (meta[consumer.quality_meta_key]) by index into ``good``. An unusable score
+        is dead-lettered as bad_quality while its query still counts. A rebuild re-reads history the daemon's
+        detector has already seen: it carries no scores."""
+        key = self.cc.quality_meta_key
+        scores: dict[int, float] = {}
+        if key is None or self.rebuild:
+            return scores
+        for i in keep:
+            record, event = good[i]
+            if key not in event.meta:
+                continue
+            value = event.meta[key]
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                scores[i] = float(value)
+            else:
+                bad.append(dl.dead_letter_of(record, dl.BAD_QUALITY, (
+                    f"meta field {key!r} (consumer.quality_meta_key) is {value!r}; send a finite number or leave "
+                    "the field out; the query itself was counted, only its score was not used")))
+        return scores
+
+    def _assign(self, keep: list[int], X: np.ndarray, good: list, langs: list[str], scores: dict[int, float],
                 only: set[str] | None = None) -> dict[str, list[Assignment]]:
         buckets = self.codebook.assign(X)
         by_lang: dict[str, list[Assignment]] = defaultdict(list)
@@ -442,11 +479,11 @@ class Monitor:
             if only is None or langs[i] in only:
                 record, event = good[i]
                 by_lang[langs[i]].append(Assignment(event.id, int(bucket), record.topic, record.partition,
-                                                    record.offset, event.text))
+                                                    record.offset, event.text, scores.get(i)))
         return by_lang
 
     def _apply(self, by_lang: dict[str, list[Assignment]], keep: list[int], X: np.ndarray | None, good: list,
-               langs: list[str]) -> dict[str, ApplyResult]:
+               langs: list[str], scores: dict[int, float]) -> dict[str, ApplyResult]:
         """One atomic window update; if another worker already moved a window to a newer codebook, reload it,
         re-assign the refused languages and apply them again (the store wrote nothing for them)."""
         results: dict[str, ApplyResult] = {}
@@ -464,7 +501,7 @@ class Monitor:
                 log.warning("a window has a newer codebook; reloading", extra={"stale": e.stale})
                 self.watcher.refresh()
                 self._sync_codebook()
-                by_lang = self._assign(keep, X, good, langs, only=set(e.stale))
+                by_lang = self._assign(keep, X, good, langs, scores, only=set(e.stale))
         return results
 
     def _update_fill(self, langs: Any) -> None:

@@ -7,11 +7,13 @@ Keys of language ``ll`` (all share the hash tag ``{ll}``, so a language lives in
   {prefix}:{ll}:offsets  hash   "topic:partition" -> last applied Kafka offset of this language
   {prefix}:{ll}:recent   list   JSON [id, text] (or [id] when store_texts is false), newest last; capped, TTL
   {prefix}:{ll}:meta     hash   codebook_version (newest seen), lineage, n_buckets, window_size
+  {prefix}:{ll}:quality  list   quality scores carried by the events (consumer.quality_meta_key), newest last,
+                                capped at QUALITY_MAX; the daemon pops them into its quality detector
 
 One Lua script per language and batch checks each item's offset against ``offsets`` (a re-delivered message
 is a duplicate and skipped), appends, increments, trims the oldest, decrements their counts, records the new
-offsets and the recent queries. The script validates everything before its first write, so a rejected call
-changes nothing. Invariant after every call: sum(counts) == LLEN(window) <= window_size, no count < 1.
+offsets, the recent queries and the quality scores. The script validates everything before its first write, so
+a rejected call changes nothing. Invariant after every call: sum(counts) == LLEN(window) <= window_size, no count < 1.
 
 The window belongs to one codebook lineage. A codebook version ``L`` (a fit) or ``L.R`` (revision ``R`` of fit
 ``L``: eq. 2 moved its centroids, cluster ids kept; consumers/codebook.py) has lineage ``L``. Bucket ids of another
@@ -39,7 +41,8 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # no path traver
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]+$")  # no glob characters: languages() scans with it
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's topic alphabet; never contains ':'
 MAX_OFFSET = 2**53  # offsets are compared as Lua numbers (doubles): exact below 2**53
-KINDS = ("window", "counts", "offsets", "recent", "meta")
+KINDS = ("window", "counts", "offsets", "recent", "meta", "quality")
+QUALITY_MAX = 100_000  # unread quality scores kept per language (the daemon pops them every check)
 
 
 class WindowInputError(CompassError, ValueError):
@@ -79,6 +82,7 @@ class Assignment:
     partition: int
     offset: int
     text: str | None = None  # stored only when the store's store_texts is true
+    quality: float | None = None  # a finite quality score from the event (consumer.quality_meta_key)
 
     def __post_init__(self) -> None:
         problems = []
@@ -94,6 +98,9 @@ class Assignment:
             problems.append(f"offset must be an integer in [0, 2**53); got {self.offset!r}")
         if self.text is not None and not isinstance(self.text, str):
             problems.append(f"text must be a string or None; got {type(self.text).__name__}")
+        if self.quality is not None and (not isinstance(self.quality, (int, float)) or isinstance(self.quality, bool)
+                                         or not np.isfinite(self.quality)):
+            problems.append(f"quality must be a finite number or None; got {self.quality!r}")
         if problems:
             raise WindowInputError(f"Assignment {self.query_id!r}: " + "; ".join(problems))
 
@@ -120,11 +127,12 @@ class WindowSnapshot:
     offsets: dict[str, int]  # "topic:partition" -> last applied offset
 
 
-# KEYS: window, counts, offsets, recent, meta
+# KEYS: window, counts, offsets, recent, meta, quality
 # ARGV: version, window_size, n_buckets, recent_max, recent_ttl_s, n_items, lineage, then the items packed into
-#       five strings (a few long arguments instead of 4 per item: redis-py packs each argument in Python):
+#       six strings (a few long arguments instead of 5 per item: redis-py packs each argument in Python):
 #       positions ("topic:partition", "\n"-joined), per item: position index (1-based), offset, bucket
-#       (","-joined each), recent entries (JSON, "\n"-joined; JSON never holds a raw newline)
+#       (","-joined each), recent entries (JSON, "\n"-joined; JSON never holds a raw newline), quality
+#       (","-joined repr of the float, "-" for none); then QUALITY_MAX
 # Version strings compared in Lua, as bytes: shared by the window script and the codebook pointer script.
 LUA_OLDER = r"""
 -- byte order, not Lua's `<` (strcoll: redis-server sets LC_COLLATE from its environment)
@@ -149,7 +157,8 @@ end
 local positions = split(ARGV[8], '[^\n]+')
 local pidx, offs, buckets = split(ARGV[9], '[^,]+'), split(ARGV[10], '[^,]+'), split(ARGV[11], '[^,]+')
 local ents = split(ARGV[12], '[^\n]+')
-if #pidx ~= n or #offs ~= n or #buckets ~= n or #ents ~= n then
+local quals, qmax = split(ARGV[13], '[^,]+'), tonumber(ARGV[14])
+if #pidx ~= n or #offs ~= n or #buckets ~= n or #ents ~= n or #quals ~= n then
   return redis.error_reply('malformed item arguments: expected ' .. n .. ' items')
 end
 
@@ -174,7 +183,7 @@ if #positions > 0 then
   end
 end
 
-local new, entries, dups = {}, {}, 0
+local new, entries, scores, dups = {}, {}, {}, 0
 for i = 1, n do
   local p, off_s = positions[tonumber(pidx[i])], offs[i]
   local off = tonumber(off_s)
@@ -184,6 +193,7 @@ for i = 1, n do
     last_num[p] = off; last_str[p] = off_s; changed[p] = true
     new[#new + 1] = buckets[i]
     entries[#entries + 1] = ents[i]
+    if quals[i] ~= '-' then scores[#scores + 1] = quals[i] end
   end
 end
 
@@ -233,6 +243,12 @@ if #entries > 0 then
   end
   redis.call('LTRIM', KEYS[4], -rmax, -1)
   redis.call('EXPIRE', KEYS[4], rttl)
+end
+if #scores > 0 then  -- only first deliveries: a re-delivered event's score is not fed to the detector twice
+  for i = 1, #scores, 1000 do
+    redis.call('RPUSH', KEYS[6], unpack(scores, i, math.min(i + 999, #scores)))
+  end
+  redis.call('LTRIM', KEYS[6], -qmax, -1)
 end
 local r = 0
 if reset then r = 1 end
@@ -415,7 +431,7 @@ class WindowStore:
         if problems:
             raise WindowInputError(f"window of {lang!r}: " + "; ".join(problems))
         positions: dict[str, int] = {}
-        pidx, offsets, buckets, entries = [], [], [], []
+        pidx, offsets, buckets, entries, quality = [], [], [], [], []
         for i, item in enumerate(items):
             if not isinstance(item, Assignment):
                 raise WindowInputError(f"window of {lang!r}: item {i} is {type(item).__name__}, not Assignment")
@@ -429,10 +445,11 @@ class WindowStore:
             buckets.append(item.bucket)
             entry = [item.query_id, item.text] if self.store_texts and item.text is not None else [item.query_id]
             entries.append(json.dumps(entry, ensure_ascii=False))
+            quality.append("-" if item.quality is None else repr(float(item.quality)))
         args: list[str | int] = [
             version, window_size, n_buckets, self.recent_max, self.recent_ttl_s, len(items), lineage_of(version),
             "\n".join(positions), ",".join(map(str, pidx)), ",".join(map(str, offsets)),
-            ",".join(map(str, buckets)), "\n".join(entries),
+            ",".join(map(str, buckets)), "\n".join(entries), ",".join(quality), QUALITY_MAX,
         ]
         return [keys[kind] for kind in KINDS], args
 

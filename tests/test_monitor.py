@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -167,10 +168,12 @@ def write_cli_files(cfg: ServiceConfig, languages: LanguagesConfig, tmp_path: Pa
     return c, lg
 
 
-def cli(c: Path, lg: Path, *args: str) -> subprocess.Popen:
+def cli(c: Path, lg: Path, *args: str, out: Any = subprocess.PIPE) -> subprocess.Popen:
+    """``compass consume`` in a subprocess; ``out``: a file for a process whose output nobody reads while it runs
+    (a full pipe would block its logging)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPASS_")}
     return subprocess.Popen([sys.executable, "-m", "daemon.cli", "consume", "-c", str(c), "-l", str(lg), *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_for(pred, what: str) -> None:
@@ -191,7 +194,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def test_window_counts_equal_ground_truth_and_rebuild(services, redis, topic_factory, tmp_path, corpus_events,
                                                       embedder, embedder_cfg, identifier, languages, fitted):
-    from consumers.monitor import Monitor
+    from consumers.monitor import Monitor, NoCodebook
     from consumers.window import WindowStore
 
     topic, dlq = topic_factory(1), topic_factory(1)
@@ -211,6 +214,16 @@ def test_window_counts_equal_ground_truth_and_rebuild(services, redis, topic_fac
     WindowStore(redis, cfg.redis.key_prefix).reset()
     assert window_counts(cfg, redis) == {}
     with Monitor(cfg, languages, embedder=embedder, identifier=identifier, rebuild=True) as m:
+        m.run()
+    assert_windows_equal(window_counts(cfg, redis), want)
+
+    # all of Redis lost, the codebook pointer too: a plain start refuses with the fix, --rebuild restores the newest
+    # stored codebook and re-counts
+    redis.flushdb()
+    with pytest.raises(NoCodebook, match="run `compass consume --rebuild` to restore the newest stored codebook"):
+        Monitor(cfg, languages, embedder=embedder, identifier=identifier)
+    with Monitor(cfg, languages, embedder=embedder, identifier=identifier, rebuild=True) as m:
+        assert m.codebook_version == codebook.version
         m.run()
     assert_windows_equal(window_counts(cfg, redis), want)
     assert committed(cfg, cfg.consumer.group_id) == {0: len(corpus_events)}  # the live group's are untouched
@@ -272,6 +285,7 @@ def test_kill_9_and_restart_counts_equal_ground_truth(services, redis, topic_fac
         first.wait()
     finally:
         stop(first)
+    assert committed(cfg, cfg.consumer.group_id).get(0, 0) < len(corpus_events)  # the kill landed mid-stream
     second = cli(c, lg, "--burst")
     try:
         out, _ = second.communicate(timeout=DEADLINE_S)
@@ -290,7 +304,7 @@ def test_poison_messages_go_to_the_dead_letter_topic(services, redis, topic_fact
     topic, dlq = topic_factory(1), topic_factory(1)
     cfg = make_config(services, tmp_path, topic, dlq, embedder_cfg, max_message_bytes=2048)
     publish(cfg, redis, fitted[0], embedder)
-    good = [QueryEvent(id=f"g{i}", text=e.text, lang=e.lang or "en") for i, e in enumerate(corpus_events[:12])]
+    good = [QueryEvent(id=f"g{i}", text=e.text, lang=e.lang or "en") for i, e in enumerate(corpus_events[:14])]
     poison = {
         "invalid_utf8": b'{"id": "p", "text": "caf\xe9"}',
         "malformed_json": b'{"id": "p", "text": ',
@@ -305,14 +319,17 @@ def test_poison_messages_go_to_the_dead_letter_topic(services, redis, topic_fact
         "invalid_unicode": b'{"id": "p", "text": "\\ud800 hi"}',
         "unconfigured_language": b'{"id": "p", "text": "privet", "lang": "ru"}',
         "undetermined_language": b'{"id": "p", "text": "12345 ???"}',
+        "unsupported_schema": b'{"id": "p", "text": "hello", "lang": "en"}',  # sent with compass-schema: 2
     }
+    assert len(good) == len(poison)
     items, expected = [], {}
     for i, e in enumerate(good):  # a poison message between every two good ones
         items.append((e.id.encode(), encode_event(e), [("compass-schema", b"1")]))
         if i < len(poison):
             reason, value = list(poison.items())[i]
             expected[len(items)] = (reason, value)
-            items.append((f"k-{reason}".encode(), value, [("trace", reason.encode())]))
+            headers = [("trace", reason.encode())] + ([("compass-schema", b"2")] if reason == "unsupported_schema" else [])
+            items.append((f"k-{reason}".encode(), value, headers))
     expected[len(items)] = ("malformed_json", None)  # a tombstone
     items.append((b"tomb", None, []))
     produce(cfg, topic, items)
@@ -343,8 +360,41 @@ def test_poison_messages_go_to_the_dead_letter_topic(services, redis, topic_fact
         assert h[dl.REASON_HEADER].decode() == reason
         assert h[dl.SOURCE_TOPIC_HEADER].decode() == topic and h[dl.SOURCE_PARTITION_HEADER] == b"0"
         assert rec.value == value and rec.key == items[offset][0]
-        assert [(k, v) for k, v in rec.headers if not k.startswith("compass-")] == items[offset][2]
+        original = [(k, v) for k, v in items[offset][2] if k != "compass-schema"]
+        assert [(k, v) for k, v in rec.headers if not k.startswith("compass-")] == original
+        assert (("compass-schema", b"2") in rec.headers) == (reason == "unsupported_schema")  # kept as sent
         assert h[dl.DETAIL_HEADER]  # the human-readable why
+
+
+def test_quality_scores_from_meta_reach_the_daemons_list(services, redis, topic_factory, tmp_path, corpus_events,
+                                                         embedder, embedder_cfg, identifier, languages, fitted):
+    from kafka import TopicPartition
+
+    from consumers.clients import kafka_consumer
+    from consumers.monitor import Monitor
+
+    topic, dlq = topic_factory(1), topic_factory(1)
+    cfg = make_config(services, tmp_path, topic, dlq, embedder_cfg, quality_meta_key="feedback")
+    publish(cfg, redis, fitted[0], embedder)
+    metas = [{"feedback": 0.25}, {}, {"feedback": 4}, {"feedback": "great"}, {"feedback": True}, {"feedback": -1.5}]
+    events = [QueryEvent(id=f"q{i}", text=corpus_events[i].text, lang="en", meta=m) for i, m in enumerate(metas)]
+    produce_events(cfg, topic, events)
+    with Monitor(cfg, languages, embedder=embedder, identifier=identifier) as m:
+        stats = m.run(burst=True)
+    # every query counts in the window; the two unusable scores are dead-lettered, the three numbers are pushed
+    assert (stats.applied, stats.dead_lettered, dict(stats.reasons)) == (6, 2, {"bad_quality": 2})
+    assert redis.lrange(f"{cfg.redis.key_prefix}:{{en}}:quality", 0, -1) == [b"0.25", b"4.0", b"-1.5"]
+    reader = kafka_consumer(cfg.kafka, None, [], auto_offset_reset="earliest")
+    reader.assign([TopicPartition(dlq, 0)])
+    letters, deadline = [], time.monotonic() + DEADLINE_S
+    while len(letters) < 2 and time.monotonic() < deadline:
+        for recs in reader.poll(timeout_ms=500).values():
+            letters.extend(recs)
+    reader.close()
+    assert [(dict(r.headers)[dl.SOURCE_OFFSET_HEADER], dict(r.headers)[dl.REASON_HEADER]) for r in letters] == [
+        (b"3", b"bad_quality"), (b"4", b"bad_quality")]
+    assert "meta field 'feedback' (consumer.quality_meta_key) is 'great'" in dict(letters[0].headers)[
+        dl.DETAIL_HEADER].decode()
 
 
 def test_two_workers_in_one_group(services, redis, topic_factory, tmp_path, corpus_events, embedder, embedder_cfg,
@@ -355,21 +405,44 @@ def test_two_workers_in_one_group(services, redis, topic_factory, tmp_path, corp
     big = LanguagesConfig.model_validate({"languages": {lang: {"window_size": 1000, "min_samples": 1}
                                                         for lang in LANGS}})
     want = truth_windows(corpus_events, codebook.assign(fitted[1]), identifier, big, codebook.n_buckets)
-    produce_events(cfg, topic, corpus_events)
     c, lg = write_cli_files(cfg, big, tmp_path)
 
-    proc = cli(c, lg, "--workers", "2", "--burst")
+    from kafka import TopicPartition
+    from kafka.errors import KafkaError
+
+    from consumers.clients import kafka_admin, kafka_consumer
+
+    # produce only once both workers hold partitions (2 each of 4), so the test shows both consume
+    log_path = tmp_path / "consume.log"
+    proc = cli(c, lg, "--workers", "2", out=log_path.open("wb"))
     try:
-        out, _ = proc.communicate(timeout=DEADLINE_S)
+        admin = kafka_admin(cfg.kafka)
+        try:
+            def members() -> int:
+                try:
+                    info = admin.describe_groups([cfg.consumer.group_id])[cfg.consumer.group_id]
+                except KafkaError:  # the group's coordinator is not ready before the first join
+                    return 0
+                return len(info.get("members") or []) if info.get("group_state") == "Stable" else 0
+
+            wait_for(lambda: members() == 2, "both workers in the group")
+        finally:
+            admin.close()
+        produce_events(cfg, topic, corpus_events)
+        wait_for(lambda: sum(committed(cfg, cfg.consumer.group_id).values()) == len(corpus_events), "every commit")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=DEADLINE_S)
     finally:
         stop(proc)
-    assert proc.returncode == 0, out.decode()[-3000:]
+    out = log_path.read_text()
+    assert proc.returncode == 0, out[-3000:]
     assert_windows_equal(window_counts(cfg, redis), want)
-    from consumers.clients import kafka_consumer
+    logged = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    by_worker = {e["worker"]: e["messages"] for e in logged if e.get("msg") == "exit"}
+    assert sorted(by_worker) == [0, 1] and min(by_worker.values()) > 0, by_worker
+    assert sum(by_worker.values()) == len(corpus_events)
 
     probe = kafka_consumer(cfg.kafka, None, [])
-    from kafka import TopicPartition
-
     ends = probe.end_offsets([TopicPartition(topic, p) for p in range(4)])
     probe.close()
     assert committed(cfg, cfg.consumer.group_id) == {tp.partition: o for tp, o in ends.items()}

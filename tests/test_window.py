@@ -241,11 +241,11 @@ def test_keys_share_one_hash_tag_and_slot(redis):
     store = WindowStore(redis, prefix="compass")
     keys = store.keys("sw")
     assert keys["window"] == "compass:{sw}:window"
-    assert set(keys) == {"window", "counts", "offsets", "recent", "meta"}
+    assert set(keys) == {"window", "counts", "offsets", "recent", "meta", "quality"}
     assert all("{sw}" in k for k in keys.values())
     assert len({key_slot(k.encode()) for k in keys.values()}) == 1
     assert key_slot(b"compass:{sw}:window") != key_slot(b"compass:{en}:window")
-    store.apply("sw", 5, "v1", 2, items([(0, 0)]))
+    store.apply("sw", 5, "v1", 2, [Assignment("q", 0, TOPIC, 0, 0, text="t", quality=1.0)])
     assert sorted(k.decode() for k in redis.keys("*")) == sorted(keys.values())
 
 
@@ -329,3 +329,22 @@ def test_state_survives_a_redis_restart_with_aof(services):
         client.flushdb()
     finally:
         client.close()
+
+
+def test_quality_scores_are_pushed_once_in_order(redis, monkeypatch):
+    store = WindowStore(redis)
+    key = store.keys("en")["quality"]
+    assert key == "compass:{en}:quality"  # where the daemon's quality signal pops them (daemon/service.py)
+    batch = [Assignment("q0", 0, TOPIC, 0, 0, quality=0.5), Assignment("q1", 1, TOPIC, 0, 1),
+             Assignment("q2", 1, TOPIC, 0, 2, quality=-3), Assignment("q3", 2, TOPIC, 0, 3, quality=1e-20)]
+    store.apply("en", 10, "v1", 4, batch)
+    assert redis.lrange(key, 0, -1) == [b"0.5", b"-3.0", b"1e-20"]  # items without a score push nothing
+    r = store.apply("en", 10, "v1", 4, batch[2:] + [Assignment("q4", 0, TOPIC, 0, 4, quality=2.25)])
+    assert r == ApplyResult(applied=1, duplicates=2, evicted=0)
+    assert redis.lrange(key, 0, -1) == [b"0.5", b"-3.0", b"1e-20", b"2.25"]  # a re-delivery adds no score
+    monkeypatch.setattr("consumers.window.QUALITY_MAX", 3)  # unread scores are capped, the oldest dropped
+    store.apply("en", 10, "v1", 4, [Assignment("q5", 0, TOPIC, 0, 5, quality=7.0)])
+    assert redis.lrange(key, 0, -1) == [b"1e-20", b"2.25", b"7.0"]
+    for bad in (float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(WindowInputError, match="quality must be a finite number or None"):
+            Assignment("q", 0, TOPIC, 0, 1, quality=bad)  # type: ignore[arg-type]
