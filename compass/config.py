@@ -124,6 +124,13 @@ def _window_rule(min_samples: int, window_size: int) -> str | None:
     return None
 
 
+def _redis_cluster_db_rule(cluster: bool, db: int) -> str | None:
+    # Redis Cluster has database 0 only (SELECT is refused), so any other db cannot be honoured
+    if cluster and db != 0:
+        return f"cluster true needs db 0 (Redis Cluster has no other database); got db {db}: set db to 0"
+    return None
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     _rules: ClassVar[tuple[Rule, ...]] = ()
@@ -195,14 +202,16 @@ class RedisConfig(_Frozen):
     db: int = Field(0, ge=0, le=15, description="a database number in [0, 15]")
     key_prefix: str = Field("compass", pattern=r"^[A-Za-z0-9_.:-]+$", description="letters, digits, _.:-")
     socket_timeout_s: float = Field(5.0, gt=0, le=120, description="seconds in (0, 120]")
+    cluster: bool = Field(False, description="true: host:port is one seed node of a Redis Cluster; db must be 0")
     password: SecretStr | None = Field(None, exclude=True)
+    _rules = (_redis_cluster_db_rule,)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``redis.Redis``."""
+        """Keyword arguments for ``redis.Redis`` (``redis.cluster.RedisCluster`` takes them without ``db``)."""
         return {
             "host": self.host,
             "port": self.port,

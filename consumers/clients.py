@@ -14,6 +14,8 @@ import kafka.errors
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from compass.config import KafkaConfig, RedisConfig
@@ -32,6 +34,10 @@ _UNREACHABLE = (
 _REDIS_RETRY = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 3)
 
 
+# What a Redis call can raise: RedisCluster's own errors (slot not covered, cross-slot) are not RedisErrors.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+
+
 def _kafka_address(cfg: KafkaConfig) -> str:
     return ",".join(cfg.bootstrap_servers)
 
@@ -40,12 +46,21 @@ def _kafka_kwargs(cfg: KafkaConfig, overrides: dict[str, Any]) -> dict[str, Any]
     return {**cfg.client_kwargs(), "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **overrides}
 
 
-def redis_client(cfg: RedisConfig, **overrides: Any) -> redis.Redis:
-    """A ``redis.Redis`` that has answered PING; ``overrides`` go to ``redis.Redis`` (decode_responses...)."""
-    client = redis.Redis(**{**cfg.client_kwargs(), "retry": _REDIS_RETRY, **overrides})
+def redis_client(cfg: RedisConfig, **overrides: Any) -> redis.Redis | RedisCluster:
+    """A client that has answered PING: ``redis.Redis``, or ``RedisCluster`` when ``cfg.cluster`` (host:port is
+    then one seed node; the others are discovered). ``overrides`` go to the client (decode_responses...)."""
+    kwargs = {**cfg.client_kwargs(), "retry": _REDIS_RETRY, **overrides}
+    if cfg.cluster:
+        kwargs.pop("db", None)  # a cluster has database 0 only; the config rule refuses any other
+        try:  # RedisCluster asks the seed for the slot map in its constructor: it fails here when none answers
+            client: redis.Redis | RedisCluster = RedisCluster(**kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as e:
+            raise ServiceUnavailable("Redis", cfg.address, f"cluster seed node: {e}") from e
+    else:
+        client = redis.Redis(**kwargs)
     try:
         client.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as e:
+    except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as e:
         client.close()
         raise ServiceUnavailable("Redis", cfg.address, str(e)) from e
     return client

@@ -7,7 +7,11 @@ per-language lease (daemon/lock.py) and the consumers' codebook-revision publish
 
 from __future__ import annotations
 
+import re
+
 import redis
+
+_HASH_TAG = re.compile(r"\{[^}]+\}")  # Redis Cluster hashes only the first non-empty {...} of a key
 
 # KEYS[1] lease, KEYS[2] fence counter; ARGV[1] owner, ARGV[2] ttl ms -> fencing token or false
 _ACQUIRE = """
@@ -42,7 +46,9 @@ class Lease:
         self.key = key
         self.owner = owner
         self.ttl_ms = ttl_ms
-        self._fence_key = f"{key}:fence"
+        # one script touches lease and fence: on Redis Cluster both must hash to one slot. A key with a hash tag
+        # keeps it in "key:fence"; an untagged key's own name becomes the fence's tag (same slot as the key).
+        self._fence_key = f"{key}:fence" if _HASH_TAG.search(key) else f"{{{key}}}:fence"
         self.token: int | None = None  # fencing token of the current hold
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)

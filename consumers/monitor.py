@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import redis
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -54,7 +53,7 @@ from compass.config import LanguagesConfig, ServiceConfig
 from compass.errors import CompassError
 from compass.langid import UND
 from consumers import deadletter as dl
-from consumers.clients import kafka_consumer, kafka_producer, redis_client
+from consumers.clients import REDIS_ERRORS, kafka_consumer, kafka_producer, redis_client
 from consumers.codebook import Codebook, CodebookStore, CodebookWatcher
 from consumers.enrich import enrich
 from consumers.events import SCHEMA_HEADER, SCHEMA_VERSION, BadEvent, QueryEvent, decode_event
@@ -529,7 +528,7 @@ class Monitor:
                 break
             try:
                 b = self.run_once(max_records=remaining)
-            except (KafkaError, redis.RedisError, ConnectionError, OSError, CompassError) as e:
+            except (KafkaError, *REDIS_ERRORS, ConnectionError, OSError, CompassError) as e:
                 failures += 1
                 delay = min(30.0, retry_backoff_s * 2 ** min(failures - 1, 5))
                 log.error("batch failed; it is rewound and retried", extra={"error": repr(e), "retry_in_s": delay})

@@ -57,7 +57,7 @@ from compass.divergence import js_divergence
 from compass.drift import TriggerState, decide
 from compass.drift.quality import QualitySignal, combine
 from compass.embed.base import Embedder
-from consumers.clients import redis_client
+from consumers.clients import REDIS_ERRORS, redis_client
 from consumers.codebook import Codebook, CodebookStore
 from consumers.window import WindowSnapshot, WindowStore, lineage_of
 from daemon import history, stale
@@ -610,7 +610,7 @@ class Daemon:
         try:
             self.client.ping()
             out["redis"] = "ok"
-        except redis.RedisError as e:
+        except REDIS_ERRORS as e:
             out["redis"] = f"unreachable: {e}"
         try:
             self.dispatcher.producer.partitions_for(self.config.kafka.jobs_topic)
@@ -674,7 +674,7 @@ class Daemon:
     def _release(self, lang: str) -> None:
         lease = self._leases.get(lang)
         if lease is not None and lease.token is not None:
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 lease.release()  # another replica takes over at once instead of after the TTL
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ from compass.config import (
     EmbedderConfig,
     LanguagesConfig,
     LanguageSettings,
+    RedisConfig,
     ServiceConfig,
     check_file,
     load_languages,
@@ -367,3 +368,22 @@ def test_language_code_scheme(raw, code):
 def test_language_code_errors_say_what_to_write(raw):
     with pytest.raises(ValueError, match="language code"):
         langcodes.normalize(raw)
+
+
+def test_redis_cluster_needs_db_0(tmp_path):
+    # a Redis Cluster has database 0 only: the rule is listed next to an unrelated field problem
+    path = _write(tmp_path, "svc.yaml", "redis: {cluster: true, db: 3, port: 0}\n")
+    assert check_file(path, env={}) == ("service", [
+        "redis.port: got 0; Input should be greater than or equal to 1 (allowed: a TCP port in [1, 65535])",
+        "redis: cluster true needs db 0 (Redis Cluster has no other database); got db 3: set db to 0",
+    ])
+    # db from COMPASS_REDIS_URL is checked the same way
+    with pytest.raises(ConfigError, match=r"redis: cluster true needs db 0 .*got db 2: set db to 0"):
+        load_service_config(_write(tmp_path, "c.yaml", "redis: {cluster: true}\n"),
+                            env={"COMPASS_REDIS_URL": "redis://10.0.0.5:7000/2"})
+    cfg = load_service_config(_write(tmp_path, "ok.yaml", "redis: {cluster: true}\n"),
+                              env={"COMPASS_REDIS_URL": "redis://10.0.0.5:7000"})
+    assert (cfg.redis.cluster, cfg.redis.address, cfg.redis.db) == (True, "10.0.0.5:7000", 0)
+    with pytest.raises(ValidationError, match=r"cluster true needs db 0 .*got db 1"):
+        RedisConfig(cluster=True, db=1)
+    assert RedisConfig(db=1).cluster is False  # db 1 is fine on a single Redis

@@ -23,6 +23,7 @@ import redis
 
 from compass.adapt import Interrupted
 from compass.config import LanguagesConfig, ServiceConfig
+from consumers.clients import REDIS_ERRORS
 from consumers.deadletter import DeadLetter, DeadLetterWriter, dead_letter_of
 from consumers.lease import Lease
 from daemon.messages import BadMessage, Event, UpdateJob, decode_job, encode
@@ -50,7 +51,7 @@ class _Heartbeat:
             try:
                 if not self.lease.renew():
                     log.error("%s: lost the worker lock while training", self.lease.key)
-            except redis.RedisError as e:
+            except REDIS_ERRORS as e:
                 log.warning("%s: heartbeat failed: %s", self.lease.key, e)
 
     def __enter__(self) -> _Heartbeat:
