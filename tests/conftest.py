@@ -53,7 +53,11 @@ def _services(config: ServiceConfig, stack: Stack | None) -> Services:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    if os.environ.get(ENV_KAFKA) and os.environ.get(ENV_REDIS):
+    given = [name for name in (ENV_KAFKA, ENV_REDIS) if os.environ.get(name)]
+    if len(given) == 1:  # half a pair would silently start a private stack next to the servers meant to be used
+        raise pytest.UsageError(f"{given[0]} is set but not {({ENV_KAFKA, ENV_REDIS} - set(given)).pop()}; set both "
+                                "to test against running servers, or neither to start a private stack")
+    if len(given) == 2:
         yield _services(load_service_config(), None)
         return
     stack = Stack(session_stack_config(tmp_path_factory.mktemp("stack")))

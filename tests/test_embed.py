@@ -567,7 +567,6 @@ def _write_jsonl(path: Path, texts: list[tuple[str, str]]) -> None:
 
 @pytest.fixture
 def embed_app():
-    pytest.importorskip("compass.data", reason="compass.data.read_records is not written yet")
     import typer
 
     from daemon.commands.embed import embed
