@@ -331,7 +331,7 @@ def scale_worker(n_pool: int, seed: int, k: int) -> dict:
     X_train, X_eval, X_pool = synthetic(n_pool, seed)
     rss_data = _peak_rss_mb()
     t0 = time.perf_counter()
-    model = make_clusterer("kmeans", seed=seed, n_clusters=k)
+    model = make_clusterer("kmeans", seed=seed, n_clusters=k or None)  # 0: the CLI's default silhouette search
     lab = np.asarray(model.fit_predict(np.concatenate([X_train, X_eval, X_pool])), dtype=np.int64)
     t_cluster = time.perf_counter() - t0
     parts = np.split(lab, [len(X_train), len(X_train) + len(X_eval)])
@@ -358,7 +358,8 @@ def run_scaling(sizes: list[int], seed: int, k: int) -> list[dict]:
 
 
 def print_scaling(rows: list[dict], k: int) -> None:
-    print(f"\ncost with embeddings given (synthetic 384-d pools; kmeans K={k} fixed; D_t 2000, E_t 1000, B 0.8)")
+    how = f"K={k} fixed" if k else "K by silhouette over 10..120 step 5, as `compass select` by default"
+    print(f"\ncost with embeddings given (synthetic 384-d pools; kmeans {how}; D_t 2000, E_t 1000, B 0.8)")
     head = (f"{'pool':>9} {'cluster s':>10} {'select s':>9} {'total s':>8} {'|S|':>6} {'data MB':>8} "
             f"{'peak RSS MB':>12} {'us/row':>7}")  # fmt: skip
     print(head)
@@ -388,7 +389,7 @@ def main() -> None:
     ap.add_argument("--k-clusters", type=int, default=80, help="fixed K for kmeans; 0 = silhouette search (App. E)")
     ap.add_argument("--sweep", default="10,20,40,80,120", help="K values of the K sweep ('' skips it)")
     ap.add_argument("--sizes", default="10000,100000,1000000", help="pool sizes of the cost section")
-    ap.add_argument("--scale-k", type=int, default=64, help="kmeans K of the cost section")
+    ap.add_argument("--scale-k", type=int, default=64, help="kmeans K of the cost section; 0 = silhouette search")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="2 seeds, 1000 verses, sizes 10k and 100k")
     ap.add_argument("--prepare-only", action="store_true", help="load and embed the texts (fills the cache), exit")
