@@ -331,6 +331,12 @@ class DaemonConfig(_Frozen):
     stale_far_max_texts: int = Field(
         500, ge=0, description="recent texts embedded per far-share check, >= 0; 0 turns the far share off"
     )
+    history_js_max: int = Field(
+        2000, ge=1, le=1_000_000, description="JS readings kept per language for the status page, in [1, 1000000]"
+    )
+    history_events_max: int = Field(
+        500, ge=1, le=100_000, description="events kept per language for the status page, in [1, 100000]"
+    )
     _rules = (_lease_rule,)
 
 

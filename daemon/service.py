@@ -397,7 +397,7 @@ class Daemon:
         try:
             # the cap: DaemonConfig.history_js_max where the config defines it
             history.record_check(self.client, lang, reading, self.prefix,
-                                 cap=getattr(self.dcfg, "history_js_max", history.JS_MAX))
+                                 cap=self.dcfg.history_js_max)
         except Exception as e:
             log.warning("%s: JS history not recorded: %s", lang, e)
             self.metrics.errors.labels(lang, "history").inc()
@@ -625,7 +625,7 @@ class Daemon:
         """Queue the worker's reports from compass.events into the inboxes (the next check applies them)."""
         if self.inbox is None:
             self.inbox = EventInbox(self.config.kafka, self.dcfg.events_group_id, self.client, self.prefix,
-                                    auto_offset_reset="earliest")
+                                    events_max=self.dcfg.history_events_max, auto_offset_reset="earliest")
         try:
             return self.inbox.poll(timeout_ms)
         except Exception as e:

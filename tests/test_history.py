@@ -138,3 +138,20 @@ def test_event_inbox_records_every_event_it_reads(daemon, redis):
     assert got[0] == started.to_json()
     assert got[2]["data"]["js"] == pytest.approx(JS_DRIFT)
     assert queued == 1  # only the worker's report goes to the inbox
+
+
+def test_history_caps_come_from_the_daemon_config(make_daemon, redis, services):
+    d = make_daemon(LANGS, "history-caps", daemon=services.config.daemon.model_copy(update={
+        "check_interval_s": 1.0, "lease_ttl_ms": 5000, "history_js_max": 2, "history_events_max": 1,
+        "events_group_id": "test-history-caps"}))
+    for i in range(4):  # no P_ref: each check is recorded with js None
+        d.check("sw", now=T0 + i)
+    assert [r["at"] for r in js_history(redis, "sw", d.prefix)] == [T0 + 2, T0 + 3]
+    set_reference(redis, "sw", probs=[0.5, 0.5, 0.0], codebook_version="v1", adapter_version="a1")
+    fill(redis, [0, 0, 0, 0], start=0)
+    job = d.check("sw", now=T0 + 10).job  # drift_detected + update_enqueued: only the newest is kept
+    for _ in range(50):
+        d.poll_events(timeout_ms=500)
+        if [e["type"] for e in timeline(redis, "sw", d.prefix)] == ["update_enqueued"]:
+            break
+    assert [(e["type"], e["job_id"]) for e in timeline(redis, "sw", d.prefix)] == [("update_enqueued", job.job_id)]
