@@ -447,6 +447,10 @@ class LanguageSettings(_Frozen):
     min_samples: int = Field(200, ge=1, description="an integer >= 1, at most window_size")
     window_size: int = Field(2000, ge=1, le=10_000_000, description="an integer in [1, 10000000]")
     cooldown_s: float = Field(3600.0, ge=0.0, description="seconds >= 0")
+    settle_s: float = Field(
+        0.0, ge=0.0, description="seconds between a drift detection and freezing the window for the update job "
+        "(more post-shift queries in it); >= 0, 0 = at once",
+    )
     budget: float = Field(0.8, gt=0.0, le=10.0, description="the budget factor B, in (0, 10]")
     rearm_ratio: float = Field(
         0.8, gt=0.0, le=1.0, description="hysteresis: after a trigger, re-arm once JS < rearm_ratio * theta; in (0, 1]"

@@ -22,6 +22,12 @@ One check of language ``l`` (``Daemon.check``), in order; the first step that en
                 also fires on a quality alarm alone (state ``quality``, after decide() let the check through
                 to ``below_threshold``); ``combine: all`` holds a JS drift as ``awaiting_quality`` until the
                 quality signal agrees (no quality data yet: JS alone decides)
+ 11. settling   with ``settle_s`` > 0 a drift (or quality) detection does not freeze the window at once: the
+                language is ``settling`` for settle_s (trigger state and cooldown as if fired), and the first check
+                after that freezes the window, now holding more post-shift queries, and dispatches the job
+                (drift_detected, update_enqueued). Without it, an update trained right after a shift learns a
+                window that still mixes old and new traffic, and the next window drifts from that P_ref again
+                (compass simulate --update-lag: a second, redundant update per shift at theta 0.15 for ja/ko/zh)
 
 State of ``l`` lives in Redis (``{prefix}:{l}:status``, JSON, written with the lease's fencing token), so a
 restart or another replica continues it. A new P_ref (its adapter_version changed) re-arms the trigger: the
@@ -147,8 +153,9 @@ class LanguageStatus:
     """What the daemon remembers of one language between checks (Redis ``{prefix}:{lang}:status``)."""
 
     trigger: TriggerState = field(default_factory=TriggerState)
-    phase: str = "idle"  # idle | updating
-    job: dict[str, Any] | None = None  # the job out: job_id, kind, reason, enqueued_at, started_at, snapshot_key
+    phase: str = "idle"  # idle | settling | updating
+    job: dict[str, Any] | None = None  # the job out: job_id, kind, reason, enqueued_at, started_at, snapshot_key;
+    # while settling: detected_at, reason, js (the detection)
     ref_adapter_version: str | None = None  # adapter of the P_ref the trigger state belongs to
     adapter_version: str | None = None  # last promoted adapter reported by the worker
     last_check: dict[str, Any] | None = None
@@ -342,6 +349,16 @@ class Daemon:
 
         if self.client.getdel(self.key(lang, "force")) is not None:
             return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update", "manual"))
+        if st.phase == "settling":
+            detected = st.job or {}
+            waited = now - float(detected.get("detected_at", now))
+            if waited < settings.settle_s:
+                return done(CheckResult(lang, "settling", js=js, n_samples=n,
+                                        detail=f"{detected.get('reason')} detected {waited:.0f} s ago (JS "
+                                        f"{detected.get('js')}); the window is frozen after settle_s "
+                                        f"{settings.settle_s:g}"))
+            return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update",
+                                   str(detected.get("reason", "drift"))))
 
         noise = stale.noise_share(snap.counts) if n > 0 else None
         far = self._far_share(lang, snap) if n >= settings.min_samples else None
@@ -383,13 +400,11 @@ class Daemon:
         st.trigger = decision.state
         if decision.fire:
             self._quality_alarm.discard(lang)
-            return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update", "drift"),
-                        **extra)
+            return done(self._detect(lang, lease, token, st, settings, snap, ref, js, now, "drift"), **extra)
         if decision.reason == "below_threshold" and settings.combine == "any" and quality:
             # the quality signal alone fires; min_samples, hysteresis and cooldown were honoured by decide()
             self._quality_alarm.discard(lang)
-            return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update",
-                                   "quality"), **extra)
+            return done(self._detect(lang, lease, token, st, settings, snap, ref, js, now, "quality"), **extra)
         return done(CheckResult(lang, decision.reason, js=js, n_samples=n), **extra)
 
     def _record_history(self, lang: str, reading: dict[str, Any]) -> None:
@@ -497,6 +512,19 @@ class Daemon:
 
     # ------------------------------------------------------------------ dispatch
 
+    def _detect(self, lang: str, lease: LanguageLease, token: int, st: LanguageStatus, settings: LanguageSettings,
+                snap: WindowSnapshot, ref: Reference | None, js: float | None, now: float, reason: str) -> CheckResult:
+        """A drift or quality detection: dispatch at once, or start settling (step 11 of the module doc)."""
+        if settings.settle_s <= 0:
+            return self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update", reason)
+        if reason != "drift":  # decide() started drift's cooldown; a quality alarm starts it here
+            st.trigger = replace(st.trigger, last_fired_at=now)
+        st.phase, st.job = "settling", {"detected_at": now, "reason": reason, "js": js}
+        log.info("%s: %s detected (JS %s); settling %g s before freezing the window", lang, reason, js,
+                 settings.settle_s)
+        return CheckResult(lang, "settling", js=js, n_samples=snap.size,
+                           detail=f"{reason} detected; the window is frozen after settle_s {settings.settle_s:g}")
+
     def _fire(
         self,
         lang: str,
@@ -527,7 +555,8 @@ class Daemon:
             far_share=reading.far_share if reading else None,
         )
         before = LanguageStatus.from_json(st.to_json())
-        if reason != "drift":  # drift already got its state from decide(); the others start the cooldown here
+        detection = st.job if st.phase == "settling" else None
+        if reason != "drift" and detection is None:  # drift got its state from decide(), a settled one at detection
             st.trigger = replace(st.trigger, last_fired_at=now)
         st.phase = "updating"
         st.job = {"job_id": job_id, "kind": kind, "reason": reason, "enqueued_at": now, "started_at": None,
@@ -539,6 +568,8 @@ class Daemon:
         first = "recluster_needed" if kind == "recluster" else "drift_detected"
         data = {"js": js, "theta": settings.theta, "n_samples": snap.size, "reason": reason, "kind": kind,
                 "codebook_version": snap.codebook_version, "noise_share": job.noise_share, "far_share": job.far_share}
+        if detection is not None:
+            data.update(detected_at=detection.get("detected_at"), detected_js=detection.get("js"))
         try:
             self.dispatcher.emit(Event(first, lang, now, job_id, data))
             self.dispatcher.send_job(job)

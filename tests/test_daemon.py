@@ -179,6 +179,28 @@ def test_drifted_window_enqueues_exactly_one_job_with_events(make_daemon, redis,
     assert len(jobs(cfg)) == 1
 
 
+def test_settle_s_freezes_the_window_after_the_settling_time(make_daemon, redis, cfg, langs_path):
+    langs_path.write_text(LANGS.replace("cooldown_s: 100}", "cooldown_s: 100, settle_s: 30}"))
+    d = make_daemon()
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    r = d.check("sw", T0)
+    assert (r.state, r.fired, r.job) == ("settling", False, None) and r.js == pytest.approx(JS_DRIFT, abs=1e-12)
+    assert d.status("sw").phase == "settling" and d.status("sw").trigger.last_fired_at == T0  # cooldown runs
+    fill(redis, "sw", [0, 1, 0, 1])  # the shift fades: settling goes on, nothing is re-decided
+    assert (d.check("sw", T0 + 29).state, jobs(cfg), events(cfg)) == ("settling", [], [])
+    fill(redis, "sw", [0, 0, 0, 1])
+    r = d.check("sw", T0 + 30)
+    assert (r.state, r.fired, r.job.reason) == ("drift", True, "drift")
+    frozen = json.loads(redis.get(r.job.snapshot_key))
+    assert frozen["counts"] == [3, 1, 0] and frozen["created_at"] == T0 + 30  # the window at dispatch, not at T0
+    evs = events(cfg)
+    assert [e.type for e in evs] == ["drift_detected", "update_enqueued"]
+    assert (evs[0].data["detected_at"], evs[0].data["detected_js"]) == (T0, pytest.approx(JS_DRIFT, abs=1e-12))
+    assert d.status("sw").phase == "updating" and d.status("sw").trigger.last_fired_at == T0
+    assert len(jobs(cfg)) == 1
+
+
 def test_min_samples_holds_the_trigger(make_daemon, redis, cfg):
     d = make_daemon()
     ref(redis)

@@ -133,7 +133,9 @@ def simulate(
     fit_on: str = typer.Option("pool", help="fit the codebook on the stream's unique texts (pool) or on the "
                                             "reference part (reference)"),
     eta: float = typer.Option(0.0, help="eq. 2 learning rate at each simulated update (0: fixed codebook)"),
-    update_lag: int = typer.Option(0, min=0, help="samples between a trigger and the update taking its window"),
+    update_lag: int = typer.Option(
+        0, min=0, help="samples between a trigger and the update taking its window (languages.yaml settle_s)"
+    ),
     period_samples: int = typer.Option(2000, min=1, help="samples per period of a chatterbot-built stream"),
     seed: int = typer.Option(0, help="seed of the built stream and of k-means"),
     save_stream: Path | None = typer.Option(None, "--save-stream", help="also write the built stream as JSONL"),
