@@ -188,3 +188,11 @@ def test_page_renders_the_cards_in_headless_chromium(server, browser, recorded):
     assert browser.find_element(By.ID, "error").is_displayed() is False
     if os.environ.get("COMPASS_STATUS_SCREENSHOT"):  # a PNG of the rendered page, for a human look
         browser.save_screenshot(os.environ["COMPASS_STATUS_SCREENSHOT"])
+
+
+def test_badges_of_states_and_phases():
+    from daemon.api.status_page import badge
+
+    assert [badge(s, p) for s, p in [("settling", "settling"), ("drift", "updating"), ("below_threshold", "idle"),
+                                     ("paused", "updating"), ("insufficient_samples", "idle"), ("new", "idle")]] == [
+        "drift", "updating", "ok", "paused", "warming", "unknown"]

@@ -32,7 +32,7 @@ RECENT = 10  # adapter versions and promotions shown per language
 FIRED_STATES = ("drift", "manual", "quality", "stale_clusters")
 _BADGES = {
     "ok": ("below_threshold", "rearmed", "disarmed"),
-    "drift": (*FIRED_STATES, "awaiting_quality"),
+    "drift": (*FIRED_STATES, "awaiting_quality", "settling"),
     "cooldown": ("cooldown",),
     "warming": ("insufficient_samples",),
     "attention": ("no_reference", "bad_reference", "codebook_mismatch", "dispatch_failed", "error"),
