@@ -26,6 +26,7 @@ import yaml
 
 from compass.config import ServiceConfig, load_languages
 from compass.data import write_records
+from compass.errors import CompassError
 from daemon.demo.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -144,23 +145,38 @@ def scenario_key(scenario: Scenario, settings: DemoSettings, model_id: str) -> s
 
 
 class EventLog:
-    """Reads the demo's events topic from the end, in a thread, and keeps every event of this run."""
+    """Reads the demo's events topic from the end, in a thread, and keeps every event of this run.
+
+    Partitions are assigned by hand, without a consumer group: a group member whose heartbeats stall while the
+    worker trains in this same process (minutes of CPU-bound steps) is expelled, and kafka-python then spun in
+    coordinator lookup without reading again (seen in a demo run); a reader with no group has no session to lose.
+    """
 
     def __init__(self, cfg: ServiceConfig, say: Say):
         from consumers.clients import kafka_consumer
 
         self.events: list[dict[str, Any]] = []
         self.say = say
+        self.topic = cfg.kafka.events_topic
         self._stop = threading.Event()
-        self._consumer = kafka_consumer(cfg.kafka, f"compass-demo-log-{uuid.uuid4().hex[:8]}",
-                                        [cfg.kafka.events_topic], auto_offset_reset="latest")
+        self._consumer = kafka_consumer(cfg.kafka, None, [], auto_offset_reset="latest")
         self._thread = threading.Thread(target=self._run, name="demo-events", daemon=True)
 
     def start(self) -> EventLog:
-        # wait for the partition assignment so no event published from now on is missed
+        from kafka import TopicPartition
+
         deadline = time.monotonic() + 30
-        while not self._consumer.assignment() and time.monotonic() < deadline:
-            self._consumer.poll(timeout_ms=200)
+        parts = self._consumer.partitions_for_topic(self.topic)
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.2)
+            parts = self._consumer.partitions_for_topic(self.topic)
+        if not parts:
+            raise CompassError(f"demo: the events topic {self.topic!r} has no partitions after 30 s; is Kafka up?")
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now, so no event published from here on is missed
+            self._consumer.position(tp)
         self._thread.start()
         return self
 
