@@ -231,7 +231,7 @@ def test_broker_not_ready_in_time_is_stopped_again(tmp_path):
             stack.up(only="kafka")
     finally:
         stack.down()
-    assert err.value.step == "broker start"
+    assert err.value.step == "broker start", str(err.value)
     assert f"kafka was not ready on {cfg.kafka.bootstrap_servers[0]} within 1 s, so it was stopped" in str(
         err.value
     )

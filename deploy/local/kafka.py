@@ -111,6 +111,7 @@ class KafkaService(LocalService):
         argv = self._java_cmd(
             "kafka.tools.StorageTool", "format", "--standalone", "--ignore-formatted",
             "-t", cid, "-c", str(self.properties),
+            jvm=("-Xmx256m",),  # a short CLI: the JVM default (1/4 of RAM) can fail to reserve on a loaded host
         )  # fmt: skip
         with progress("formatting the KRaft storage"):
             code = process.run_logged(argv, log)
