@@ -461,7 +461,42 @@ class LanguageSettings(_Frozen):
     combine: Literal["js_only", "any", "all"] = Field(
         "js_only", description="js_only, any or all: how the quality signal joins the JS trigger (eq. 6)"
     )
+    detector: Literal["js", "sequential"] = Field(
+        "js", description="js (JS over the window against theta, eq. 6) or sequential (CUSUM on the stream of "
+        "cluster ids, compass/drift/sequential.py)"
+    )
+    threshold: Literal["fixed", "calibrated"] = Field(
+        "fixed", description="fixed (theta as given) or calibrated (learned on live traffic after each new "
+        "reference for the false_alarm_every budget, compass/drift/calibrated.py); detector js only"
+    )
+    false_alarm_every: float = Field(
+        50_000, ge=100, description="false-alarm budget of calibrated thresholds and the sequential detector: "
+        "expected queries between false alarms, >= 100"
+    )
+    burn_in: int | None = Field(
+        None, ge=1, description="queries observed after each new reference before a calibrated threshold or "
+        "the sequential detector takes over (theta guards meanwhile); >= 1, default window_size"
+    )
+    max_rejections: int = Field(
+        3, ge=1, le=100, description="updates in a row that do not promote (rejected, failed, timed out) before "
+        "the language is `stuck` until ops act; in [1, 100]"
+    )
+    backoff_max_s: float = Field(
+        86_400.0, ge=0.0, description="cap of the wait after an unsuccessful update (cooldown_s doubled per "
+        "failure in a row), seconds >= 0"
+    )
     _rules = (_window_rule,)
+
+    @property
+    def burn_in_queries(self) -> int:
+        """Queries of the burn-in after a new reference (``burn_in``, default one window)."""
+        return self.window_size if self.burn_in is None else self.burn_in
+
+    def backoff_s(self, failures: int) -> float:
+        """Wait before the next update after ``failures`` unsuccessful ones in a row: cooldown_s * 2^(failures-1)."""
+        if failures <= 0:
+            return 0.0
+        return min(self.backoff_max_s, self.cooldown_s * 2.0 ** min(failures - 1, 60))
 
     @property
     def rearm_below(self) -> float:

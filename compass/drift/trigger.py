@@ -58,24 +58,31 @@ class Decision:
 
 
 def decide(js: float, n_samples: int, settings: LanguageSettings, state: TriggerState, now: float) -> Decision:
-    """One check of one language: should its adapter be updated now?"""
+    """One check of one language: should its adapter be updated now? (JS against ``settings.theta``, eq. 6)"""
     if not (0.0 <= js <= 1.0) or math.isnan(js):
         raise ValueError(f"js must be a JS divergence in bits, in [0, 1]; got {js!r} (was it the JS distance?)")
+    return guard(js > settings.theta, js < settings.rearm_below, js, n_samples, settings, state, now)
+
+
+def guard(exceeds: bool, rearm: bool, statistic: float, n_samples: int, settings: LanguageSettings,
+          state: TriggerState, now: float) -> Decision:
+    """The guards of ``decide`` around any detector: ``exceeds`` is the detector's alarm (eq. 6 for JS),
+    ``rearm`` whether its statistic is below the hysteresis level; ``statistic`` is reported as ``js``."""
 
     def out(reason: str, new: TriggerState = state, fire: bool = False) -> Decision:
-        return Decision(fire, reason, js, n_samples, new)
+        return Decision(fire, reason, statistic, n_samples, new)
 
     if not settings.enabled:
         return out("disabled")
     if n_samples < settings.min_samples:
         return out("insufficient_samples")
     if not state.armed:
-        if js < settings.rearm_below:
+        if rearm:
             return out("rearmed", replace(state, armed=True))
         return out("disarmed")
     since = max((t for t in (state.last_fired_at, state.last_update_at) if t is not None), default=None)
     if since is not None and now - since < settings.cooldown_s:
         return out("cooldown")
-    if js > settings.theta:  # eq. 6
+    if exceeds:
         return out("drift", replace(state, armed=False, last_fired_at=now), fire=True)
     return out("below_threshold")
