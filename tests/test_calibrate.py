@@ -137,3 +137,34 @@ def test_cli_rejects_bad_input(files, args, match):
     assert result.exit_code == 2
     assert match in result.output
     assert not suggestion.exists()
+
+
+def test_cli_with_recorded_labels_runs_the_daemons_calibration(files, tmp_path):
+    """--labels: the recorded queries are the burn-in of compass.drift.calibrated.calibrate_js, as in the daemon."""
+    from compass.drift.calibrated import BurnIn, calibrate_js
+
+    languages, suggestion = files
+    rng = np.random.default_rng(7)
+    recorded = rng.choice(4, size=800, p=[0.4, 0.4, 0.2, 0.0]).tolist()
+    path = tmp_path / "labels.txt"
+    path.write_text("\n".join(map(str, recorded)))
+    result = CliRunner().invoke(app, ["calibrate", "sw", "--counts", "50,30,20,0", "--labels", str(path),
+                                      "--languages", str(languages), "--false-alarm-every", "5000"])
+    assert result.exit_code == 0, result.output
+    burn = BurnIn()
+    for i in range(0, 800, 100):
+        burn = burn.add(np.asarray(recorded[i:i + 100]), 4, None)
+    thr = calibrate_js(np.array([0.5, 0.3, 0.2, 0.0]), burn, 400, 200, 5000, seed=0)
+    assert f"proposed theta {thr.theta_full:.6g}" in result.output
+    assert load_languages(suggestion).languages["sw"].theta == float(f"{thr.theta_full:.6g}")
+    # live traffic sits off P_ref (0.4/0.4/0.2 vs 0.5/0.3/0.2): above what P_ref alone proposes
+    assert thr.theta_full > propose_theta([50, 30, 20, 0], 400, 100, 10_000 / 5000).theta
+
+
+def test_cli_labels_outside_the_reference_are_refused(files, tmp_path):
+    languages, suggestion = files
+    path = tmp_path / "labels.txt"
+    path.write_text("0\n1\n7\n")
+    result = CliRunner().invoke(app, ["calibrate", "sw", "--counts", "1,1", "--labels", str(path),
+                                      "--languages", str(languages)])
+    assert result.exit_code == 2 and "outside P_ref's 2 buckets" in result.output and not suggestion.exists()

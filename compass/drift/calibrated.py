@@ -158,6 +158,9 @@ def calibrate_js(p_ref: np.ndarray, burn: BurnIn, window_size: int, min_samples:
                  seed: int = 0) -> JsThreshold:
     """The JS threshold that spends ``false_alarm_every`` on the traffic the burn-in saw (module docstring)."""
     p = np.asarray(p_ref, dtype=np.float64)
+    if p.ndim != 1 or not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+        raise CalibrationError(f"p_ref: got {p.tolist()}; give counts or probabilities >= 0 with a positive sum")
+    p = p / p.sum()
     if burn.seen < 1 or burn.checks < 1:
         raise CalibrationError("burn-in: no queries seen yet; a threshold needs live traffic against the reference")
     if len(burn.counts) != len(p):
