@@ -6,14 +6,21 @@ Keys of language ``ll`` (all share the hash tag ``{ll}``, so a language lives in
   {prefix}:{ll}:counts   hash   bucket id -> count of that id in the window (zero counts are removed)
   {prefix}:{ll}:offsets  hash   "topic:partition" -> last applied Kafka offset of this language
   {prefix}:{ll}:recent   list   JSON [id, text] (or [id] when store_texts is false), newest last; capped, TTL
-  {prefix}:{ll}:meta     hash   codebook_version (newest seen), lineage, n_buckets, window_size
+  {prefix}:{ll}:meta     hash   codebook_version (newest seen), lineage, n_buckets, window_size, and ``seen``: a
+                                monotone count of the items ever applied (never lowered; gone only with ``reset``)
   {prefix}:{ll}:quality  list   quality scores carried by the events (consumer.quality_meta_key), newest last,
                                 capped at QUALITY_MAX; the daemon pops them into its quality detector
 
 One Lua script per language and batch checks each item's offset against ``offsets`` (a re-delivered message
 is a duplicate and skipped), appends, increments, trims the oldest, decrements their counts, records the new
 offsets, the recent queries and the quality scores. The script validates everything before its first write, so
-a rejected call changes nothing. Invariant after every call: sum(counts) == LLEN(window) <= window_size, no count < 1.
+a rejected call changes nothing. Invariant after every call: sum(counts) == LLEN(window) <= window_size, no count < 1,
+and LLEN(window) <= seen.
+
+``snapshot(lang, since=cursor)`` reads, in the same consistent script, ``seen`` and the *tail*: the bucket ids of the
+items applied after the reader's cursor (its ``seen`` of the previous read), oldest first, as far as the window
+still holds them (the last min(seen - cursor, LLEN) entries). The drift daemon feeds them to the sequential
+detector and the burn-in of compass/drift/lifecycle.py.
 
 The window belongs to one codebook lineage. A codebook version ``L`` (a fit) or ``L.R`` (revision ``R`` of fit
 ``L``: eq. 2 moved its centroids, cluster ids kept; consumers/codebook.py) has lineage ``L``. Bucket ids of another
@@ -28,7 +35,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import redis
@@ -125,6 +132,9 @@ class WindowSnapshot:
     size: int  # LLEN(window) == counts.sum()
     codebook_version: str | None  # the newest version applied in the window's lineage; None: no window yet
     offsets: dict[str, int]  # "topic:partition" -> last applied offset
+    seen: int = 0  # items ever applied to the window (meta ``seen``): the cursor of the next ``snapshot(since=)``
+    tail: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # bucket ids applied after
+    # ``since``, oldest first (empty without ``since``)
 
 
 # KEYS: window, counts, offsets, recent, meta, quality
@@ -237,6 +247,11 @@ for b, d in pairs(delta) do
 end
 for p, _ in pairs(changed) do redis.call('HSET', KEYS[3], p, last_str[p]) end
 redis.call('HSET', KEYS[5], 'window_size', wsize)
+if #new > 0 then
+  -- a window written before `seen` existed: its items count as seen, so that seen >= LLEN holds from now on
+  if redis.call('HEXISTS', KEYS[5], 'seen') == 0 then redis.call('HSET', KEYS[5], 'seen', oldlen) end
+  redis.call('HINCRBY', KEYS[5], 'seen', #new)
+end
 if #entries > 0 then
   for i = 1, #entries, 1000 do
     redis.call('RPUSH', KEYS[4], unpack(entries, i, math.min(i + 999, #entries)))
@@ -255,10 +270,19 @@ if reset then r = 1 end
 return {#new, dups, evicted, r}
 """
 
-# KEYS: window, counts, offsets, meta. One consistent read of a language.
+# KEYS: window, counts, offsets, meta; ARGV: since (the reader's cursor, or -1: no tail). One consistent read of a
+# language: meta, counts, LLEN, offsets, seen, the tail (bucket ids applied after `since`, oldest first).
 _SNAPSHOT_LUA = r"""
-return {redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[2]), redis.call('LLEN', KEYS[1]),
-        redis.call('HGETALL', KEYS[3])}
+local size, since = redis.call('LLEN', KEYS[1]), tonumber(ARGV[1])
+local seen = tonumber(redis.call('HGET', KEYS[4], 'seen')) or size  -- no `seen` yet: a window of older code
+local tail = {}
+if since >= 0 then
+  local k = seen - since
+  if k < 0 or k > size then k = size end  -- a cursor past `seen`: the language was reset, all of it is new
+  if k > 0 then tail = redis.call('LRANGE', KEYS[1], -k, -1) end
+end
+return {redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[2]), size, redis.call('HGETALL', KEYS[3]),
+        seen, tail}
 """
 
 
@@ -368,11 +392,17 @@ class WindowStore:
 
     # ------------------------------------------------------------------ reads
 
-    def snapshot(self, lang: str) -> WindowSnapshot:
-        """One consistent read of ``lang``'s window (a read-only script: nothing interleaves)."""
+    def snapshot(self, lang: str, since: int | None = None) -> WindowSnapshot:
+        """One consistent read of ``lang``'s window (a read-only script: nothing interleaves).
+
+        With ``since`` (the ``seen`` of the reader's previous snapshot; 0 for a first read) the snapshot's ``tail``
+        holds the bucket ids applied after it, oldest first: the last min(seen - since, size) of the window (all of
+        it when ``since`` > ``seen``, i.e. the language was reset since)."""
+        if since is not None and (not _is_int(since) or since < 0):
+            raise WindowInputError(f"since must be an integer >= 0 (a previous snapshot's seen) or None; got {since!r}")
         k = self.keys(lang)
-        meta_raw, counts_raw, size, offsets_raw = self._snapshot(
-            keys=[k["window"], k["counts"], k["offsets"], k["meta"]]
+        meta_raw, counts_raw, size, offsets_raw, seen, tail_raw = self._snapshot(
+            keys=[k["window"], k["counts"], k["offsets"], k["meta"]], args=[-1 if since is None else int(since)]
         )
         meta = _pairs(meta_raw)
         version = meta.get("codebook_version")
@@ -387,7 +417,8 @@ class WindowStore:
                 )
             counts[b] = int(count)
         offsets = {p: int(o) for p, o in _pairs(offsets_raw).items()}
-        return WindowSnapshot(lang, counts, int(size), version, offsets)
+        tail = np.fromiter((int(b) for b in tail_raw), dtype=np.int64, count=len(tail_raw))
+        return WindowSnapshot(lang, counts, int(size), version, offsets, int(seen), tail)
 
     def recent(self, lang: str, limit: int | None = None) -> list[tuple[str, str | None]]:
         """The recent queries of ``lang`` as (id, text or None), newest last; at most ``limit`` of them."""

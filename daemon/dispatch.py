@@ -118,3 +118,10 @@ def drain_inbox(client: redis.Redis, lang: str, prefix: str) -> list[Event]:
         except BadMessage as e:
             log.warning("%s: dropped an unreadable report: %s", key, e)
     return events
+
+
+def requeue_inbox(client: redis.Redis, lang: str, prefix: str, events: list[Event]) -> None:
+    """Put reports taken by ``drain_inbox`` back at the head of the inbox, in their order (a check that could not
+    complete hands them to the next one)."""
+    if events:
+        client.lpush(inbox_key(lang, prefix), *[encode(e) for e in reversed(events)])

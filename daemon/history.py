@@ -8,7 +8,10 @@ Keys of language ``l`` (hash-tagged like the window's and the daemon's, so one l
                                    read them, LPUSHed: newest first, the newest ``cap`` kept
 
 A reading is ``{"at", "js", "theta", "n_samples", "state"}``: ``js`` is None where no P_mon/P_ref pair could be
-compared (an empty window, no reference, a codebook mismatch); ``state`` is the check's state.
+compared (an empty window, no reference, a codebook mismatch); ``state`` is the check's state. Readings of the
+daemon also carry ``detector`` (fixed, calibrated or sequential), ``statistic`` (what the detector compared: JS in
+bits, or the CUSUM in nats) and ``threshold`` (the effective threshold it was compared with), so that the status
+page can draw a calibrated threshold; a reading without them is stored without them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from daemon.messages import Event
 JS_MAX = 2000  # readings kept per language: ~33 h at the default 60 s check interval
 EVENTS_MAX = 500  # events kept per language
 READING_FIELDS = ("at", "js", "theta", "n_samples", "state")
+DETECTOR_FIELDS = ("detector", "statistic", "threshold")  # optional: kept when present
 
 
 class HistoryError(CompassError, ValueError):
@@ -73,8 +77,17 @@ def reading_of(reading: Mapping[str, Any]) -> dict[str, Any]:
     state = reading.get("state")
     if not isinstance(state, str) or not state:
         raise HistoryError(f"reading field 'state': got {state!r}; must be a non-empty string (the check's state)")
-    return {"at": _number(reading.get("at"), "at"), "js": _number(reading.get("js"), "js", optional=True),
-            "theta": _number(reading.get("theta"), "theta"), "n_samples": n, "state": state}
+    row = {"at": _number(reading.get("at"), "at"), "js": _number(reading.get("js"), "js", optional=True),
+           "theta": _number(reading.get("theta"), "theta"), "n_samples": n, "state": state}
+    if "detector" in reading:
+        detector = reading["detector"]
+        if detector is not None and not isinstance(detector, str):
+            raise HistoryError(f"reading field 'detector': got {detector!r}; must be a string or None")
+        row["detector"] = detector
+    for name in ("statistic", "threshold"):
+        if name in reading:
+            row[name] = _number(reading[name], name, optional=True)
+    return row
 
 
 def record_check(client: redis.Redis, lang: str, reading: Mapping[str, Any], prefix: str = "compass",

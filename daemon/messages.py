@@ -20,10 +20,12 @@ Event, on ``compass.events`` (key = language)::
     {"schema": 1, "type": "update_finished", "language": "sw", "at": 1732270300.0,
      "job_id": "sw-1732270000000-3f2a", "data": {"adapter_version": "a8", "ok": true}}
 
-``type`` is one of ``EVENT_TYPES``. The daemon emits drift_detected, update_enqueued and recluster_needed; the
-worker emits update_started, update_finished, adapter_promoted and adapter_rejected. ``job_id`` is required on
-worker events about a job (the daemon ignores reports for a job it is not waiting on). Unknown top-level fields
-are rejected so a typo is caught rather than silently dropped.
+``type`` is one of ``EVENT_TYPES``. The daemon emits drift_detected, update_enqueued, recluster_needed and
+language_stuck (``max_rejections`` updates in a row did not promote: no automatic update until ops resume the
+language; data: reason, failures, outcome of the last one); the worker emits update_started, update_finished,
+adapter_promoted and adapter_rejected. ``job_id`` is required on worker events about a job (the daemon ignores
+reports for a job it is not waiting on). Unknown top-level fields are rejected so a typo is caught rather than
+silently dropped.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ EVENT_TYPES = (
     "adapter_promoted",
     "adapter_rejected",
     "recluster_needed",
+    "language_stuck",
 )
 WORKER_EVENTS = ("update_started", "update_finished", "adapter_promoted", "adapter_rejected")
 

@@ -1,42 +1,36 @@
-"""The drift daemon: per-language checks of eq. 6 on a schedule, under a per-language lease, with dispatch.
+"""The drift daemon: per language, on a schedule and under a lease, read -> step -> fenced write -> dispatch.
 
-One check of language ``l`` (``Daemon.check``), in order; the first step that ends the check names its state:
+Every decision (the worker's reports, disabled, paused, updating and its timeout, resume of a stuck language,
+manual trigger, stuck, settling, stale clusters, reference problems, a new reference, the detectors, the backoff
+after unsuccessful updates, the quality rule) is made by the pure ``compass.drift.lifecycle.step``; read its
+module docstring for the rules and the check states. This module does the I/O around it. One check of
+language ``l`` (``Daemon.check``):
 
-  1. lease      hold (or renew) ``l``'s lease; another replica holds it -> ``standby``
-  2. inbox      apply the worker's reports queued for ``l`` (update_started / update_finished / adapter_*)
-  3. disabled   ``enabled: false`` in languages.yaml -> ``disabled``
-  4. paused     an operator paused ``l`` (POST .../pause) -> ``paused``
-  5. updating   a job is out: ``updating``, until update_finished or ``daemon.update_timeout_s`` (then re-armed)
-  6. manual     an operator asked for an update (POST .../trigger) -> fires ``manual``
-  7. stale      noise (or far) share past its level with >= min_samples -> ``stale_clusters``: recluster job
-                (far share: ``RecentFarShare``, the language's recent texts embedded against the window's codebook)
-  8. reference  no P_ref -> ``no_reference``; unreadable -> ``bad_reference``; its codebook lineage differs
-                from the window's (or its bucket count) -> ``codebook_mismatch`` (logged once on entry; no
-                event: the window was re-clustered after the adapter's cycle, so P_ref must be rebuilt with the new
-                codebook: by the worker after its re-clustering job, or by ops with ``compass ref set`` or a
-                manual trigger, which step 6 honours even here)
-  9. trigger    JS(P_ref || P_mon) in bits (eq. 5) through ``compass.drift.decide`` (eq. 6, min_samples,
-                hysteresis, cooldown) -> its reason; ``drift`` fires an adapter update
- 10. quality    with ``quality_signal`` set (languages.yaml), values RPUSHed to ``{prefix}:{l}:quality`` (NLL of
-                sampled queries, a feedback score) feed a river ADWIN / Page-Hinkley detector; ``combine: any``
-                also fires on a quality alarm alone (state ``quality``, after decide() let the check through
-                to ``below_threshold``); ``combine: all`` holds a JS drift as ``awaiting_quality`` until the
-                quality signal agrees (no quality data yet: JS alone decides)
- 11. settling   with ``settle_s`` > 0 a drift (or quality) detection does not freeze the window at once: the
-                language is ``settling`` for settle_s (trigger state and cooldown as if fired), and the first check
-                after that freezes the window, now holding more post-shift queries, and dispatches the job
-                (drift_detected, update_enqueued). Without it, an update trained right after a shift learns a
-                window that still mixes old and new traffic, and the next window drifts from that P_ref again
-                (compass simulate --update-lag: a second, redundant update per shift at theta 0.15 for ja/ko/zh)
-
-State of ``l`` lives in Redis (``{prefix}:{l}:status``, JSON, written with the lease's fencing token), so a
-restart or another replica continues it. A new P_ref (its adapter_version changed) re-arms the trigger: the
-hysteresis guards one reference, a new adapter is a new baseline.
+  1. lease     hold (or renew) ``l``'s lease; another replica holds it -> ``standby``
+  2. read      an ``Observation`` of ``l``: the worker's reports queued in its inbox (daemon/dispatch.py), the
+               ``paused`` key, the ``force`` and ``resume`` keys an operator set (read and cleared, GETDEL), the
+               window (consumers/window.py) with the cluster ids of the queries since the last check (the
+               ``seen`` cursor), P_ref (daemon/reference.py: ``missing``, ``bad``, or a ``mismatch`` of codebook
+               lineage or bucket count, logged once on entry; its adapter_version is its identity, a new one is
+               a new baseline), the noise share; and only when the check gets as far as the stale rule: the far
+               share (``daemon/farshare.py``, with >= min_samples) and, for a window compared with P_ref, the
+               quality signal (values RPUSHed to ``{prefix}:{l}:quality``, e.g. the NLL of sampled queries, fed to
+               a river ADWIN / Page-Hinkley detector in this process: a detection since the last check; a restart
+               or another replica starts a fresh detector)
+  3. step      ``lifecycle.step(state, observation, settings, limits)`` -> the new state, an action, the check's
+               state (``CheckResult.state``)
+  4. write     ``{prefix}:{l}:status`` (daemon/state.py) with the lease's fencing token: a newer holder wins, the
+               check reports ``standby`` and hands the reports and operator requests it took back to the inbox
+  5. dispatch  ``update`` / ``recluster``: freeze the window (``snapshot:<job_id>``), then publish drift_detected
+               (or recluster_needed), the job on compass.jobs and update_enqueued; a failed publish reverts the
+               state (the reports and operator requests go back for the next check) -> ``dispatch_failed``.
+               ``stuck``: ``language_stuck`` on compass.events and an error in the log (resume with
+               ``POST /v1/languages/<l>/resume`` or ``Daemon.resume``). ``settle``: nothing to publish.
 
 Redis keys of ``l`` besides the window's: ``ref`` (daemon/reference.py), ``status``, ``inbox``
-(daemon/dispatch.py), ``paused``, ``force``, ``quality``, ``snapshot:<job_id>`` (the frozen window a job
-refers to) and ``history:js`` / ``history:events`` (daemon/history.py: what the status page draws; every check
-past step 5 appends its reading).
+(daemon/dispatch.py), ``paused``, ``force``, ``resume``, ``quality``, ``snapshot:<job_id>`` (the frozen window a
+job refers to) and ``history:js`` / ``history:events`` (daemon/history.py: what the status page draws; every
+check but those in ``UNMEASURED_STATES`` appends its reading).
 """
 
 from __future__ import annotations
@@ -50,139 +44,57 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from compass.config import LanguageSettings, ServiceConfig
-from compass.divergence import js_divergence
-from compass.drift import TriggerState, decide
-from compass.drift.quality import QualitySignal, combine
+from compass.config import LanguagesConfig, LanguageSettings, ServiceConfig
+from compass.drift.lifecycle import Limits, Observation, Report, Step, detector_mode, detector_view, step
+from compass.drift.quality import QualitySignal
 from compass.embed.base import Embedder
 from consumers.clients import REDIS_ERRORS, redis_client
-from consumers.codebook import Codebook, CodebookStore
 from consumers.window import WindowSnapshot, WindowStore, lineage_of
 from daemon import history, stale
-from daemon.dispatch import Dispatcher, EventInbox, drain_inbox
+from daemon.dispatch import Dispatcher, EventInbox, drain_inbox, requeue_inbox
+from daemon.farshare import FarShareFn, RecentFarShare
 from daemon.lock import LanguageLease
 from daemon.messages import Event, UpdateJob
 from daemon.reference import BadReference, Reference, get_reference
-from daemon.reload import ReloadingLanguages
+from daemon.state import LanguagesSource, LanguageStatus, effective_threshold, languages_source
 
 log = logging.getLogger(__name__)
 
-# check states that end before JS is computed (not recorded in the JS history of daemon/history.py)
+# check states not recorded in the JS history (daemon/history.py): nothing was decided on the window
 UNMEASURED_STATES = frozenset({"standby", "disabled", "paused", "updating", "error"})
+# what the lifecycle's step says of an empty window that got past its early rules (reports ... settling)
+PAST_EARLY_RULES = frozenset({"no_reference", "bad_reference", "codebook_mismatch", "insufficient_samples"})
+_JOB_KIND = {"update": "adapter_update", "recluster": "recluster"}  # lifecycle action -> UpdateJob.kind
 
-# far share of a language's recent points: (lang, window snapshot) -> share in [0, 1], or None when unmeasured
-FarShareFn = Callable[[str, WindowSnapshot], float | None]
-
-
-class RecentFarShare:
-    """The default ``FarShareFn`` (paper §6.1): the share of ``lang``'s recent texts (at most
-    ``daemon.stale_far_max_texts``, from the window store) whose embeddings lie farther from every centroid of the
-    window's codebook than its calibrated distance (``daemon.stale_distance_quantile`` of the training distances,
-    consumers/codebook.py). None (unknown) when the window keeps no texts (``consumer.store_texts: false``) or the
-    codebook has no calibration; each such reason is logged once per language. Other failures raise, for the
-    daemon to log and count. The embedder (``compass.embed.make_embedder``) is built on first use, once."""
-
-    def __init__(self, config: ServiceConfig, windows: WindowStore, client: redis.Redis,
-                 embedder: Embedder | None = None):
-        self.dcfg = config.daemon
-        self.embedder_config = config.embedder
-        self.windows = windows
-        self.store = CodebookStore(config.consumer.codebook_dir, client, config.redis.key_prefix)
-        self._embedder = embedder
-        self._lock = threading.Lock()  # checks of several languages run in parallel; one embedder, one codebook
-        self._codebook: Codebook | None = None  # the last one loaded: windows of a lineage share it
-        self._logged: set[tuple[str, str]] = set()
-
-    def __call__(self, lang: str, snap: WindowSnapshot) -> float | None:
-        if snap.codebook_version is None or self.dcfg.stale_far_max_texts == 0:
-            return None
-        texts = [t for _, t in self.windows.recent(lang, limit=self.dcfg.stale_far_max_texts) if t]
-        if not texts:
-            self._once(lang, "no_texts", "%s: far share unknown: no recent texts in the window store (with "
-                       "consumer.store_texts false only ids are kept); only the noise share is measured", lang)
-            return None
-        with self._lock:
-            codebook = self._load(snap.codebook_version)
-            q = self.dcfg.stale_distance_quantile
-            radius = codebook.calibrated_distance(q)
-            if radius is None:
-                self._once(lang, f"uncalibrated:{codebook.version}",
-                           "%s: far share unknown: codebook %s has no calibrated distance for quantile %s "
-                           "(distance_quantiles %s); rebuild it with `compass codebook build`, or set "
-                           "daemon.stale_distance_quantile to a recorded quantile", lang, codebook.version, q,
-                           codebook.distance_quantiles)
-                return None
-            embedder = self._embedder_()
-            codebook.check_model(embedder.model_id)
-            X = embedder.encode(texts)
-        return stale.share_beyond(codebook.nearest_distances(X), radius)
-
-    def close(self) -> None:
-        close = getattr(self._embedder, "close", None)
-        if callable(close):
-            close()
-
-    def _load(self, version: str) -> Codebook:
-        if self._codebook is None or self._codebook.version != version:
-            self._codebook = self.store.load(version)
-        return self._codebook
-
-    def _embedder_(self) -> Embedder:
-        if self._embedder is None:
-            from compass.embed import make_embedder
-
-            self._embedder = make_embedder(self.embedder_config)
-        return self._embedder
-
-    def _once(self, lang: str, what: str, msg: str, *args: Any) -> None:
-        if (lang, what) not in self._logged:
-            self._logged.add((lang, what))
-            log.warning(msg, *args)
-
-
-@dataclass
-class LanguageStatus:
-    """What the daemon remembers of one language between checks (Redis ``{prefix}:{lang}:status``)."""
-
-    trigger: TriggerState = field(default_factory=TriggerState)
-    phase: str = "idle"  # idle | settling | updating
-    job: dict[str, Any] | None = None  # the job out: job_id, kind, reason, enqueued_at, started_at, snapshot_key;
-    # while settling: detected_at, reason, js (the detection)
-    ref_adapter_version: str | None = None  # adapter of the P_ref the trigger state belongs to
-    adapter_version: str | None = None  # last promoted adapter reported by the worker
-    last_check: dict[str, Any] | None = None
-    last_trigger: dict[str, Any] | None = None
-    last_update: dict[str, Any] | None = None
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "trigger": self.trigger.to_dict()})
-
-    @classmethod
-    def from_json(cls, raw: bytes | str | None) -> LanguageStatus:
-        if raw is None:
-            return cls()
-        obj = json.loads(raw)
-        obj["trigger"] = TriggerState.from_dict(obj.get("trigger") or {})
-        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+__all__ = ["CheckResult", "Daemon", "DaemonMetrics", "FarShareFn", "LanguageStatus", "RecentFarShare"]
 
 
 @dataclass(frozen=True)
 class CheckResult:
     lang: str
-    state: str  # see the module docstring
+    state: str  # the lifecycle's check state (compass/drift/lifecycle.py), or standby, dispatch_failed, error
     fired: bool = False
     job: UpdateJob | None = None
     js: float | None = None
     n_samples: int = 0
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One check's reading of a language: the lifecycle's observation and what dispatch needs besides."""
+
+    obs: Observation
+    snap: WindowSnapshot
+    ref: Reference | None
+    drained: list[Event]  # the inbox reports taken for ``obs.reports``
 
 
 class DaemonMetrics:
@@ -200,17 +112,23 @@ class DaemonMetrics:
         self.fill = Gauge("compass_daemon_window_fill_ratio", "window size / window_size", ["language"], registry=r)
         self.noise = Gauge("compass_daemon_noise_share", "noise-bucket share of the window", ["language"], registry=r)
         self.updating = Gauge("compass_daemon_updating", "1 while a job is out", ["language"], registry=r)
+        self.stuck = Gauge("compass_daemon_stuck", "1 while the language is stuck (no automatic update until ops "
+                           "resume it)", ["language"], registry=r)
+        self.threshold = Gauge("compass_daemon_threshold", "effective threshold of the language's detector (JS bits; "
+                               "nats for the sequential detector)", ["language"], registry=r)
+        self.failures = Gauge("compass_daemon_failures", "updates in a row that did not promote", ["language"],
+                              registry=r)
         self.seconds = Histogram("compass_daemon_check_seconds", "duration of one language check", registry=r,
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5))
 
 
 class Daemon:
-    """Checks every enabled language of ``languages_path`` every ``daemon.check_interval_s`` seconds."""
+    """Checks every enabled language of ``languages`` every ``daemon.check_interval_s`` seconds."""
 
     def __init__(
         self,
         config: ServiceConfig,
-        languages_path: str | Path,
+        languages: LanguagesConfig | LanguagesSource,
         *,
         owner: str | None = None,
         client: redis.Redis | None = None,
@@ -218,12 +136,14 @@ class Daemon:
         far_share: FarShareFn | None = None,
         embedder: Embedder | None = None,
     ):
-        """``far_share``: measures the far share of a language (default ``RecentFarShare``, with ``embedder``
-        or, built on first use, ``compass.embed.make_embedder(config.embedder)``)."""
+        """``languages``: a ``LanguagesConfig`` (held as is) or anything with a ``current`` LanguagesConfig and
+        optionally ``maybe_reload()`` (``daemon.reload.ReloadingLanguages``: a file, hot reloaded).
+        ``far_share``: measures the far share of a language (default ``RecentFarShare``, with ``embedder`` or,
+        built on first use, ``compass.embed.make_embedder(config.embedder)``)."""
         self.config = config
         self.dcfg = config.daemon
         self.prefix = config.redis.key_prefix
-        self.languages = ReloadingLanguages(languages_path)
+        self.languages = languages_source(languages)
         self.client = client or redis_client(config.redis)
         c = config.consumer
         self.windows = WindowStore(self.client, self.prefix, store_texts=c.store_texts, recent_max=c.recent_max,
@@ -239,11 +159,14 @@ class Daemon:
         self._guard = threading.Lock()
         self._mismatch_logged: set[str] = set()
         self._far_failed: dict[str, str] = {}  # lang -> the last far-share failure logged (warned once per change)
-        # The performance-aware signal (languages.yaml quality_signal / combine). Detector state lives in this
-        # process: a restart or another replica starts a fresh detector (documented limitation). A detection is
-        # latched until the next trigger, since a detector flags one change point, not a lasting state.
-        self._quality: dict[str, QualitySignal] = {}
-        self._quality_alarm: set[str] = set()
+        self._quality: dict[str, QualitySignal] = {}  # the quality detectors (languages.yaml quality_signal)
+
+    @property
+    def limits(self) -> Limits:
+        """The service-wide limits of the lifecycle (``daemon.*``)."""
+        d = self.dcfg
+        return Limits(update_timeout_s=d.update_timeout_s, stale_noise_share=d.stale_noise_share,
+                      stale_far_share=d.stale_far_share)
 
     # ------------------------------------------------------------------ keys and small state
 
@@ -266,8 +189,14 @@ class Daemon:
     def pause(self, lang: str) -> None:
         self.client.set(self.key(lang, "paused"), json.dumps({"at": time.time(), "by": self.owner}))
 
-    def resume(self, lang: str) -> None:
+    def resume(self, lang: str) -> bool:
+        """Un-pause ``lang`` and, when it is stuck, resume it on its next check (failures cleared, trigger armed).
+        True when it was stuck."""
         self.client.delete(self.key(lang, "paused"))
+        stuck = self.status(lang).phase == "stuck"
+        if stuck:
+            self.client.set(self.key(lang, "resume"), json.dumps({"at": time.time(), "by": self.owner}))
+        return stuck
 
     def request_trigger(self, lang: str) -> None:
         """Ask the replica holding ``lang``'s lease to fire on its next check (read and cleared there)."""
@@ -277,8 +206,10 @@ class Daemon:
         self.client.delete(self.key(lang, "force"))
 
     def reload(self) -> bool:
-        """Pick up a changed languages.yaml (an invalid file keeps the config in force; see daemon/reload.py)."""
-        return self.languages.maybe_reload()
+        """Pick up a changed languages config when its source reloads (daemon/reload.py: an invalid file keeps the
+        config in force); False for a config held as given."""
+        maybe_reload = getattr(self.languages, "maybe_reload", None)
+        return bool(maybe_reload()) if callable(maybe_reload) else False
 
     # ------------------------------------------------------------------ the check
 
@@ -305,150 +236,92 @@ class Daemon:
         if token is None:
             return CheckResult(lang, "standby", detail=f"lease held by {lease.holder()}")
         settings = self.languages.current.get(lang)
-        st = self.status(lang)
-        self._apply_reports(lang, st, now)
+        before = self.status(lang)
+        read = self._read(lang, now, settings, before)
+        out = step(before.drift, read.obs, settings, self.limits)
+        self._log_updates(lang, before, out)
+        st = LanguageStatus(out.state, None, read.snap.seen)
+        if out.action.kind in _JOB_KIND:
+            return self._dispatch(lang, lease, token, before, st, out, settings, read)
+        result = CheckResult(lang, out.check, js=out.js, n_samples=out.n_samples, detail=out.detail)
+        if not self._write(lease, token, st, result, out, settings, read):
+            self._give_back(lang, read)
+            return CheckResult(lang, "standby", detail="lease lost during the check; a newer holder acts")
+        if read.obs.forced and out.check != "manual":
+            log.info("%s: manual trigger not honoured (%s); ask again when the language can update", lang, out.check)
+        if out.action.kind == "stuck":
+            self._emit_stuck(lang, st, now)
+        elif out.action.kind == "settle":
+            log.info("%s: %s detected (JS %s); settling %g s before freezing the window", lang, out.action.reason,
+                     out.js, settings.settle_s)
+        return self._finish(lang, st, result)
 
-        def done(result: CheckResult, **extra: Any) -> CheckResult:
-            st.last_check = {"at": now, "state": result.state, "js": result.js, "n_samples": result.n_samples,
-                             "theta": settings.theta, "detail": result.detail, **extra}
-            if not lease.fenced_set("status", st.to_json(), token):
-                return CheckResult(lang, "standby", detail="lease lost during the check; a newer holder acts")
-            self.metrics.updating.labels(lang).set(1 if st.phase == "updating" else 0)
-            if result.state not in UNMEASURED_STATES:
-                self._record_history(lang, st.last_check)
-            return result
-
-        if not settings.enabled:
-            return done(CheckResult(lang, "disabled"))
-        if self.is_paused(lang):
-            return done(CheckResult(lang, "paused"))
-        if st.phase == "updating":
-            enqueued = (st.job or {}).get("enqueued_at", now)
-            if now - enqueued <= self.dcfg.update_timeout_s:
-                return done(CheckResult(lang, "updating", detail=f"job {(st.job or {}).get('job_id')}"))
-            # no report in time: give up on the job; re-armed, the cooldown since the trigger still applies
-            log.warning("%s: job %s had no update_finished after %.0f s; clearing `updating`",
-                        lang, (st.job or {}).get("job_id"), now - enqueued)
+    def _log_updates(self, lang: str, before: LanguageStatus, out: Step) -> None:
+        """An update that ended on this check, in the log (a timeout also counted as an error)."""
+        last = out.state.last_update or {}
+        if not last or last == before.last_update or last.get("job_id") is None:
+            return
+        if last.get("outcome") == "timeout":
+            log.warning("%s: job %s had no update_finished within daemon.update_timeout_s %.0f s; given up on",
+                        lang, last.get("job_id"), self.dcfg.update_timeout_s)
             self.metrics.errors.labels(lang, "update_timeout").inc()
-            st.last_update = {"at": now, "job_id": (st.job or {}).get("job_id"), "outcome": "timeout"}
-            st.phase, st.job = "idle", None
-            st.trigger = replace(st.trigger, armed=True)
+        elif before.phase == "updating" and out.state.phase != "updating":
+            log.info("%s: update %s %s (%d unsuccessful in a row)", lang, last.get("job_id"), last.get("outcome"),
+                     out.state.failures)
 
-        snap = self.windows.snapshot(lang)
-        n = snap.size
-        self.metrics.fill.labels(lang).set(n / settings.window_size)
-        try:
-            ref = get_reference(self.client, lang, self.prefix)
-            ref_problem = None
-        except BadReference as e:
-            ref, ref_problem = None, str(e)
-            self.metrics.errors.labels(lang, "bad_reference").inc()
-            log.error("%s", e)
-        comparable = ref is not None and self._comparable(lang, ref, snap) == ""
-        js = js_divergence(ref.probs, snap.counts) if comparable and n > 0 else None
+    # ------------------------------------------------------------------ read
 
-        if self.client.getdel(self.key(lang, "force")) is not None:
-            return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update", "manual"))
-        if st.phase == "settling":
-            detected = st.job or {}
-            waited = now - float(detected.get("detected_at", now))
-            if waited < settings.settle_s:
-                return done(CheckResult(lang, "settling", js=js, n_samples=n,
-                                        detail=f"{detected.get('reason')} detected {waited:.0f} s ago (JS "
-                                        f"{detected.get('js')}); the window is frozen after settle_s "
-                                        f"{settings.settle_s:g}"))
-            return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update",
-                                   str(detected.get("reason", "drift"))))
-
-        noise = stale.noise_share(snap.counts) if n > 0 else None
-        far = self._far_share(lang, snap) if n >= settings.min_samples else None
-        reading = stale.assess(noise, far, self.dcfg.stale_noise_share, self.dcfg.stale_far_share)
+    def _read(self, lang: str, now: float, settings: LanguageSettings, before: LanguageStatus) -> _Read:
+        """The observation of one check (module docstring, step 2); the job id a dispatch would use is made here."""
+        drained = drain_inbox(self.client, lang, self.prefix)
+        snap = self.windows.snapshot(lang, since=before.seen or 0)
+        self.metrics.fill.labels(lang).set(snap.size / settings.window_size)
+        ref, reference, detail = self._reference(lang, snap)
+        noise = stale.noise_share(snap.counts) if snap.size else None
         if noise is not None:
             self.metrics.noise.labels(lang).set(noise)
-        extra = {"noise_share": noise, "far_share": far, "size": n, "codebook_version": snap.codebook_version}
-        if reading.stale and n >= settings.min_samples and not self._cooling(st.trigger, settings, now):
-            log.warning("%s: stale clusters (%s); enqueueing a re-clustering job", lang, reading.why)
-            return done(self._fire(lang, lease, token, st, settings, snap, ref, js, now, "recluster",
-                                   "stale_clusters", reading), **extra)
+        obs = Observation(
+            now=now, counts=snap.counts, p_ref=np.asarray(ref.probs) if reference == "ok" and ref else None,
+            ref_id=ref.adapter_version if ref else None, reference=reference, reference_detail=detail,
+            new_labels=snap.tail, noise_share=noise,
+            reports=tuple(Report(e.type, e.job_id, e.at, e.data) for e in drained),
+            forced=self.client.getdel(self.key(lang, "force")) is not None,
+            resume=self.client.getdel(self.key(lang, "resume")) is not None,
+            paused=self.is_paused(lang), job_id=f"{lang}-{int(now * 1000)}-{uuid.uuid4().hex[:6]}",
+        )
+        # The far share embeds texts and the quality detector consumes its values: only for a check that gets as
+        # far as the stale rule, as before the lifecycle. The pure step on an empty window tells: it then ends at
+        # the reference rules or on the empty window, past every rule before the stale one.
+        probe = step(before.drift, replace(obs, counts=None, new_labels=None, noise_share=None), settings,
+                     self.limits)
+        if probe.check in PAST_EARLY_RULES:
+            far = self._far_share(lang, snap) if snap.size >= settings.min_samples else None
+            compared = reference == "ok" and snap.size > 0
+            quality = self._quality_reading(lang, settings) if compared else None
+            obs = replace(obs, far_share=far, quality=quality)
+        return _Read(obs, snap, ref, drained)
 
-        if ref_problem is not None:
-            return done(CheckResult(lang, "bad_reference", n_samples=n, detail=ref_problem), **extra)
+    def _reference(self, lang: str, snap: WindowSnapshot) -> tuple[Reference | None, str, str]:
+        """P_ref and whether the window can be compared with it: ok, missing, bad or mismatch, and why not."""
+        try:
+            ref = get_reference(self.client, lang, self.prefix)
+        except BadReference as e:
+            self.metrics.errors.labels(lang, "bad_reference").inc()
+            log.error("%s", e)
+            return None, "bad", str(e)
         if ref is None:
-            return done(CheckResult(lang, "no_reference", n_samples=n,
-                                    detail=f"no P_ref at {self.key(lang, 'ref')}; set one with `compass ref set`"),
-                        **extra)
-        mismatch = self._comparable(lang, ref, snap)
+            return None, "missing", f"no P_ref at {self.key(lang, 'ref')}; set one with `compass ref set`"
+        mismatch = self._comparable(ref, snap)
         if mismatch:
             if lang not in self._mismatch_logged:
                 log.warning("%s: codebook_mismatch, not compared: %s", lang, mismatch)
                 self._mismatch_logged.add(lang)
-            return done(CheckResult(lang, "codebook_mismatch", n_samples=n, detail=mismatch), **extra)
+            return ref, "mismatch", mismatch
         self._mismatch_logged.discard(lang)
-        if ref.adapter_version != st.ref_adapter_version:
-            st.trigger = replace(st.trigger, armed=True)  # a new reference is a new baseline
-            st.ref_adapter_version = ref.adapter_version
-        if js is None:  # empty window: no P_mon (eq. 4)
-            return done(CheckResult(lang, "insufficient_samples", n_samples=0), **extra)
-        decision = decide(js, n, settings, st.trigger, now)
-        quality = self._quality_reading(lang, settings)
-        if settings.quality_signal != "none":
-            extra["quality_alarm"] = quality
-        if decision.fire and not combine(True, quality, settings.combine):
-            # rule "all": JS drifted but the quality stream shows no degradation; stay armed and wait for both
-            return done(CheckResult(lang, "awaiting_quality", js=js, n_samples=n,
-                                    detail="JS above theta; rule 'all' waits for the quality signal"), **extra)
-        st.trigger = decision.state
-        if decision.fire:
-            self._quality_alarm.discard(lang)
-            return done(self._detect(lang, lease, token, st, settings, snap, ref, js, now, "drift"), **extra)
-        if decision.reason == "below_threshold" and settings.combine == "any" and quality:
-            # the quality signal alone fires; min_samples, hysteresis and cooldown were honoured by decide()
-            self._quality_alarm.discard(lang)
-            return done(self._detect(lang, lease, token, st, settings, snap, ref, js, now, "quality"), **extra)
-        return done(CheckResult(lang, decision.reason, js=js, n_samples=n), **extra)
+        return ref, "ok", ""
 
-    def _record_history(self, lang: str, reading: dict[str, Any]) -> None:
-        """Append the check to the status page's JS history; a failure there never changes the check's outcome."""
-        try:
-            # the cap: DaemonConfig.history_js_max where the config defines it
-            history.record_check(self.client, lang, reading, self.prefix,
-                                 cap=self.dcfg.history_js_max)
-        except Exception as e:
-            log.warning("%s: JS history not recorded: %s", lang, e)
-            self.metrics.errors.labels(lang, "history").inc()
-
-    def _quality_reading(self, lang: str, settings: LanguageSettings) -> bool | None:
-        """Feed what producers pushed to ``{prefix}:{lang}:quality`` (RPUSH of numbers, e.g. NLL or a feedback
-        score) into the language's detector. None: no signal configured or no data yet; never raises."""
-        if settings.quality_signal == "none":
-            self._quality.pop(lang, None)
-            return None
-        try:
-            signal = self._quality.get(lang)
-            if signal is None or signal.kind != settings.quality_signal:
-                signal = self._quality[lang] = QualitySignal(settings.quality_signal)
-            raw = self.client.lpop(self.key(lang, "quality"), 10_000) or []
-            values = []
-            for item in raw:
-                try:
-                    value = float(item)
-                except (TypeError, ValueError):
-                    value = math.nan
-                if math.isfinite(value):
-                    values.append(value)
-                else:
-                    self.metrics.errors.labels(lang, "quality_value").inc()
-            if signal.feed(values):
-                self._quality_alarm.add(lang)
-        except Exception as e:  # the JS check must go on whatever the quality path does
-            self.metrics.errors.labels(lang, "quality").inc()
-            log.warning("%s: quality signal unavailable (%s); JS decides alone this check", lang, e)
-            return None
-        if lang in self._quality_alarm:
-            return True
-        return False if signal.n_seen else None
-
-    def _comparable(self, lang: str, ref: Reference, snap: WindowSnapshot) -> str:
+    @staticmethod
+    def _comparable(ref: Reference, snap: WindowSnapshot) -> str:
         """"" when the window can be compared with P_ref, else why not."""
         if snap.codebook_version is None:
             return ""  # no window yet: insufficient_samples, not a mismatch
@@ -461,10 +334,6 @@ class Daemon:
             return (f"window has {len(snap.counts)} buckets but P_ref has {ref.n_buckets} for codebook "
                     f"{ref.codebook_version!r}; rewrite P_ref with the codebook's bucket count")
         return ""
-
-    def _cooling(self, trig: TriggerState, settings: LanguageSettings, now: float) -> bool:
-        since = max((t for t in (trig.last_fired_at, trig.last_update_at) if t is not None), default=None)
-        return since is not None and now - since < settings.cooldown_s
 
     def _far_share(self, lang: str, snap: WindowSnapshot) -> float | None:
         """The far share, or None (unknown) when not measured; a failure is logged, counted, never raised."""
@@ -486,116 +355,155 @@ class Daemon:
             return None
         return share
 
-    # ------------------------------------------------------------------ reports from the worker
+    def _quality_reading(self, lang: str, settings: LanguageSettings) -> bool | None:
+        """Feed what producers pushed to ``{prefix}:{lang}:quality`` (RPUSH of numbers, e.g. NLL or a feedback
+        score) into the language's detector: True on a detection, False with data and none, None without a signal
+        configured or any data yet (or when the signal fails: logged, counted, never raised)."""
+        if settings.quality_signal == "none":
+            self._quality.pop(lang, None)
+            return None
+        try:
+            signal = self._quality.get(lang)
+            if signal is None or signal.kind != settings.quality_signal:
+                signal = self._quality[lang] = QualitySignal(settings.quality_signal)
+            values = []
+            for item in self.client.lpop(self.key(lang, "quality"), 10_000) or []:
+                try:
+                    value = float(item)
+                except (TypeError, ValueError):
+                    value = math.nan
+                if math.isfinite(value):
+                    values.append(value)
+                else:
+                    self.metrics.errors.labels(lang, "quality_value").inc()
+            detected = signal.feed(values)
+        except Exception as e:  # the JS check must go on whatever the quality path does
+            self.metrics.errors.labels(lang, "quality").inc()
+            log.warning("%s: quality signal unavailable (%s); JS decides alone this check", lang, e)
+            return None
+        if detected:
+            return True
+        return False if signal.n_seen else None
 
-    def _apply_reports(self, lang: str, st: LanguageStatus, now: float) -> None:
-        current = (st.job or {}).get("job_id")
-        for ev in drain_inbox(self.client, lang, self.prefix):
-            if ev.type == "adapter_promoted":
-                st.adapter_version = ev.data.get("adapter_version", st.adapter_version)
-                continue
-            if ev.job_id != current:
-                log.info("%s: ignored %s for job %s (waiting on %s)", lang, ev.type, ev.job_id, current)
-                continue
-            if ev.type == "update_started" and st.job is not None:
-                st.job["started_at"] = ev.at
-            elif ev.type == "adapter_rejected":
-                st.last_update = {"at": ev.at, "job_id": ev.job_id, "outcome": "rejected", **ev.data}
-            elif ev.type == "update_finished":
-                prior = st.last_update or {}
-                rejected = prior.get("job_id") == ev.job_id and prior.get("outcome") == "rejected"
-                st.last_update = {"at": ev.at, "job_id": ev.job_id, "outcome": "rejected" if rejected else "finished",
-                                  **ev.data}
-                st.phase, st.job = "idle", None
-                st.trigger = st.trigger.updated(ev.at)  # the cooldown runs from the worker's finish
-                log.info("%s: update %s finished; cooldown starts", lang, ev.job_id)
+    # ------------------------------------------------------------------ write
+
+    def _write(self, lease: LanguageLease, token: int, st: LanguageStatus, result: CheckResult, out: Step,
+               settings: LanguageSettings, read: _Read) -> bool:
+        """Record the check in ``st.last_check`` and write ``st`` fenced; False when a newer holder has written."""
+        obs, snap = read.obs, read.snap
+        threshold = out.threshold if out.threshold is not None else effective_threshold(st.drift, settings, snap.size)
+        st.last_check = {"at": obs.now, "state": result.state, "js": result.js, "n_samples": result.n_samples,
+                         "theta": settings.theta, "detail": result.detail, "detector": detector_mode(settings),
+                         "statistic": out.statistic, "threshold": threshold, "noise_share": obs.noise_share,
+                         "far_share": obs.far_share, "size": snap.size, "codebook_version": snap.codebook_version}
+        if settings.quality_signal != "none":
+            st.last_check.update(quality=obs.quality, quality_alarm=st.drift.quality_alarm)
+        return lease.fenced_set("status", st.to_json(), token)
+
+    def _finish(self, lang: str, st: LanguageStatus, result: CheckResult) -> CheckResult:
+        """Metrics and the status page's history of a written check."""
+        m, d = self.metrics, st.drift
+        m.updating.labels(lang).set(1 if d.phase == "updating" else 0)
+        m.stuck.labels(lang).set(1 if d.phase == "stuck" else 0)
+        m.failures.labels(lang).set(d.failures)
+        threshold = (st.last_check or {}).get("threshold")
+        if threshold is not None:
+            m.threshold.labels(lang).set(threshold)
+        if result.state not in UNMEASURED_STATES:
+            try:  # a failure there never changes the check's outcome
+                history.record_check(self.client, lang, st.last_check or {}, self.prefix, cap=self.dcfg.history_js_max)
+            except Exception as e:
+                log.warning("%s: JS history not recorded: %s", lang, e)
+                self.metrics.errors.labels(lang, "history").inc()
+        return result
 
     # ------------------------------------------------------------------ dispatch
 
-    def _detect(self, lang: str, lease: LanguageLease, token: int, st: LanguageStatus, settings: LanguageSettings,
-                snap: WindowSnapshot, ref: Reference | None, js: float | None, now: float, reason: str) -> CheckResult:
-        """A drift or quality detection: dispatch at once, or start settling (step 11 of the module doc)."""
-        if settings.settle_s <= 0:
-            return self._fire(lang, lease, token, st, settings, snap, ref, js, now, "adapter_update", reason)
-        if reason != "drift":  # decide() started drift's cooldown; a quality alarm starts it here
-            st.trigger = replace(st.trigger, last_fired_at=now)
-        st.phase, st.job = "settling", {"detected_at": now, "reason": reason, "js": js}
-        log.info("%s: %s detected (JS %s); settling %g s before freezing the window", lang, reason, js,
-                 settings.settle_s)
-        return CheckResult(lang, "settling", js=js, n_samples=snap.size,
-                           detail=f"{reason} detected; the window is frozen after settle_s {settings.settle_s:g}")
-
-    def _fire(
-        self,
-        lang: str,
-        lease: LanguageLease,
-        token: int,
-        st: LanguageStatus,
-        settings: LanguageSettings,
-        snap: WindowSnapshot,
-        ref: Reference | None,
-        js: float | None,
-        now: float,
-        kind: str,
-        reason: str,
-        reading: stale.StaleReading | None = None,
-    ) -> CheckResult:
-        """Freeze the window, mark ``updating`` (fenced), then publish; a failed publish reverts the mark."""
-        job_id = f"{lang}-{int(now * 1000)}-{uuid.uuid4().hex[:6]}"
+    def _dispatch(self, lang: str, lease: LanguageLease, token: int, before: LanguageStatus, st: LanguageStatus,
+                  out: Step, settings: LanguageSettings, read: _Read) -> CheckResult:
+        """Freeze the window, write ``updating`` (fenced), then publish; a failed publish reverts the check."""
+        obs, snap, ref, action = read.obs, read.snap, read.ref, out.action
+        job_id, now, kind = obs.job_id, obs.now, _JOB_KIND[action.kind]
         snapshot_key = self.key(lang, f"snapshot:{job_id}")
         ids = [qid for qid, _ in self.windows.recent(lang, limit=snap.size)] if snap.size else []
         frozen = {"counts": snap.counts.tolist(), "size": snap.size, "codebook_version": snap.codebook_version,
                   "offsets": snap.offsets, "ids": ids, "created_at": now}
         self.client.set(snapshot_key, json.dumps(frozen), ex=self.dcfg.snapshot_ttl_s)
+        st.drift = replace(st.drift, job={**(st.drift.job or {}), "snapshot_key": snapshot_key})
         job = UpdateJob(
             job_id=job_id, kind=kind, language=lang, codebook_version=snap.codebook_version,
-            adapter_version=ref.adapter_version if ref else None, snapshot_key=snapshot_key, js=js,
-            theta=settings.theta, reason=reason, n_samples=snap.size, created_at=now,
-            noise_share=reading.noise_share if reading else stale.noise_share(snap.counts) if snap.size else None,
-            far_share=reading.far_share if reading else None,
+            adapter_version=ref.adapter_version if ref else None, snapshot_key=snapshot_key, js=out.js,
+            theta=settings.theta, reason=action.reason, n_samples=snap.size, created_at=now,
+            noise_share=obs.noise_share, far_share=obs.far_share,
         )
-        before = LanguageStatus.from_json(st.to_json())
-        detection = st.job if st.phase == "settling" else None
-        if reason != "drift" and detection is None:  # drift got its state from decide(), a settled one at detection
-            st.trigger = replace(st.trigger, last_fired_at=now)
-        st.phase = "updating"
-        st.job = {"job_id": job_id, "kind": kind, "reason": reason, "enqueued_at": now, "started_at": None,
-                  "snapshot_key": snapshot_key}
-        st.last_trigger = {"at": now, "job_id": job_id, "kind": kind, "reason": reason, "js": js}
-        if not lease.fenced_set("status", st.to_json(), token):
+        result = CheckResult(lang, out.check, fired=True, job=job, js=out.js, n_samples=snap.size, detail=out.detail)
+        if not self._write(lease, token, st, result, out, settings, read):
             self.client.delete(snapshot_key)
-            return CheckResult(lang, "standby", js=js, n_samples=snap.size, detail="lease lost before dispatch")
+            self._give_back(lang, read)
+            return CheckResult(lang, "standby", js=out.js, n_samples=snap.size, detail="lease lost before dispatch")
+        mode = detector_mode(settings)
+        statistic = out.statistic if out.statistic is not None or mode == "sequential" else out.js
+        data = {"js": out.js, "theta": settings.theta, "threshold": st.last_check["threshold"],  # type: ignore[index]
+                "statistic": statistic, "detector": mode, "n_samples": snap.size, "reason": action.reason,
+                "kind": kind, "codebook_version": snap.codebook_version, "noise_share": job.noise_share,
+                "far_share": job.far_share}
+        if action.detection is not None:
+            data.update(detected_at=action.detection.get("detected_at"), detected_js=action.detection.get("js"))
         first = "recluster_needed" if kind == "recluster" else "drift_detected"
-        data = {"js": js, "theta": settings.theta, "n_samples": snap.size, "reason": reason, "kind": kind,
-                "codebook_version": snap.codebook_version, "noise_share": job.noise_share, "far_share": job.far_share}
-        if detection is not None:
-            data.update(detected_at=detection.get("detected_at"), detected_js=detection.get("js"))
         try:
             self.dispatcher.emit(Event(first, lang, now, job_id, data))
             self.dispatcher.send_job(job)
         except Exception as e:
-            log.error("%s: could not publish job %s (%s); `updating` reverted, retried on a later check", lang,
+            log.error("%s: could not publish job %s (%s); the check is reverted and retried on a later one", lang,
                       job_id, e)
             self.metrics.errors.labels(lang, "dispatch").inc()
-            st.__dict__.update(before.__dict__)
-            lease.fenced_set("status", st.to_json(), token)
             self.client.delete(snapshot_key)
-            return CheckResult(lang, "dispatch_failed", js=js, n_samples=snap.size, detail=str(e))
+            return self._revert(lang, lease, token, before, out, settings, read, str(e))
         try:
-            self.dispatcher.emit(Event("update_enqueued", lang, now, job_id, {"kind": kind, "reason": reason,
+            self.dispatcher.emit(Event("update_enqueued", lang, now, job_id, {"kind": kind, "reason": action.reason,
                                                                               "snapshot_key": snapshot_key}))
         except Exception as e:  # the job is out; only the notice is missing
             log.error("%s: job %s enqueued but update_enqueued not published: %s", lang, job_id, e)
             self.metrics.errors.labels(lang, "event").inc()
         self.metrics.jobs.labels(lang, kind).inc()
-        log.info("%s: %s job %s enqueued (reason %s, JS %s, n %d)", lang, kind, job_id, reason, js, snap.size)
-        state = "stale_clusters" if kind == "recluster" else reason
-        return CheckResult(lang, state, fired=True, job=job, js=js, n_samples=snap.size)
+        log.info("%s: %s job %s enqueued (reason %s, JS %s, n %d)%s", lang, kind, job_id, action.reason, out.js,
+                 snap.size, f": {out.detail}" if out.detail else "")
+        return self._finish(lang, st, result)
+
+    def _revert(self, lang: str, lease: LanguageLease, token: int, before: LanguageStatus, out: Step,
+                settings: LanguageSettings, read: _Read, why: str) -> CheckResult:
+        """Back to the state before the check: its reports, manual trigger and resume go back for the next one."""
+        self._give_back(lang, read)
+        st = LanguageStatus(before.drift, None, before.seen)
+        result = CheckResult(lang, "dispatch_failed", js=out.js, n_samples=read.snap.size, detail=why)
+        self._write(lease, token, st, result, replace(out, statistic=None, threshold=None), settings, read)
+        return self._finish(lang, st, result)
+
+    def _give_back(self, lang: str, read: _Read) -> None:
+        """Hand what a check took and did not act on (reports, a manual trigger, a resume) to the next check, this
+        replica's or the newer lease holder's."""
+        obs = read.obs
+        requeue_inbox(self.client, lang, self.prefix, read.drained)
+        for name, asked in (("force", obs.forced), ("resume", obs.resume)):
+            if asked:
+                self.client.set(self.key(lang, name), json.dumps({"at": obs.now, "by": self.owner, "requeued": True}))
+
+    def _emit_stuck(self, lang: str, st: LanguageStatus, now: float) -> None:
+        """``language_stuck`` on compass.events, an error in the log."""
+        stuck, last = st.stuck or {}, st.last_update or {}
+        log.error("%s: stuck: %s", lang, stuck.get("reason"))
+        data = {"reason": stuck.get("reason"), "failures": st.failures, "outcome": stuck.get("outcome")}
+        try:
+            self.dispatcher.emit(Event("language_stuck", lang, now, last.get("job_id"), data))
+        except Exception as e:
+            log.error("%s: language_stuck not published: %s", lang, e)
+            self.metrics.errors.labels(lang, "event").inc()
 
     # ------------------------------------------------------------------ views for the API
 
     def describe(self, lang: str) -> dict[str, Any]:
-        """What on-call reads about one language: window fill, JS, theta, state, adapter version, last trigger."""
+        """What on-call reads about one language: window fill, JS, the detector and its effective threshold, state,
+        stuck or backing off, adapter version, last trigger."""
         settings = self.languages.current.get(lang)
         st = self.status(lang)
         snap = self.windows.snapshot(lang)
@@ -607,21 +515,29 @@ class Daemon:
         except BadReference as e:
             ref_view = {"error": str(e)}
         last = st.last_check or {}
-        lease = self._lease(lang)
+        detector = detector_view(st.drift, settings, last.get("statistic"), last.get("threshold"))
+        if detector["effective_threshold"] is None:  # never checked since the lifecycle: what it would use now
+            detector["effective_threshold"] = effective_threshold(st.drift, settings, snap.size)
+        paused = self.is_paused(lang)
         return {
             "language": lang,
             "enabled": settings.enabled and lang in self.languages.current.languages,
-            "paused": self.is_paused(lang),
-            "state": "paused" if self.is_paused(lang) else st.phase if st.phase == "updating" else last.get("state"),
+            "paused": paused,
+            "state": "paused" if paused else st.phase if st.phase in ("updating", "stuck") else last.get("state"),
             "phase": st.phase,
             "window": {"size": snap.size, "window_size": settings.window_size,
                        "fill": snap.size / settings.window_size, "codebook_version": snap.codebook_version},
             "js": last.get("js"),
             "theta": settings.theta,
+            "effective_threshold": detector["effective_threshold"],
+            "detector": detector,
             "rearm_below": settings.rearm_below,
             "min_samples": settings.min_samples,
             "cooldown_s": settings.cooldown_s,
             "armed": st.trigger.armed,
+            "failures": st.failures,
+            "retry_at": st.retry_at,
+            "stuck": st.stuck,
             "noise_share": last.get("noise_share"),
             "reference": ref_view,
             "adapter_version": st.adapter_version or (ref_view or {}).get("adapter_version"),
@@ -629,7 +545,7 @@ class Daemon:
             "last_check": st.last_check,
             "last_trigger": st.last_trigger,
             "last_update": st.last_update,
-            "lease_holder": lease.holder(),
+            "lease_holder": self._lease(lang).holder(),
         }
 
     def known_languages(self) -> list[str]:

@@ -7,7 +7,7 @@ Two shares of the window, each compared with its configured level (``daemon.stal
 - far share: the share of recent points farther from every centroid than a calibrated distance, the
   ``stale_distance_quantile`` quantile of the training points' distances to their nearest centroid. The service
   measures it in cosine distance (``consumers.codebook``: the quantiles are recorded in the codebook's manifest
-  when it is published, ``daemon.service.RecentFarShare`` applies them); the Euclidean helpers below compute the
+  when it is published, ``daemon.farshare.RecentFarShare`` applies them); the Euclidean helpers below compute the
   same on arbitrary vectors.
 
 Either past its level means re-clustering, not an adapter update: an adapter trained on clusters that no

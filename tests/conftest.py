@@ -118,9 +118,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def make_daemon(services: Services, topic_factory: Callable[..., str], tmp_path, redis: Redis):
+def make_daemon(services: Services, topic_factory: Callable[..., str], redis: Redis):
     """make(languages_yaml, name, **section_updates): a Daemon on fresh job/event topics with a 1 s check interval,
-    stopped at teardown. ``section_updates`` replace whole ServiceConfig sections (e.g. ``adapters=...``)."""
+    stopped at teardown, checking the languages of ``languages_yaml`` (a ``LanguagesConfig``, held as given).
+    ``section_updates`` replace whole ServiceConfig sections (e.g. ``adapters=...``)."""
+    import yaml
+
+    from compass.config import LanguagesConfig
     from daemon.service import Daemon
 
     made = []
@@ -133,9 +137,8 @@ def make_daemon(services: Services, topic_factory: Callable[..., str], tmp_path,
                                                      "events_group_id": f"test-{name}-{uuid.uuid4().hex[:8]}"}),
             **section_updates,
         })
-        path = tmp_path / "languages.yaml"
-        path.write_text(languages_yaml)
-        made.append(Daemon(cfg, path, owner=f"{name}-test"))
+        languages = LanguagesConfig.model_validate(yaml.safe_load(languages_yaml))
+        made.append(Daemon(cfg, languages, owner=f"{name}-test"))
         return made[-1]
 
     yield make

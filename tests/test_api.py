@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 from consumers.window import Assignment, WindowStore
 from daemon.api.app import TOKEN_ENV, create_app
 from daemon.cli import app as cli_app
+from daemon.dispatch import inbox_key
+from daemon.messages import Event, encode
 from daemon.reference import get_reference, set_reference
 
 LANGS = """
@@ -65,7 +67,8 @@ def test_pause_resume_trigger_and_views(client, daemon, redis, monkeypatch):
     assert daemon.check("sw").state == "paused"
     r = client.post("/v1/languages/sw/trigger", headers=auth)
     assert (r.status_code, r.json()["state"], r.json()["fired"]) == (409, "paused", False)
-    assert client.post("/v1/languages/sw/resume", headers=auth).json() == {"language": "sw", "paused": False}
+    assert client.post("/v1/languages/sw/resume", headers=auth).json() == {"language": "sw", "paused": False,
+                                                                            "stuck": False}
 
     r = client.post("/v1/languages/sw/trigger", headers=auth)
     body = r.json()
@@ -79,6 +82,7 @@ def test_pause_resume_trigger_and_views(client, daemon, redis, monkeypatch):
     rows = client.get("/v1/languages").json()["languages"]
     assert [(r["language"], r["enabled"], r["state"], r["fill"]) for r in rows] == [
         ("sw", True, "updating", 1.0), ("yo", False, None, 0.0)]
+    assert [(r["phase"], r["effective_threshold"]) for r in rows] == [("updating", 0.2), ("idle", 0.2)]
     r = client.get("/v1/languages/xx")
     assert r.status_code == 404 and "unknown language 'xx'" in r.json()["detail"]
 
@@ -109,3 +113,37 @@ def test_route_on_the_daemon_app(make_daemon, tmp_path):
     assert (body["language"], body["adapter"], body["version"], body["kind"]) == ("sw", None, None, "base")
     r = client.post("/v1/route", json={"text": "   "})
     assert r.status_code == 422 and "text" in r.text
+
+
+STUCK_LANGS = """
+defaults: {min_samples: 4, window_size: 4, theta: 0.2, cooldown_s: 100, max_rejections: 1}
+languages:
+  sw: {}
+"""
+
+
+def test_resume_clears_a_stuck_language(make_daemon, redis, monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    daemon = make_daemon(STUCK_LANGS, "stuck")
+    client = TestClient(create_app(daemon))
+    set_reference(redis, "sw", probs=[0.5, 0.5, 0.0], codebook_version="v1", adapter_version="a1")
+    items = [Assignment(f"q{i}", 0, "compass.queries", 0, i, f"t{i}") for i in range(4)]
+    WindowStore(redis).apply_batch({"sw": (4, items)}, "v1", 3)
+    t0 = 1_000_000.0
+    job = daemon.check("sw", t0).job
+    # the worker's report, as the events poller queues it: the update failed, one is max_rejections
+    redis.rpush(inbox_key("sw", "compass"), encode(Event("update_finished", "sw", t0 + 5, job.job_id, {"ok": False})))
+    assert daemon.check("sw", t0 + 6).state == "stuck"
+    view = client.get("/v1/languages/sw").json()
+    assert (view["state"], view["phase"], view["failures"]) == ("stuck", "stuck", 1)
+    assert "resume with POST /v1/languages/<lang>/resume" in view["stuck"]["reason"]
+    assert 'compass_daemon_stuck{language="sw"} 1.0' in client.get("/metrics").text
+
+    r = client.post("/v1/languages/sw/resume", headers=auth)
+    assert (r.status_code, r.json()) == (200, {"language": "sw", "paused": False, "stuck": True})
+    r = daemon.check("sw", t0 + 6 + 100)  # resumed: armed, failures cleared; the window still drifts
+    assert (r.state, r.fired) == ("drift", True)
+    view = client.get("/v1/languages/sw").json()
+    assert (view["phase"], view["failures"], view["stuck"]) == ("updating", 0, None)
+    assert 'compass_daemon_stuck{language="sw"} 0.0' in client.get("/metrics").text

@@ -23,16 +23,19 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from compass.cluster import make_clusterer
+from compass.config import load_languages
 from consumers.clients import kafka_producer
 from consumers.codebook import CodebookStore
 from consumers.window import Assignment, WindowStore
-from daemon import stale
+from daemon import history, stale
+from daemon.dispatch import Dispatcher, inbox_key
 from daemon.messages import BadMessage, Event, UpdateJob, decode_event, decode_job, encode
 from daemon.reference import BadReference, get_reference, set_reference
+from daemon.reload import ReloadingLanguages
 from daemon.service import Daemon
 
 LANGS = """
-defaults: {min_samples: 4, window_size: 4, theta: 0.2, rearm_ratio: 0.5, cooldown_s: 100}
+defaults: {min_samples: 4, window_size: 4, theta: 0.2, rearm_ratio: 0.5, max_rejections: 2, cooldown_s: 100}
 languages:
   sw: {}
   yo: {theta: 1.0}
@@ -64,7 +67,7 @@ def make_daemon(cfg, langs_path, redis):
     made: list[Daemon] = []
 
     def make(owner: str = "daemon-a", config=None, **kwargs) -> Daemon:
-        d = Daemon(config or cfg, langs_path, owner=owner, **kwargs)
+        d = Daemon(config or cfg, ReloadingLanguages(langs_path), owner=owner, **kwargs)
         made.append(d)
         return d
 
@@ -262,10 +265,15 @@ def test_updating_times_out(make_daemon, redis, cfg):
     fill(redis, "sw", [0, 0, 0, 0])
     first = d.check("sw", T0).job
     assert d.check("sw", T0 + 500).state == "updating"  # not past the timeout yet
-    r = d.check("sw", T0 + 501)  # timed out: cleared, re-armed; cooldown since the trigger (100 s) is over
-    assert r.state == "drift" and r.job.job_id != first.job_id
+    # timed out: cleared and re-armed, but a timeout is an unsuccessful update: the next one waits the backoff
+    # cooldown_s * 2^(failures-1) = 100 s from the timeout (before the lifecycle it fired again at once)
+    r = d.check("sw", T0 + 501)
+    assert r.state == "backoff" and not r.fired
     st = d.status("sw")
     assert st.last_update == {"at": T0 + 501, "job_id": first.job_id, "outcome": "timeout"}
+    assert (st.phase, st.failures, st.retry_at, st.trigger.armed) == ("idle", 1, T0 + 601, True)
+    r = d.check("sw", T0 + 601)
+    assert r.state == "drift" and r.job.job_id != first.job_id
     assert len(jobs(cfg)) == 2
 
 
@@ -377,6 +385,177 @@ def test_reference_validation(redis):
         set_reference(redis, "sw", codebook_version="v1", adapter_version="a1")
     with pytest.raises(BadReference, match="adapter_version: got ''"):
         set_reference(redis, "sw", counts=[1], codebook_version="v1", adapter_version="")
+
+
+# ------------------------------------------------------------------------------------------ lifecycle wiring
+# The decisions are tested as tables in tests/test_lifecycle.py; these check what the daemon reads, stores and
+# publishes around them.
+
+
+def reject(cfg, d: Daemon, job: UpdateJob, at: float) -> None:
+    """The worker's reports of a candidate the gate rejected: adapter_rejected, then update_finished."""
+    report(cfg, d, Event("adapter_rejected", "sw", at, job.job_id, {"adapter_version": "cand",
+                                                                  "reasons": ["retention -7% < margin"]}))
+    report(cfg, d, Event("update_finished", "sw", at + 1, job.job_id, {"ok": True}))
+
+
+def gauge(d: Daemon, name: str, lang: str = "sw") -> float | None:
+    return d.metrics.registry.get_sample_value(name, {"language": lang})
+
+
+def test_a_rejected_update_backs_off_then_fires_again(make_daemon, redis, cfg):
+    d = make_daemon()
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    first = d.check("sw", T0).job
+    reject(cfg, d, first, T0 + 10)
+    # a failure re-arms; the next update waits cooldown_s * 2^0 = 100 s from the finish (T0 + 11)
+    r = d.check("sw", T0 + 110)
+    assert (r.state, r.fired) == ("backoff", False)
+    st = d.status("sw")
+    assert (st.phase, st.failures, st.retry_at, st.trigger.armed) == ("idle", 1, T0 + 111, True)
+    assert st.last_update["outcome"] == "rejected" and st.last_update["job_id"] == first.job_id
+    assert gauge(d, "compass_daemon_failures") == 1.0 and gauge(d, "compass_daemon_stuck") == 0.0
+    view = d.describe("sw")
+    assert (view["state"], view["failures"], view["retry_at"], view["stuck"]) == ("backoff", 1, T0 + 111, None)
+    r = d.check("sw", T0 + 111)
+    assert (r.state, r.fired) == ("drift", True) and r.job.job_id != first.job_id
+    assert len(jobs(cfg)) == 2
+
+
+def test_max_rejections_make_the_language_stuck_until_resumed(make_daemon, redis, cfg):
+    d = make_daemon()  # max_rejections 2
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    reject(cfg, d, d.check("sw", T0).job, T0 + 10)
+    second = d.check("sw", T0 + 111).job
+    reject(cfg, d, second, T0 + 120)
+    r = d.check("sw", T0 + 130)
+    assert (r.state, r.fired) == ("stuck", False) and "2 updates in a row did not promote" in r.detail
+    stuck = [e for e in events(cfg) if e.type == "language_stuck"]
+    assert [(e.language, e.job_id, e.data["failures"], e.data["outcome"]) for e in stuck] == [
+        ("sw", second.job_id, 2, "rejected")]
+    assert stuck[0].data["reason"] == r.detail
+    assert gauge(d, "compass_daemon_stuck") == 1.0 and gauge(d, "compass_daemon_failures") == 2.0
+    view = d.describe("sw")
+    assert (view["state"], view["phase"], view["failures"]) == ("stuck", "stuck", 2)
+    assert view["stuck"]["at"] == T0 + 121 and view["stuck"]["reason"] == r.detail
+
+    assert d.check("sw", T0 + 10_000).state == "stuck"  # no automatic update, no second event
+    assert len(jobs(cfg)) == 2 and sum(e.type == "language_stuck" for e in events(cfg)) == 1
+    assert d.resume("sw") is True
+    r = d.check("sw", T0 + 10_001)  # failures cleared, trigger armed: the window still drifts
+    assert (r.state, r.fired) == ("drift", True)
+    st = d.status("sw")
+    assert (st.phase, st.failures, st.stuck) == ("updating", 0, None)
+    assert gauge(d, "compass_daemon_stuck") == 0.0 and gauge(d, "compass_daemon_failures") == 0.0
+    assert d.resume("sw") is False  # not stuck: only un-paused
+
+
+DETECTOR_LANGS = """
+defaults: {min_samples: 4, window_size: 4, theta: 0.2, rearm_ratio: 0.5, cooldown_s: 100, burn_in: 8,
+           false_alarm_every: 100}
+languages:
+  sw: {threshold: calibrated}
+  yo: {detector: sequential}
+"""
+
+
+def test_a_calibrated_threshold_is_learned_after_the_burn_in(make_daemon, redis, cfg, langs_path):
+    langs_path.write_text(DETECTOR_LANGS)
+    d = make_daemon()
+    ref(redis)
+    fill(redis, "sw", [0, 1, 0, 1])
+    assert d.check("sw", T0).state == "calibrating"  # the first check reads the whole window: 4 of 8 queries
+    st = d.status("sw")
+    assert st.seen == 4 and st.drift.burn_in.seen == 4 and st.drift.threshold is None
+    view = d.describe("sw")
+    assert view["effective_threshold"] == 0.2 and view["detector"]["calibrating"] is True
+    assert view["detector"]["burn_in"] == {"seen": 4, "of": 8, "done": False}
+    assert d.check("sw", T0 + 1).state == "calibrating"  # nothing new in the window: the burn-in waits
+    assert d.status("sw").drift.burn_in.seen == 4
+
+    fill(redis, "sw", [0, 1, 0, 1])  # 4 more: the burn-in completes and the threshold is calibrated
+    r = d.check("sw", T0 + 2)
+    assert (r.state, r.js) == ("below_threshold", 0.0)
+    st = d.status("sw")
+    learned = st.drift.threshold.at(4)
+    assert st.seen == 8 and st.last_check["threshold"] == learned and st.last_check["detector"] == "calibrated"
+    view = d.describe("sw")
+    assert view["detector"]["calibrating"] is False and view["detector"]["burn_in"]["done"] is True
+    assert view["effective_threshold"] == learned and "quantile of" in view["detector"]["how"]
+    assert gauge(d, "compass_daemon_threshold") == learned
+    # four queries in one of two equally likely clusters are common enough that the 100-query budget
+    # puts the threshold at or above their JS: what theta 0.2 would call drift is not one here
+    assert learned >= JS_DRIFT - 1e-12
+    fill(redis, "sw", [0, 0, 0, 0])
+    r = d.check("sw", T0 + 3)
+    assert r.state == "below_threshold" and r.js == pytest.approx(JS_DRIFT, abs=1e-12)
+    last = history.js_history(redis, "sw")[-1]
+    assert (last["detector"], last["threshold"], last["state"]) == ("calibrated", learned, "below_threshold")
+    assert jobs(cfg) == []
+
+
+def test_the_sequential_detector_fires_on_a_shifted_window(make_daemon, redis, cfg, langs_path):
+    langs_path.write_text(DETECTOR_LANGS)
+    d = make_daemon()
+    ref(redis, "yo", probs=(0.5, 0.5, 0.0, 0.0))  # clusters 0-2 and noise 3
+    for i in range(2):  # the burn-in: 8 queries in clusters 0 and 1
+        fill(redis, "yo", [0, 1, 0, 1], n_buckets=4)
+        assert d.check("yo", T0 + i).state == ("calibrating", "below_threshold")[i]
+    cusum = d.status("yo").drift.cusum
+    assert cusum is not None and cusum.h == pytest.approx(math.log(100))
+    # p0 = (4.5, 4.5, 0.5, 0.5) / 10 (Jeffreys); a shift to cluster 2: q(2) = (e + 0.5) / (t + 10) with e = t the
+    # decayed count of the earlier cluster-2 queries (memory 20: decay 0.95), S = sum of ln(q(2) / 0.05)
+    decayed = [sum(0.95**j for j in range(i)) for i in range(4)]
+    s4 = sum(math.log((e + 0.5) / (e + 10) / 0.05) for e in decayed)
+    fill(redis, "yo", [2, 2, 2, 2], n_buckets=4)
+    r = d.check("yo", T0 + 2)  # JS is 1 (disjoint supports), but the CUSUM decides: 4.07 nats < ln 100
+    assert (r.state, r.js) == ("below_threshold", 1.0)
+    assert d.status("yo").last_check["statistic"] == pytest.approx(s4, abs=1e-9) and s4 < math.log(100)
+    fill(redis, "yo", [2, 2, 2, 2], n_buckets=4)
+    r = d.check("yo", T0 + 3)
+    assert (r.state, r.fired, r.job.reason) == ("drift", True, "drift")
+    [ev] = [e for e in events(cfg) if e.type == "drift_detected"]
+    assert (ev.data["detector"], ev.data["threshold"]) == ("sequential", pytest.approx(math.log(100)))
+    assert ev.data["statistic"] > math.log(100) and ev.data["js"] == 1.0
+    assert d.status("yo").drift.cusum.stat == 0.0  # reset with the dispatch
+
+
+def test_a_failed_publish_reverts_the_check(make_daemon, redis, cfg):
+    class Down(Dispatcher):
+        def send_job(self, job: UpdateJob) -> None:
+            raise ConnectionError("broker unreachable")
+
+    d = make_daemon(dispatcher=Down(cfg.kafka))
+    ref(redis)
+    fill(redis, "sw", [0, 1, 0, 1])
+    redis.rpush(inbox_key("sw", "compass"), encode(Event("adapter_promoted", "sw", T0, "sw-x", {"adapter_version": "a7"})))
+    d.request_trigger("sw")
+    r = d.check("sw", T0)
+    assert (r.state, r.fired, r.detail) == ("dispatch_failed", False, "broker unreachable")
+    st = d.status("sw")
+    assert (st.phase, st.adapter_version, st.seen, st.last_check["state"]) == ("idle", None, None, "dispatch_failed")
+    assert redis.llen(inbox_key("sw", "compass")) == 1 and redis.exists("compass:{sw}:force")  # for the next check
+    assert redis.keys("compass:{sw}:snapshot:*") == []
+    d.dispatcher = Dispatcher(cfg.kafka)
+    r = d.check("sw", T0 + 1)
+    assert (r.state, r.fired, r.job.reason) == ("manual", True, "manual")
+    assert d.status("sw").adapter_version == "a7" and [j.job_id for j in jobs(cfg)] == [r.job.job_id]
+
+
+def test_status_written_before_the_lifecycle_still_loads(make_daemon, redis):
+    old = {"trigger": {"armed": False, "last_fired_at": T0, "last_update_at": None}, "phase": "idle", "job": None,
+           "ref_adapter_version": "a1", "adapter_version": "a1", "last_check": {"at": T0, "state": "drift"},
+           "last_trigger": {"at": T0, "job_id": "j0"}, "last_update": None}
+    redis.set("compass:{sw}:status", json.dumps(old))
+    d = make_daemon()
+    st = d.status("sw")
+    assert (st.trigger.armed, st.trigger.last_fired_at, st.drift.ref_id, st.last_check["state"], st.seen) == (
+        False, T0, "a1", "drift", None)
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    assert d.check("sw", T0 + 200).state == "disarmed"  # the same reference: hysteresis still holds
 
 
 # ------------------------------------------------------------------------------------------ pure parts
@@ -556,7 +735,7 @@ languages:
 def quality_daemon(cfg, tmp_path):
     path = tmp_path / "quality-languages.yaml"
     path.write_text(QUALITY_LANGS)
-    d = Daemon(cfg, path, owner="daemon-q")
+    d = Daemon(cfg, load_languages(path), owner="daemon-q")
     yield d
     d.stop()
 

@@ -196,3 +196,29 @@ def test_badges_of_states_and_phases():
     assert [badge(s, p) for s, p in [("settling", "settling"), ("drift", "updating"), ("below_threshold", "idle"),
                                      ("paused", "updating"), ("insufficient_samples", "idle"), ("new", "idle")]] == [
         "drift", "updating", "ok", "paused", "warming", "unknown"]
+    assert [badge(s, p) for s, p in [("stuck", "stuck"), ("below_threshold", "stuck"), ("calibrating", "idle"),
+                                     ("backoff", "idle")]] == ["stuck", "stuck", "warming", "cooldown"]
+
+
+def test_page_shows_a_stuck_language_and_a_calibrated_threshold(server, browser, daemon, redis):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from compass.drift.lifecycle import DriftState
+    from daemon.state import LanguageStatus
+
+    reason = "3 updates in a row did not promote (last: rejected); resume with POST /v1/languages/<lang>/resume"
+    drift = DriftState(phase="stuck", failures=3, stuck={"at": T0, "reason": reason, "outcome": "rejected"})
+    redis.set("compass:{es}:status", LanguageStatus(drift, {"at": T0, "state": "stuck", "threshold": 0.15}).to_json())
+    for i, thr in enumerate((0.21, 0.22, 0.23)):  # a calibrated detector's effective threshold, per check
+        record_check(redis, "es", {"at": T0 + 60 * i, "js": 0.05, "theta": 0.15, "n_samples": 8,
+                                   "state": "below_threshold", "detector": "calibrated", "threshold": thr,
+                                   "statistic": 0.05}, daemon.prefix)
+    browser.get(server + "/")
+    card = WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#card-es .stuck-reason"))
+    es = browser.find_element(By.ID, "card-es")
+    assert es.get_attribute("data-badge") == "stuck" and es.find_element(By.CSS_SELECTOR, ".badge.stuck").text
+    assert reason in card[0].text
+    assert es.find_element(By.CSS_SELECTOR, "svg.js-chart polyline.threshold-line").get_attribute("data-points") == "3"
+    assert "fixed · 0.150" in es.text  # the detector fact: mode and effective threshold
+    assert browser.find_element(By.ID, "error").is_displayed() is False

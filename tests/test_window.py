@@ -348,3 +348,45 @@ def test_quality_scores_are_pushed_once_in_order(redis, monkeypatch):
     for bad in (float("nan"), float("inf"), True, "0.5"):
         with pytest.raises(WindowInputError, match="quality must be a finite number or None"):
             Assignment("q", 0, TOPIC, 0, 1, quality=bad)  # type: ignore[arg-type]
+
+
+def test_seen_counts_every_applied_item_and_the_tail_follows_a_cursor(redis):
+    store = WindowStore(redis)
+    store.apply("en", 4, "v1", 4, items([(0, 0), (1, 1), (2, 2)]))  # window [0, 1, 2]
+    first = store.snapshot("en", since=0)  # a first read: the whole window is new
+    assert (first.seen, first.tail.tolist(), first.size) == (3, [0, 1, 2], 3)
+    plain = store.snapshot("en")  # without a cursor: no tail, the rest as before
+    assert (plain.seen, plain.tail.tolist(), plain.counts.tolist()) == (3, [], [1, 1, 1, 0])
+
+    # a duplicate is not seen; two new items evict the oldest: window [1, 2, 3, 3] after [0, 1, 2] + [3, 3]
+    r = store.apply("en", 4, "v1", 4, items([(2, 2), (3, 3), (3, 4)]))
+    assert r == ApplyResult(applied=2, duplicates=1, evicted=1)
+    snap = store.snapshot("en", since=first.seen)
+    assert (snap.seen, snap.tail.tolist(), snap.counts.tolist()) == (5, [3, 3], [0, 1, 1, 2])
+    assert store.snapshot("en", since=snap.seen).tail.tolist() == []  # nothing new
+    assert redis.hget(store.keys("en")["meta"], "seen") == b"5"
+
+    # more new items than the window holds: the tail is what the window still has, oldest first
+    store.apply("en", 4, "v1", 4, items([(0, 5), (1, 6), (2, 7), (0, 8), (1, 9), (2, 10)]))  # window [2, 0, 1, 2]
+    snap2 = store.snapshot("en", since=snap.seen)
+    assert (snap2.seen, snap2.tail.tolist()) == (11, [2, 0, 1, 2])
+    # a newer lineage resets the window, never `seen`
+    store.apply("en", 4, "v2", 4, items([(1, 11)]))
+    snap3 = store.snapshot("en", since=snap2.seen)
+    assert (snap3.seen, snap3.tail.tolist(), snap3.size) == (12, [1], 1)
+
+
+def test_tail_after_a_reset_and_of_a_window_without_seen(redis):
+    store = WindowStore(redis)
+    store.apply("en", 5, "v1", 3, items([(0, 0), (1, 1)]))
+    store.reset("en")  # `seen` goes with the meta hash: a cursor past it gets the whole window
+    store.apply("en", 5, "v1", 3, items([(2, 0)]))
+    assert (store.snapshot("en", since=2).seen, store.snapshot("en", since=2).tail.tolist()) == (1, [2])
+    # a window written by code before `seen` existed: its items count as seen, then new ones add to them
+    redis.hdel(store.keys("en")["meta"], "seen")
+    assert store.snapshot("en", since=0).seen == 1
+    store.apply("en", 5, "v1", 3, items([(1, 1), (0, 2)]))
+    snap = store.snapshot("en", since=1)
+    assert (snap.seen, snap.tail.tolist()) == (3, [1, 0])
+    with pytest.raises(WindowInputError, match="since must be an integer >= 0"):
+        store.snapshot("en", since=-1)

@@ -375,7 +375,8 @@ def _apply_reports(st: DriftState, reports: tuple[Report, ...], settings: Langua
             st = replace(st, last_update={"at": ev.at, "job_id": ev.job_id, "outcome": "rejected", **ev.data})
         elif ev.type == "update_finished":
             prior = st.last_update or {}
-            rejected = prior.get("job_id") == ev.job_id and prior.get("outcome") == "rejected"
+            rejected = (prior.get("job_id") == ev.job_id and prior.get("outcome") == "rejected") or \
+                ev.data.get("outcome") == "rejected"  # the worker says so even when its adapter_rejected was lost
             failed = ev.data.get("ok") is False or ev.data.get("outcome") == "failed"
             outcome = "rejected" if rejected else "failed" if failed else "finished"
             st = replace(st, phase="idle", job=None,

@@ -6,10 +6,11 @@
   GET  /healthz                          the process answers
   GET  /readyz                           Kafka and Redis reachable (503 naming the one that is not)
   GET  /metrics                          Prometheus text format
-  GET  /v1/languages                     every configured language (or with a window): state, JS, theta, fill
+  GET  /v1/languages                     every configured language (or with a window): state, phase, JS, theta,
+                                         the detector's effective threshold, fill
   GET  /v1/languages/{lang}              one language in full
   POST /v1/languages/{lang}/pause        stop checks acting on the language (all replicas)
-  POST /v1/languages/{lang}/resume
+  POST /v1/languages/{lang}/resume       un-pause; a stuck language is resumed on its next check (failures cleared)
   POST /v1/languages/{lang}/trigger      enqueue an adapter update now (reason ``manual``)
   POST /v1/route                         {"text", "lang"?} -> routing decision (§3.2.5; registry re-read every 10 s)
   GET  /openapi.json, /docs              FastAPI's OpenAPI document
@@ -87,8 +88,9 @@ def create_app(daemon: Daemon) -> FastAPI:
         rows = []
         for lang in daemon.known_languages():
             d = daemon.describe(lang)
-            rows.append({k: d[k] for k in ("language", "enabled", "paused", "state", "js", "theta", "armed",
-                                          "adapter_version", "last_trigger")} | {"fill": d["window"]["fill"]})
+            rows.append({k: d[k] for k in ("language", "enabled", "paused", "state", "phase", "js", "theta",
+                                          "effective_threshold", "armed", "adapter_version", "last_trigger")}
+                        | {"fill": d["window"]["fill"]})
         return {"languages": rows}
 
     @app.get("/v1/languages/{lang}")
@@ -102,8 +104,8 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @app.post("/v1/languages/{lang}/resume", dependencies=[Depends(require_token)])
     def resume(lang: str) -> dict[str, Any]:
-        daemon.resume(known(lang))
-        return {"language": lang, "paused": False}
+        stuck = daemon.resume(known(lang))  # a stuck language resumes on its next check (any replica's)
+        return {"language": lang, "paused": False, "stuck": stuck}
 
     @app.post("/v1/languages/{lang}/trigger", dependencies=[Depends(require_token)])
     async def trigger(lang: str) -> JSONResponse:

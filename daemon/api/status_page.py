@@ -2,7 +2,8 @@
 
 The page (``daemon/api/static/status.html``: inline CSS and JS drawing SVG, nothing fetched from outside, the
 machines are offline) polls ``/v1/status`` and shows one card per language: JS(P_ref || P_mon) over time against
-theta (eq. 5, eq. 6) with trigger markers, the window's cluster proportions P_mon (eq. 4) against P_ref (eq. 3),
+theta (eq. 5, eq. 6) and the effective threshold of a calibrated detector, with trigger markers, the detector's
+mode, effective threshold and burn-in progress, the window's cluster proportions P_mon (eq. 4) against P_ref (eq. 3),
 the adapter versions and promotions of the registry, and the events timeline (daemon/history.py).
 
 One language's failure (a corrupt window, an unreadable registry) is reported in its card, never a 500.
@@ -33,8 +34,9 @@ FIRED_STATES = ("drift", "manual", "quality", "stale_clusters")
 _BADGES = {
     "ok": ("below_threshold", "rearmed", "disarmed"),
     "drift": (*FIRED_STATES, "awaiting_quality", "settling"),
-    "cooldown": ("cooldown",),
-    "warming": ("insufficient_samples",),
+    "cooldown": ("cooldown", "backoff"),  # backoff: the longer wait after unsuccessful updates
+    "warming": ("insufficient_samples", "calibrating"),  # calibrating: a burn-in learns the threshold
+    "stuck": ("stuck",),  # max_rejections updates did not promote: ops must act (POST .../resume)
     "attention": ("no_reference", "bad_reference", "codebook_mismatch", "dispatch_failed", "error"),
     "standby": ("standby",),
     "paused": ("paused",),
@@ -44,11 +46,11 @@ BADGE_OF = {state: badge for badge, states in _BADGES.items() for state in state
 
 
 def badge(state: str | None, phase: str | None) -> str:
-    """The one word on a card's badge: ok, drift, updating, cooldown, warming, attention, standby, paused, ..."""
+    """The one word on a card's badge: ok, drift, updating, stuck, cooldown, warming, attention, standby, paused..."""
     if state == "paused":
         return "paused"
-    if phase == "updating":
-        return "updating"
+    if phase in ("updating", "stuck"):
+        return phase
     return BADGE_OF.get(state or "", "unknown")
 
 

@@ -24,6 +24,7 @@ def daemon(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, int
     from compass.config import DEFAULT_LANGUAGES, load_service_config
     from consumers.clients import ensure_topics
     from daemon.api import create_app
+    from daemon.reload import ReloadingLanguages
     from daemon.service import Daemon
 
     cfg = load_service_config(config)
@@ -31,8 +32,9 @@ def daemon(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, int
         raise typer.BadParameter(f"--interval {interval} s is not below daemon.lease_ttl_ms "
                                  f"({cfg.daemon.lease_ttl_ms} ms); lower it or raise lease_ttl_ms")
     ensure_topics(cfg.kafka, [cfg.kafka.jobs_topic, cfg.kafka.events_topic])
-    d = Daemon(cfg, languages or DEFAULT_LANGUAGES)
-    d.languages.install_sighup()
+    reloading = ReloadingLanguages(languages or DEFAULT_LANGUAGES)  # hot reload: a changed file, or SIGHUP
+    reloading.install_sighup()
+    d = Daemon(cfg, reloading)
     d.start(interval)
     server = uvicorn.Server(uvicorn.Config(create_app(d), host=cfg.http.host, port=cfg.http.port,
                                            log_level="info", lifespan="off"))

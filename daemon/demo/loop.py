@@ -395,7 +395,7 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
     from daemon.worker import Worker
 
     monitor = Monitor(cfg, langs, embedder=make_embedder(cfg.embedder), group_id=f"compass-demo-monitor-{run_id}")
-    daemon = Daemon(cfg, languages_path)
+    daemon = Daemon(cfg, langs)
     worker = Worker(cfg, langs, client=client, model=model, tokenizer=tokenizer)
     events = EventLog(cfg, say).start()
     since = time.time()
