@@ -387,3 +387,27 @@ def test_redis_cluster_needs_db_0(tmp_path):
     with pytest.raises(ValidationError, match=r"cluster true needs db 0 .*got db 1"):
         RedisConfig(cluster=True, db=1)
     assert RedisConfig(db=1).cluster is False  # db 1 is fine on a single Redis
+
+
+def test_detection_keys_validate_with_the_field_the_value_and_the_fix(tmp_path):
+    path = _write(tmp_path, "langs.yaml", """
+        defaults: {detector: sequential, false_alarm_every: 20000, burn_in: 300, max_rejections: 2}
+        languages:
+          sw: {threshold: calibrated, detector: js}
+          yo: {detector: cusum, false_alarm_every: 10, max_rejections: 0}
+        """)
+    kind, problems = check_file(path)
+    assert [p.split(":")[0] for p in problems] == ["languages.yo.detector", "languages.yo.false_alarm_every",
+                                                   "languages.yo.max_rejections"]
+    assert "got 'cusum'" in problems[0] and "js (JS over the window" in problems[0]
+    assert "got 10" in problems[1] and ">= 100" in problems[1]
+    good = load_languages(_write(tmp_path, "ok.yaml", """
+        defaults: {detector: sequential, false_alarm_every: 20000, burn_in: 300, max_rejections: 2}
+        languages:
+          sw: {threshold: calibrated, detector: js}
+          en: {}
+        """))
+    sw, en = good.get("sw"), good.get("en")
+    assert (sw.detector, sw.threshold, sw.false_alarm_every, sw.burn_in_queries) == ("js", "calibrated", 20000, 300)
+    assert (en.detector, en.max_rejections, en.backoff_s(1), en.backoff_s(3)) == ("sequential", 2, 3600.0, 14400.0)
+    assert en.model_copy(update={"backoff_max_s": 5000.0}).backoff_s(3) == 5000.0
