@@ -2,8 +2,8 @@
 
 Everything that decides whether a language's adapter is stale lives here; the daemon (``daemon/service.py``)
 reads an ``Observation`` from Redis, calls ``step``, writes the state (fenced) and dispatches the action, and the
-simulator (``compass/drift/replay.py``, behind ``compass simulate``) calls the same ``step`` on a replayed stream. One step, in order; the
-first rule that ends it names the check's outcome (``Step.check``):
+simulator (``compass/drift/replay.py``, behind ``compass simulate``) calls the same ``step`` on a replayed
+stream. One step, in order; the first rule that ends it names the check's outcome (``Step.check``):
 
   1. reports     the worker's reports for this language: ``adapter_promoted`` (new version; clears failures and
                  ``stuck``), ``update_started``, ``adapter_rejected``, ``update_finished`` (ok, rejected or

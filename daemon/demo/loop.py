@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from compass.config import ServiceConfig, load_languages
+from compass.config import LanguagesConfig, ServiceConfig
 from compass.data import write_records
 from compass.errors import CompassError
 from daemon.demo.scenario import Scenario
@@ -79,9 +79,10 @@ Say = Callable[[str], None]
 
 
 def demo_configs(base: ServiceConfig, settings: DemoSettings, root: Path, model_dir: Path,
-                 gguf_file: str | None, run_id: str) -> tuple[ServiceConfig, Path]:
+                 gguf_file: str | None, run_id: str) -> tuple[ServiceConfig, LanguagesConfig]:
     """The service config of the demo (its own Redis prefix, per-run topics, registry, work dirs) and its
-    languages file. Per-run topics keep an earlier run's messages out of this one."""
+    languages config (also written to ``root/languages.yaml`` as a record, for `compass simulate --languages`).
+    Per-run topics keep an earlier run's messages out of this one."""
     data = root / "data"
     topic = f"compass-demo.{run_id}"
     cfg = base.model_copy(update={
@@ -103,13 +104,11 @@ def demo_configs(base: ServiceConfig, settings: DemoSettings, root: Path, model_
             "train": base.worker.train.model_copy(update=settings.train),
             "gate": base.worker.gate.model_copy(update=settings.gate)}),
     })
-    languages = root / "languages.yaml"
-    languages.write_text(yaml.safe_dump({
-        "defaults": {"theta": settings.theta, "window_size": settings.window_size,
-                     "min_samples": settings.min_samples, "cooldown_s": 3600, "budget": 0.8},
-        "languages": {lang: {} for lang in settings.languages},
-    }, sort_keys=False))
-    return cfg, languages
+    raw = {"defaults": {"theta": settings.theta, "window_size": settings.window_size,
+                        "min_samples": settings.min_samples, "cooldown_s": 3600, "budget": 0.8},
+           "languages": {lang: {} for lang in settings.languages}}
+    (root / "languages.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return cfg, LanguagesConfig.model_validate(raw)
 
 
 def write_data(scenario: Scenario, root: Path) -> None:
@@ -327,8 +326,7 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
         model_dir, gguf = packaged_model("smollm2")
     else:
         model_dir, gguf = Path(settings.model), None
-    cfg, languages_path = demo_configs(base, settings, root, model_dir, gguf, run_id)
-    langs = load_languages(languages_path)
+    cfg, langs = demo_configs(base, settings, root, model_dir, gguf, run_id)
     say(f"  D_t per language {({k: len(v) for k, v in scenario.targets.items()})}, pool {len(scenario.pool)} "
         f"utterances in {len({r.lang for r in scenario.pool})} languages; stream: {len(scenario.phase1)} queries, "
         f"then {len(scenario.phase2)} in which [bold]{scenario.shift_language}[/] moves to new topics")
