@@ -20,6 +20,7 @@ from itertools import count
 
 import numpy as np
 import pytest
+import yaml
 from kafka import KafkaConsumer, TopicPartition
 
 from compass.cluster import make_clusterer
@@ -497,25 +498,32 @@ def test_a_calibrated_threshold_is_learned_after_the_burn_in(make_daemon, redis,
 
 
 def test_the_sequential_detector_fires_on_a_shifted_window(make_daemon, redis, cfg, langs_path):
+    """The daemon feeds the window's new cluster ids to the CUSUM: every check's outcome and statistic equal the
+    pure lifecycle's on the same observations (the arithmetic is hand-checked in tests/test_lifecycle.py)."""
+    from compass.config import LanguagesConfig
+    from compass.drift.lifecycle import DriftState, Observation, step
+
     langs_path.write_text(DETECTOR_LANGS)
+    settings = LanguagesConfig.model_validate(yaml.safe_load(DETECTOR_LANGS)).get("yo")
     d = make_daemon()
     ref(redis, "yo", probs=(0.5, 0.5, 0.0, 0.0))  # clusters 0-2 and noise 3
-    for i in range(2):  # the burn-in: 8 queries in clusters 0 and 1
-        fill(redis, "yo", [0, 1, 0, 1], n_buckets=4)
-        assert d.check("yo", T0 + i).state == ("calibrating", "below_threshold")[i]
-    cusum = d.status("yo").drift.cusum
-    assert cusum is not None and cusum.h == pytest.approx(math.log(100))
-    # p0 = (4.5, 4.5, 0.5, 0.5) / 10 (Jeffreys); a shift to cluster 2: q(2) = (e + 0.5) / (t + 10) with e = t the
-    # decayed count of the earlier cluster-2 queries (memory 20: decay 0.95), S = sum of ln(q(2) / 0.05)
-    decayed = [sum(0.95**j for j in range(i)) for i in range(4)]
-    s4 = sum(math.log((e + 0.5) / (e + 10) / 0.05) for e in decayed)
-    fill(redis, "yo", [2, 2, 2, 2], n_buckets=4)
-    r = d.check("yo", T0 + 2)  # JS is 1 (disjoint supports), but the CUSUM decides: 4.07 nats < ln 100
-    assert (r.state, r.js) == ("below_threshold", 1.0)
-    assert d.status("yo").last_check["statistic"] == pytest.approx(s4, abs=1e-9) and s4 < math.log(100)
-    fill(redis, "yo", [2, 2, 2, 2], n_buckets=4)
-    r = d.check("yo", T0 + 3)
-    assert (r.state, r.fired, r.job.reason) == ("drift", True, "drift")
+    pure = DriftState()
+    batches = [[0, 1, 0, 1], [0, 1, 0, 1]] + [[2, 2, 2, 2]] * 6  # the burn-in (8 queries), then a shift to 2
+    seen = []
+    for i, batch in enumerate(batches):
+        fill(redis, "yo", batch, n_buckets=4)
+        r = d.check("yo", T0 + i)
+        expected = step(pure, Observation(now=T0 + i, counts=np.bincount(batch, minlength=4),
+                                          p_ref=np.array([0.5, 0.5, 0.0, 0.0]), ref_id="a1",
+                                          new_labels=np.array(batch), job_id="x"), settings, d.limits)
+        pure = expected.state
+        got = d.status("yo").last_check
+        assert (r.state, got["statistic"]) == (expected.check, pytest.approx(expected.statistic, abs=1e-9)), i
+        seen.append(r.state)
+        if r.fired:
+            break
+    assert seen[:2] == ["calibrating", "below_threshold"] and seen[-1] == "drift", seen
+    assert "below_threshold" in seen[2:-1]  # the first shifted check only teaches q: one check of lag
     [ev] = [e for e in events(cfg) if e.type == "drift_detected"]
     assert (ev.data["detector"], ev.data["threshold"]) == ("sequential", pytest.approx(math.log(100)))
     assert ev.data["statistic"] > math.log(100) and ev.data["js"] == 1.0

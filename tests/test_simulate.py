@@ -183,15 +183,17 @@ def test_the_fixed_interval_and_never_rows():
 
 def test_every_detector_gives_one_row_in_order_with_learned_thresholds():
     # calibrated / sequential: the burn-in (one window, 200 samples) after the initial reference ends at check 200;
-    # p1 windows equal P_ref exactly, so the calibrated threshold is tiny and both detect the shift at 700. The
-    # update's new reference starts a new burn-in: samples 700-899, learned at check 900
+    # p1 windows equal P_ref exactly, so the calibrated threshold is tiny and it detects the shift at 700; the
+    # sequential detector learns its alternative from earlier checks only, so it fires one check later, at 800.
+    # The update's new reference starts a new burn-in of 200 samples
     x, periods, _ = _planted()
     rows = simulate(x, periods, _config((0.1, 0.3), detectors=DETECTORS, guard_theta=0.2))
     assert [(r.detector, r.theta) for r in rows] == [("js", 0.1), ("js", 0.3), ("calibrated", None),
                                                      ("sequential", None), ("fixed-interval", None), ("never", None)]
     calibrated, sequential = rows[2], rows[3]
-    assert calibrated.fired_at == sequential.fired_at == (700,)
-    assert [t["at"] for t in calibrated.thresholds] == [t["at"] for t in sequential.thresholds] == [200, 900]
+    assert (calibrated.fired_at, sequential.fired_at) == ((700,), (800,))
+    assert [t["at"] for t in calibrated.thresholds] == [200, 900] and [t["at"] for t in sequential.thresholds] == [
+        200, 1000]
     assert calibrated.thresholds[0]["unit"] == "bits" and 0 < calibrated.thresholds[0]["value"] < 0.05
     assert sequential.thresholds[0] == {**sequential.thresholds[0], "unit": "nats",
                                         "value": pytest.approx(np.log(50_000))}
@@ -418,7 +420,7 @@ def test_cli_prints_one_json_row_per_detector_and_theta(tmp_path, monkeypatch):
     rows = report["rows"]
     assert [(r["detector"], r["theta"], r["updates"], r["fired_at"], r["false_positives"]) for r in rows] == [
         ("js", 0.1, 1, [700], 0), ("js", 0.2, 1, [800], 0), ("js", 0.45, 0, [], 0), ("calibrated", None, 1, [700], 0),
-        ("sequential", None, 1, [700], 0), ("fixed-interval", None, 1, [600], 0), ("never", None, 0, [], 0)]
+        ("sequential", None, 1, [800], 0), ("fixed-interval", None, 1, [600], 0), ("never", None, 0, [], 0)]
     assert all(set(r) >= ROW_KEYS for r in rows) and all(r["check_ms"] >= 0 for r in rows)
     assert [len(r["thresholds"]) for r in rows] == [0, 0, 0, 2, 2, 0, 0]
     assert rows[3]["guard_theta"] == 0.15 and rows[4]["thresholds"][0]["unit"] == "nats"
@@ -447,7 +449,7 @@ def test_cli_languages_file_drives_the_replay_with_the_files_settings(tmp_path, 
     langs.write_text("defaults:\n  window_size: 200\n  min_samples: 200\n  cooldown_s: 0\nlanguages:\n"
                      "  it: {detector: sequential}\n", encoding="utf-8")
     rows = _rows(_cli(tmp_path, monkeypatch, ["--languages", str(langs), "--detectors", "never", "--json"]))
-    assert [(r["detector"], r["theta"], r["fired_at"]) for r in rows] == [("sequential", None, [700]),
+    assert [(r["detector"], r["theta"], r["fired_at"]) for r in rows] == [("sequential", None, [800]),
                                                                           ("never", None, [])]
     result = _cli(tmp_path, monkeypatch, ["--languages", str(langs), "--window-size", "300"])
     assert result.exit_code == 2 and "--window-size (window_size) come(s) from the languages file" in _flat(

@@ -6,7 +6,7 @@ window 200 (two blocks), cooldown 0. Texts are "blob:index"; a tiny deterministi
 blob's centre plus noise seeded by the index, so both modes see the same vectors. With the window reference,
 theta 0.05 fires at 700 and, after the simulated update learned the mixed window, again at 800 (the re-reference
 path). Theta 0.1 with a 100-sample settle detects at 700 and dispatches at 800; 0.3 fires at 800; the calibrated
-and sequential detectors (fed the window's new bucket ids by the daemon) fire at 700.
+detector fires at 700, the sequential one (fed the window's new bucket ids by the daemon) one check later at 800.
 """
 
 from __future__ import annotations
@@ -105,10 +105,10 @@ def test_cli_through_kafka_prints_the_in_process_rows(services, tmp_path, monkey
     assert got["config"]["through_kafka"] and not want["config"]["through_kafka"]
     assert [{k: r[k] for k in KEYS} for r in got["rows"]] == [{k: r[k] for k in KEYS} for r in want["rows"]]
     assert [(r["detector"], r["fired_at"]) for r in got["rows"]] == [
-        ("js", [800]), ("calibrated", [700]), ("sequential", [700]), ("fixed-interval", [600]),
+        ("js", [800]), ("calibrated", [700]), ("sequential", [800]), ("fixed-interval", [600]),
         ("never", [])]
     # the learned thresholds: after the initial reference's burn-in (check 200) and after the update's (900)
-    assert [[t["at"] for t in r["thresholds"]] for r in got["rows"][1:3]] == [[200, 900], [200, 900]]
+    assert [[t["at"] for t in r["thresholds"]] for r in got["rows"][1:3]] == [[200, 900], [200, 1000]]
 
 
 def test_cli_refuses_what_through_kafka_cannot_do(tmp_path, monkeypatch):

@@ -43,7 +43,7 @@ import numpy as np
 
 from compass.config import LanguageSettings
 from compass.divergence import js_divergence
-from compass.drift.calibrated import BurnIn, JsThreshold, calibrate_js, dispersion
+from compass.drift.calibrated import UPPER_Z, BurnIn, JsThreshold, calibrate_js, dispersion
 from compass.drift.quality import combine
 from compass.drift.sequential import Cusum
 from compass.drift.trigger import Decision, TriggerState, guard
@@ -182,8 +182,9 @@ def detector_view(state: DriftState, settings: LanguageSettings, statistic: floa
         view["how"] = state.threshold.how  # type: ignore[union-attr]
     else:
         c = state.cusum
-        view["how"] = (f"CUSUM of log q/p0 over {len(c.p0)} buckets, alarm at ln({settings.false_alarm_every:,.0f}) "  # type: ignore[union-attr]
-                       f"= {c.h:.2f} nats, dispersion {c.phi:.2f}, memory {c.memory:.0f} queries")  # type: ignore[union-attr]
+        view["how"] = (f"CUSUM of Dirichlet-multinomial log q/p0 per check over {len(c.p0)} buckets, alarm at "  # type: ignore[union-attr]
+                       f"ln({settings.false_alarm_every:,.0f}) = {c.h:.2f} nats; dispersion {c.phi:.2f}, "  # type: ignore[union-attr]
+                       f"precision {c.precision:.0f}, memory {c.memory:.0f} queries")  # type: ignore[union-attr]
     view["burn_in"] = {"seen": state.burn_in.seen, "of": settings.burn_in_queries, "done": ready}
     return view
 
@@ -311,8 +312,8 @@ def _feed(st: DriftState, obs: Observation, settings: LanguageSettings, labels: 
     if burn.seen < settings.burn_in_queries or obs.n_samples < settings.min_samples:
         return st, False
     if settings.detector == "sequential":
-        return replace(st, cusum=Cusum.start(burn.counts, settings.false_alarm_every, dispersion(burn.batches),
-                                             burn.seen)), True
+        return replace(st, cusum=Cusum.start(burn.counts, settings.false_alarm_every, dispersion(burn.batches, UPPER_Z),
+                                             burn.seen, burn.seen / max(1, burn.checks))), True
     thr = calibrate_js(np.asarray(obs.p_ref, dtype=np.float64), burn, settings.window_size, settings.min_samples,
                        settings.false_alarm_every, seed=burn.seen)
     return replace(st, threshold=thr), True
