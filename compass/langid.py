@@ -10,11 +10,17 @@ Backends (``LangIdConfig.backend``):
   fasttext   a user-supplied fastText-format model file (``langid.model_path``), e.g. GlotLID's
              ``model.bin`` (labels such as ``__label__swh_Latn``), read through fasttext-predict.
 
-Answers:
+Answers (``make_identifier``), from the full model's probabilities over every language it knows:
   * empty or whitespace-only text -> ``('und', 0.0)``;
-  * best confidence below ``min_confidence`` -> ``('und', confidence)`` (the confidence of the best guess);
-  * with a restriction set (``restrict_to_configured``), only those languages (and ``und``) are answered
-    and confidences are renormalised over that set, i.e. they are P(language | one of the set).
+  * the top language's probability below ``min_confidence`` -> ``('und', that probability)``;
+  * otherwise the top language with its probability, configured or not: an unconfigured language is reported
+    as itself (Catalan as ``ca``), so the router can send it to the base model (§3.2.5);
+  * near-tie: when the top language is not configured and the best configured language is within
+    ``configured_tie_margin`` probability points of it (``gl`` 0.46, ``pt`` 0.44), the configured one is answered
+    with its own probability. The configured set only breaks such near-ties; it never promotes a language the
+    model ranks far below, and it never renormalises (a renormalised confidence would mean nothing).
+    ``min_confidence`` is checked on the top language first (is the model sure of anything?), so a near-tie
+    answer may carry less than ``min_confidence``: the two languages together hold most of the mass.
 """
 
 from __future__ import annotations
@@ -47,10 +53,12 @@ class Identification:
 
 @runtime_checkable
 class LanguageIdentifier(Protocol):
-    """What the rest of compass uses. ``languages``: the codes it can answer besides ``und``."""
+    """What the rest of compass uses. ``languages``: the codes it can answer besides ``und`` (every language of
+    the model); ``configured``: the languages that win near-ties (``configured_tie_margin``)."""
 
     backend: str
     languages: frozenset[str]
+    configured: frozenset[str]
 
     def identify(self, text: str) -> Identification: ...
 
@@ -58,24 +66,23 @@ class LanguageIdentifier(Protocol):
 
 
 def make_identifier(cfg: LangIdConfig, languages: Sequence[str] | None = None) -> LanguageIdentifier:
-    """Build the configured backend.
+    """Build the configured backend over the full model.
 
-    ``languages`` is the restriction set used when ``cfg.restrict_to_configured`` is true (codes in any form
-    ``langcodes.normalize`` accepts); when it is None the enabled languages of ``configs/languages.yaml``
-    are used. A restriction language the backend cannot answer raises ``LanguageIdError`` naming it.
+    ``languages`` are the configured languages (codes in any form ``langcodes.normalize`` accepts; default: the
+    enabled languages of ``configs/languages.yaml``); they only break near-ties (``cfg.configured_tie_margin``).
+    A configured language the backend cannot identify raises ``LanguageIdError`` naming it: its queries could
+    never reach its adapter.
     """
-    restrict: list[str] | None = None
-    if cfg.restrict_to_configured:
-        if languages is None:
-            from compass.config import load_languages
+    if languages is None:
+        from compass.config import load_languages
 
-            languages = load_languages().enabled
-        restrict = _normalize_all(languages)
+        languages = load_languages().enabled
+    configured = _normalize_all(languages)
     if cfg.backend == "fasttext":
         if cfg.model_path is None:
             raise LanguageIdError("langid.backend is fasttext but langid.model_path is not set")
-        return FastTextIdentifier(cfg.model_path, restrict, cfg.min_confidence)
-    return Py3LangIdIdentifier(restrict, cfg.min_confidence)
+        return FastTextIdentifier(cfg.model_path, configured, cfg.min_confidence, cfg.configured_tie_margin)
+    return Py3LangIdIdentifier(configured, cfg.min_confidence, cfg.configured_tie_margin)
 
 
 def _normalize_all(languages: Sequence[str]) -> list[str]:
@@ -91,12 +98,7 @@ def _normalize_all(languages: Sequence[str]) -> list[str]:
         if code != UND and code not in codes:
             codes.append(code)
     if bad:
-        raise LanguageIdError("invalid language in the language-ID restriction set: " + "; ".join(bad))
-    if not codes:
-        raise LanguageIdError(
-            "the language-ID restriction set is empty; enable languages in configs/languages.yaml "
-            "or set langid.restrict_to_configured: false"
-        )
+        raise LanguageIdError("invalid configured language for language ID: " + "; ".join(bad))
     return codes
 
 
@@ -110,45 +112,55 @@ def _label_code(label: str) -> str:
 
 
 class _GroupedScorer:
-    """Shared logic: per-label probabilities -> per-code probabilities -> restricted, thresholded answer."""
+    """Shared logic: per-label probabilities -> per-code probabilities -> thresholded answer with near-ties
+    broken towards the configured languages."""
 
     backend = ""
 
-    def _setup_groups(self, labels: Sequence[str], restrict: list[str] | None, min_confidence: float) -> None:
+    def _setup_groups(self, labels: Sequence[str], configured: Sequence[str] | None, min_confidence: float,
+                      tie_margin: float) -> None:
         codes = [_label_code(label) for label in labels]
         known = set(codes)
-        if restrict is not None:
-            missing = [c for c in restrict if c not in known]
-            if missing:
-                names = ", ".join(f"{c!r} ({langcodes.name(c)})" for c in missing)
-                raise LanguageIdError(
-                    f"the {self.backend} language-ID model cannot identify {names}; remove it from the "
-                    "enabled languages, use a model that covers it (langid.backend: fasttext with "
-                    "langid.model_path), or set langid.restrict_to_configured: false"
-                )
-            allowed = set(restrict) | {UND}
-        else:
-            allowed = known
+        configured = list(configured or ())
+        missing = [c for c in configured if c not in known]
+        if missing:
+            names = ", ".join(f"{c!r} ({langcodes.name(c)})" for c in missing)
+            raise LanguageIdError(
+                f"the {self.backend} language-ID model cannot identify configured language {names}, so its "
+                "queries would never reach its adapter; disable it in configs/languages.yaml or use a model "
+                "that covers it (langid.backend: fasttext with langid.model_path)"
+            )
+        if not 0.0 <= tie_margin <= 1.0:
+            raise LanguageIdError(f"langid.configured_tie_margin {tie_margin!r} is not a probability in [0, 1]; "
+                                  "use e.g. 0.1, or 0 to turn near-tie breaking off")
         self.min_confidence = float(min_confidence)
-        self.languages = frozenset(c for c in allowed if c != UND)
-        self._codes = sorted(allowed & known)
+        self.tie_margin = float(tie_margin)
+        self.languages = frozenset(known - {UND})
+        self.configured = frozenset(configured)
+        self._codes = sorted(known)
         index = {c: i for i, c in enumerate(self._codes)}
-        # column i of the backend contributes to group _group[i]; -1 = outside the restriction set
-        self._group = np.array([index.get(c, -1) for c in codes], dtype=np.intp)
-        self._keep = self._group >= 0
+        self._group = np.array([index[c] for c in codes], dtype=np.intp)  # backend column -> code
+        self._configured_idx = np.array(sorted(index[c] for c in configured), dtype=np.intp)
+        self._is_configured = np.zeros(len(self._codes), dtype=bool)
+        self._is_configured[self._configured_idx] = True
+        self._und = index.get(UND, -1)
 
     def _answer(self, probs: np.ndarray) -> Identification:
-        probs = probs[self._keep]
-        grouped = np.bincount(self._group[self._keep], weights=probs, minlength=len(self._codes))
+        grouped = np.bincount(self._group, weights=probs, minlength=len(self._codes))
         total = float(grouped.sum())
         if total <= 0.0:
             return Identification(UND, 0.0)
+        grouped /= total  # fastText's k=-1 probabilities may miss 1 by rounding
         i = int(grouped.argmax())
-        conf = float(grouped[i]) / total
-        lang = self._codes[i]
+        conf = float(grouped[i])
         if conf < self.min_confidence:
-            lang = UND
-        return Identification(lang, conf)
+            return Identification(UND, conf)
+        if i != self._und and not self._is_configured[i] and self.tie_margin > 0.0 and self._configured_idx.size:
+            j = int(self._configured_idx[grouped[self._configured_idx].argmax()])
+            # 1e-12: "within 0.1" must hold for 0.46 vs 0.36, whose float difference is 0.10000000000000003
+            if conf - float(grouped[j]) <= self.tie_margin + 1e-12:
+                return Identification(self._codes[j], float(grouped[j]))
+        return Identification(self._codes[i], conf)
 
     def identify(self, text: str) -> Identification:
         raise NotImplementedError
@@ -160,7 +172,7 @@ class _GroupedScorer:
 
 @functools.cache
 def _py3langid_base() -> Any:
-    """The bundled model, loaded once per process (about 1 s); never restricted itself."""
+    """The bundled model, loaded once per process (about 1 s) and shared: identifiers only read it."""
     from py3langid.langid import MODEL_FILE
     from py3langid.langid import LanguageIdentifier as _Lid
 
@@ -168,34 +180,14 @@ def _py3langid_base() -> Any:
 
 
 class Py3LangIdIdentifier(_GroupedScorer):
-    """py3langid with probabilities normalised over its classes (``norm_probs=True``).
-
-    py3langid's ``set_languages`` replaces the instance's class arrays, so one identifier per restriction
-    set is built here; they share the loaded model arrays (restriction copies only the kept columns).
-    """
+    """py3langid with probabilities normalised over all its classes (``norm_probs=True``)."""
 
     backend = "py3langid"
 
-    def __init__(self, restrict: list[str] | None = None, min_confidence: float = 0.5):
-        base = _py3langid_base()
-        try:
-            self._lid = type(base)(
-                base.nb_ptc, base.nb_pc, base.nb_classes, base.tk_nextmove, base.tk_output,
-                norm_probs=True, tk_row=base.tk_row,
-            )
-        except TypeError:  # another py3langid constructor signature: load a private copy instead
-            from py3langid.langid import MODEL_FILE
-
-            self._lid = type(base).from_model_file(MODEL_FILE, norm_probs=True)
-        labels = list(base.nb_classes)
-        if restrict is not None:
-            # Keep every label folding onto an allowed code, plus 'zxx' so text without language stays 'und'.
-            wanted = set(restrict) | {UND}
-            keep = sorted({lab for lab in labels if _label_code(lab) in wanted})
-            if keep:
-                self._lid.set_languages(keep)
-            labels = list(self._lid.nb_classes)
-        self._setup_groups(labels, restrict, min_confidence)
+    def __init__(self, configured: Sequence[str] | None = None, min_confidence: float = 0.5,
+                 tie_margin: float = 0.1):
+        self._lid = _py3langid_base()
+        self._setup_groups(list(self._lid.nb_classes), configured, min_confidence, tie_margin)
 
     def identify(self, text: str) -> Identification:
         if not isinstance(text, str):
@@ -212,9 +204,8 @@ class FastTextIdentifier(_GroupedScorer):
 
     backend = "fasttext"
 
-    def __init__(
-        self, model_path: str | Path, restrict: list[str] | None = None, min_confidence: float = 0.5
-    ):
+    def __init__(self, model_path: str | Path, configured: Sequence[str] | None = None,
+                 min_confidence: float = 0.5, tie_margin: float = 0.1):
         path = Path(model_path).expanduser()
         if not path.is_file():
             raise LanguageIdError(
@@ -242,7 +233,7 @@ class FastTextIdentifier(_GroupedScorer):
             raise LanguageIdError(f"fastText model {str(path)!r} (langid.model_path) reports no labels")
         self._labels = [lab.removeprefix("__label__") for lab in labels]
         self._column = {lab: i for i, lab in enumerate(labels)}
-        self._setup_groups(self._labels, restrict, min_confidence)
+        self._setup_groups(self._labels, configured, min_confidence, tie_margin)
 
     def identify(self, text: str) -> Identification:
         if not isinstance(text, str):

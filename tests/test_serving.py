@@ -11,6 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from peft import PeftConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from test_langid import UNCONFIGURED
 from test_route import LANGS, SENTENCES
 from tinylm import make_tiny_lm
 
@@ -238,6 +239,10 @@ def test_http_endpoints(setup, lm):
     assert (body["language"], body["adapter_version"], body["kind"]) == ("it", "it-v1", "compass")
     r = client.post("/v1/generate", json={"text": SENTENCES["de"]})
     assert (r.json()["language"], r.json()["adapter_version"], r.json()["kind"]) == ("de", None, "base")
+    r = client.post("/v1/generate", json={"text": UNCONFIGURED["ca"][0], "max_new_tokens": 3})
+    assert {k: r.json()[k] for k in ("language", "adapter_version", "kind", "reason")} == {
+        "language": "ca", "adapter_version": None, "kind": "base",
+        "reason": "ca detected with confidence 0.96; language not configured; base model"}
 
 
 @pytest.mark.parametrize(("path", "body", "field"), [

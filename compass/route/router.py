@@ -3,7 +3,8 @@
 "When an input comes in, we detect its language using an inexpensive language ID model. Based on the detected
 language, we attach the corresponding adapter." Fallbacks, in order:
 
-  * no adapter promoted for the language (or the language is undetermined / not configured) -> the base model;
+  * the language is undetermined or not configured (``compass.route.decision.classify``: a language outside
+    the configuration is reported as itself, e.g. ``ca``), or no adapter is promoted for it -> the base model;
   * the language's current adapter was trained on its target data alone (no usage proxy E_t yet, manifest
     ``kind == "target_only"``) -> that target-only adapter;
   * otherwise its COMPASS adapter (D_t + the §3.1 selection), the registry's current version.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Literal
 from compass import langcodes
 from compass.errors import CompassError
 from compass.langid import UND, Identification, LanguageIdentifier
+from compass.route.decision import NOT_CONFIGURED, UNDETERMINED, classify
 
 if TYPE_CHECKING:
     from compass.config import LanguagesConfig, ServiceConfig
@@ -91,7 +93,7 @@ class Router:
 
     @classmethod
     def from_config(cls, cfg: ServiceConfig, languages: LanguagesConfig, refresh: bool = True) -> Router:
-        """The configured identifier (restricted to the enabled languages) over ``cfg.adapters.registry``."""
+        """The configured identifier (the enabled languages break its near-ties) over ``cfg.adapters.registry``."""
         from compass.langid import make_identifier
         from compass.registry import AdapterRegistry
 
@@ -162,18 +164,21 @@ class Router:
 
     def decide(self, ident: Identification, overridden: bool = False,
                table: Mapping[str, RouteTarget] | None = None) -> RouteDecision:
-        """The §3.2.5 decision for an identified language against ``table`` (default: the current one)."""
+        """The §3.2.5 decision for an identified language: ``classify`` (served / undetermined / not configured,
+        the rule the consumers share), then the adapter table (default: the current one) for a served language."""
         table = self._table if table is None else table
-        lang, conf = ident.lang, float(ident.confidence)
-        how = "set by the caller" if overridden else f"detected with confidence {conf:.2f}"
-        if lang == UND:
+        status = classify(ident, self.languages)
+        lang, conf = status.language, status.confidence
+        if status.reason == UNDETERMINED:
             return RouteDecision(lang, conf, None, None, "base",
                                  f"language undetermined (confidence {conf:.2f} below the language-ID threshold); "
                                  "base model")
+        how = "set by the caller" if overridden else f"detected with confidence {conf:.2f}"
+        if status.reason == NOT_CONFIGURED:
+            return RouteDecision(lang, conf, None, None, "base", f"{lang} {how}; language not configured; base model")
         target = table.get(lang)
         if target is None:
-            why = "no adapter promoted" if lang in self.languages else "language not configured"
-            return RouteDecision(lang, conf, None, None, "base", f"{lang} {how}; {why}; base model")
+            return RouteDecision(lang, conf, None, None, "base", f"{lang} {how}; no adapter promoted; base model")
         if target.kind == "target_only":
             return RouteDecision(lang, conf, lang, target.version, "target_only",
                                  f"{lang} {how}; no usage proxy yet, target-only adapter {target.version}")
