@@ -257,8 +257,22 @@ class LangIdConfig(_Frozen):
     backend: Literal["py3langid", "fasttext"] = Field("py3langid", description="py3langid or fasttext")
     model_path: Path | None = Field(None, description="a fastText-format model file (fasttext backend)")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="a probability in [0, 1]")
-    restrict_to_configured: bool = Field(True, description="only answer languages in languages.yaml")
+    configured_tie_margin: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="probability points in [0, 1]: when the top language is not configured and a configured one "
+        "is at most this far below it, the configured one is answered (e.g. gl 0.46 vs pt 0.44 -> pt); 0 = off",
+    )
     _rules = (_langid_model_path_rule,)
+
+
+# Keys that once existed: an old config gets the replacement named instead of "unknown key".
+_REPLACED_KEYS = {
+    "langid.restrict_to_configured": (
+        "removed: language ID now answers every language its model knows and an unconfigured one routes to the "
+        "base model; delete this key (langid.configured_tie_margin, default 0.1, sets how close a configured "
+        "language must be to the top one to win a near-tie; 0 turns that off)"
+    ),
+}
 
 
 class HttpConfig(_Frozen):
@@ -289,6 +303,12 @@ class ConsumerConfig(_Frozen):
         None, min_length=1, max_length=64,
         description="event meta field carrying a numeric quality score (e.g. user feedback) that feeds the "
         "daemon's quality_signal; null = off",
+    )
+    unserved_bucket_s: int = Field(
+        60, ge=1, le=86400, description="seconds per time bucket of the unserved-language counts, in [1, 86400]"
+    )
+    unserved_samples_max: int = Field(
+        20, ge=1, le=10_000, description="sample query ids kept per unserved language, in [1, 10000]"
     )
 
 
@@ -336,6 +356,18 @@ class DaemonConfig(_Frozen):
     )
     history_events_max: int = Field(
         500, ge=1, le=100_000, description="events kept per language for the status page, in [1, 100000]"
+    )
+    emerging_share: float = Field(
+        0.02, gt=0.0, le=1.0, description="an unserved language emerges at this share of all queries, in (0, 1]"
+    )
+    emerging_min_count: int = Field(
+        200, ge=1, description="...and with at least this many queries over the horizon, >= 1"
+    )
+    emerging_horizon_s: int = Field(
+        86400, ge=60, le=90 * 86400, description="seconds over which unserved shares are measured, in [60, 7776000]"
+    )
+    emerging_rearm_ratio: float = Field(
+        0.5, gt=0.0, le=1.0, description="an episode ends below this fraction of emerging_share, in (0, 1]"
     )
     _rules = (_lease_rule,)
 
@@ -649,6 +681,9 @@ def format_validation_error(err: ValidationError, model: type[BaseModel]) -> lis
         path = ".".join(str(p) for p in loc) or "(top level)"
         msg = e.get("msg", "invalid").removeprefix("Value error, ")
         if e.get("type") == "extra_forbidden":
+            if path in _REPLACED_KEYS:
+                problems.append(f"{path}: got {e.get('input')!r}; {_REPLACED_KEYS[path]}")
+                continue
             problems.append(f"{path}: unknown key; remove it or check its spelling")
             continue
         if e.get("type") == "missing":

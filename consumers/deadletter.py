@@ -2,9 +2,11 @@
 
 Each dead letter keeps the original key, value and headers, plus:
   compass-dlq-reason            a short tag: a ``BadEvent`` reason (malformed_json, missing_text, ...), or
-                                oversize, invalid_unicode, unconfigured_language, undetermined_language,
-                                unsupported_schema (a compass-schema header other than 1),
-                                bad_quality (the query was counted; only its quality score was unusable)
+                                oversize, invalid_unicode, unsupported_schema (a compass-schema header other
+                                than 1), bad_quality (the query was counted; only its quality score was unusable)
+
+Only malformed input is dead-lettered: a well-formed query of an unconfigured or undetermined language is counted
+as unserved (consumers/unserved.py), not rejected.
   compass-dlq-detail            the human-readable message (names the field, the value and the fix)
   compass-source-topic          where the message was read
   compass-source-partition      (decimal)
@@ -33,8 +35,6 @@ _OURS = (REASON_HEADER, DETAIL_HEADER, SOURCE_TOPIC_HEADER, SOURCE_PARTITION_HEA
 # Reasons decided by the monitor itself (decode_event's BadEvent reasons come on top).
 OVERSIZE = "oversize"
 INVALID_UNICODE = "invalid_unicode"
-UNCONFIGURED_LANGUAGE = "unconfigured_language"
-UNDETERMINED_LANGUAGE = "undetermined_language"
 BAD_QUALITY = "bad_quality"
 UNSUPPORTED_SCHEMA = "unsupported_schema"
 

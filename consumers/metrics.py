@@ -18,7 +18,7 @@ class ConsumerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.messages = Counter(
-            "compass_consumer_messages", "messages handled, by outcome (applied, duplicate, dead_lettered)",
+            "compass_consumer_messages", "messages handled, by outcome (applied, unserved, duplicate, dead_lettered)",
             ["outcome"], registry=r,
         )
         self.batches = Counter("compass_consumer_batches", "batches processed and committed", registry=r)
@@ -40,6 +40,10 @@ class ConsumerMetrics:
         )
         self.window_fill = Gauge(
             "compass_window_fill", "queries in the language's monitor window / window_size", ["lang"], registry=r,
+        )
+        self.unserved = Counter(
+            "compass_consumer_unserved", "queries of a language no configured adapter serves (und: undetermined), "
+            "by detected language; counted once, never put in a window", ["lang"], registry=r,
         )
         self.revisions = Counter(
             "compass_codebook_revisions", "centroid revisions published by this worker (eq. 2)", registry=r,

@@ -3,17 +3,24 @@
 One batch (``Monitor.run_once``):
 
     poll (bounded count and bytes) -> decode and validate -> enrich (language ID where ``lang`` is absent,
-    one embedding call) -> route by language -> assign to the codebook's buckets -> one atomic Redis update
-    (``WindowStore.apply_batch``) -> wait for dead-letter acks -> commit offset+1 per partition
+    one embedding call) -> served or not (compass/route/decision.py ``classify``) -> assign the served to the
+    codebook's buckets -> one atomic Redis update of the windows (``WindowStore.apply_batch``) -> one of the
+    unserved counts (``UnservedStore.apply``) -> wait for dead-letter acks -> commit offset+1 per partition
     -> eq. 2 centroid update -> maybe publish a codebook revision
 
-Delivery: offsets are committed only after the Redis write and the dead-letter acks succeeded. A crash
-between the write and the commit re-delivers the batch; the window store skips items at or below the
-last offset it applied per (topic, partition), so counts are exact (no loss, no double count).
+Served and unserved: a query of a language enabled in languages.yaml goes to that language's window; a query
+of any other language, or of none (``und``: language ID could not tell), never does: it is counted as
+*unserved* under its detected language (consumers/unserved.py: totals, time buckets with the served count for
+the share, sample ids) so that the daemon can announce an emerging language. It is not dead-lettered: the
+dead-letter topic is for malformed input only.
+
+Delivery: offsets are committed only after the Redis writes and the dead-letter acks succeeded. A crash
+between a write and the commit re-delivers the batch; the window store and the unserved store each skip items
+at or below the last offset they applied per (topic, partition), so counts are exact (no loss, no double count).
 Dead letters are at-least-once (a re-delivered bad message is dead-lettered again).
 
 Bad input never stops the loop and is never dropped silently: every message is either applied to a
-window or sent to the dead-letter topic with a reason (see consumers/deadletter.py), and counted.
+window, counted as unserved, or sent to the dead-letter topic with a reason (see consumers/deadletter.py).
 
 Incremental k-means (eq. 2): each worker keeps its own copy of the current codebook's centroids and
 updates it after every batch it applied, mu_k <- (1 - eta) mu_k + eta * mean(X_k_new). Only one worker
@@ -26,7 +33,8 @@ it (their own updates since the previous revision are superseded). HDBSCAN codeb
 
 Rebuild (``rebuild=True``): the window keys are reset, the topic is read from the beginning under a
 temporary group id and applied, and the run ends once every partition reached the end offset captured at
-start. Nothing is dead-lettered again, no centroid moves and no offset of the live group is touched.
+start. Nothing is dead-lettered again, no centroid moves and no offset of the live group is touched. The
+unserved counts are not reset: their own offsets skip what they hold (after a loss of Redis they are re-counted).
 Stop the live consumers first: their newer offsets would make the store skip the re-read items.
 """
 
@@ -51,7 +59,8 @@ from kafka.structs import OffsetAndMetadata
 
 from compass.config import LanguagesConfig, ServiceConfig
 from compass.errors import CompassError
-from compass.langid import UND
+from compass.langid import Identification
+from compass.route.decision import classify
 from consumers import deadletter as dl
 from consumers.clients import REDIS_ERRORS, kafka_consumer, kafka_producer, redis_client
 from consumers.codebook import Codebook, CodebookStore, CodebookWatcher
@@ -59,9 +68,20 @@ from consumers.enrich import enrich
 from consumers.events import SCHEMA_HEADER, SCHEMA_VERSION, BadEvent, QueryEvent, decode_event
 from consumers.lease import Lease
 from consumers.metrics import ConsumerMetrics
+from consumers.unserved import Traffic, UnservedStore
 from consumers.window import ApplyResult, Assignment, StaleCodebookError, WindowStore
 
 log = logging.getLogger(__name__)
+
+
+def _lone_surrogate(event: QueryEvent) -> tuple[str, int] | None:
+    """(field, position) of the first lone surrogate in the event's id or text, else None."""
+    for name, value in (("id", event.id), ("text", event.text)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return name, e.start
+    return None
 
 
 class NoCodebook(CompassError, RuntimeError):
@@ -74,10 +94,13 @@ class BatchStats:
 
     polled: int = 0
     applied: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # served messages a window had applied already (re-delivered)
+    unserved: int = 0  # messages of unserved languages counted (first deliveries)
+    unserved_duplicates: int = 0  # unserved messages counted already (re-delivered)
     dead_lettered: int = 0
     reasons: Counter = field(default_factory=Counter)  # dead letters by reason
     langs: Counter = field(default_factory=Counter)  # applied per language
+    unserved_langs: Counter = field(default_factory=Counter)  # unserved counted per detected language
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
     seconds: float = 0.0
     codebook_version: str | None = None
@@ -90,8 +113,11 @@ class RunStats:
     polled: int = 0
     applied: int = 0
     duplicates: int = 0
+    unserved: int = 0
+    unserved_duplicates: int = 0
     dead_lettered: int = 0
     reasons: Counter = field(default_factory=Counter)
+    unserved_langs: Counter = field(default_factory=Counter)
     batch_seconds: list[float] = field(default_factory=list)
     published: list[str] = field(default_factory=list)
     first_batch: tuple[float, int] | None = None  # (wall time its commit ended, its size): for throughput
@@ -108,8 +134,11 @@ class RunStats:
         self.polled += b.polled
         self.applied += b.applied
         self.duplicates += b.duplicates
+        self.unserved += b.unserved
+        self.unserved_duplicates += b.unserved_duplicates
         self.dead_lettered += b.dead_lettered
         self.reasons.update(b.reasons)
+        self.unserved_langs.update(b.unserved_langs)
         self.batch_seconds.append(b.seconds)
         if b.published:
             self.published.append(b.published)
@@ -178,6 +207,9 @@ class Monitor:
         self.redis = redis_client(config.redis)
         self.windows = WindowStore(self.redis, prefix, store_texts=self.cc.store_texts,
                                    recent_max=self.cc.recent_max, recent_ttl_s=self.cc.recent_ttl_s)
+        self.unserved = UnservedStore(self.redis, prefix, bucket_s=self.cc.unserved_bucket_s,
+                                      retention_s=config.daemon.emerging_horizon_s,
+                                      samples_max=self.cc.unserved_samples_max, samples_ttl_s=self.cc.recent_ttl_s)
         self.codebooks = CodebookStore(self.cc.codebook_dir, self.redis, prefix)
         if self.codebooks.current_version() is None:
             stored = self.codebooks.versions()
@@ -342,27 +374,34 @@ class Monitor:
                 continue
             try:
                 event = decode_event(r.value or b"")
-                event.text.encode("utf-8")  # JSON escapes can carry lone surrogates no embedder accepts
             except BadEvent as e:
                 bad.append(dl.dead_letter_of(r, e.reason, str(e)))
                 continue
-            except UnicodeEncodeError as e:
-                bad.append(dl.dead_letter_of(r, dl.INVALID_UNICODE, f"field 'text' holds a lone surrogate at "
-                                             f"position {e.start} ({e.reason}); send valid Unicode text"))
+            # JSON escapes can carry lone surrogates that no embedder and no Redis argument accepts
+            surrogate = _lone_surrogate(event)
+            if surrogate is not None:
+                name, pos = surrogate
+                bad.append(dl.dead_letter_of(r, dl.INVALID_UNICODE, f"field {name!r} holds a lone surrogate at "
+                                             f"position {pos}; send valid Unicode"))
                 continue
             good.append((r, event))
         return good, bad
 
-    def _route(self, record: Any, event: QueryEvent, lang: str, conf: float) -> dl.DeadLetter | None:
-        if lang == UND:
-            return dl.dead_letter_of(record, dl.UNDETERMINED_LANGUAGE, (
-                f"language ID could not determine the language of text {event.text[:60]!r} (best confidence "
-                f"{conf:.2f} < langid.min_confidence {self.config.langid.min_confidence}); set the event's 'lang'"))
-        if lang not in self.enabled:
-            source = "given in the event's 'lang'" if event.lang else f"identified, confidence {conf:.2f}"
-            return dl.dead_letter_of(record, dl.UNCONFIGURED_LANGUAGE, (
-                f"language {lang!r} ({source}) is not enabled in languages.yaml; enable it there or fix 'lang'"))
-        return None
+    def _route(self, good: list[tuple[Any, QueryEvent]], langs: list[str], confidences: list[float],
+               now_ms: int) -> tuple[list[int], list[Traffic]]:
+        """The indexes (into ``good``) of served queries, and every query's traffic record for the unserved store."""
+        keep: list[int] = []
+        traffic: list[Traffic] = []
+        for i, (record, event) in enumerate(good):
+            s = classify(Identification(langs[i], confidences[i]), self.enabled)
+            if s.served:
+                keep.append(i)
+            # the query's time picks its bucket: the event's ts, else Kafka's timestamp; never past our clock
+            at = event.ts_ms if event.ts_ms is not None else record.timestamp
+            at_ms = now_ms if at is None or at < 0 else min(int(at), now_ms)
+            traffic.append(Traffic(event.id, s.language, s.served, record.topic, record.partition, record.offset,
+                                   at_ms))
+        return keep, traffic
 
     def run_once(self, max_records: int | None = None) -> BatchStats:
         """Poll one batch and carry it through to the commit. An empty poll returns ``polled == 0``."""
@@ -402,13 +441,7 @@ class Monitor:
 
         t = time.perf_counter()
         self._sync_codebook()
-        keep: list[int] = []
-        for i, (record, event) in enumerate(good):
-            letter = self._route(record, event, batch.langs[i], batch.confidences[i])
-            if letter is None:
-                keep.append(i)
-            else:
-                bad.append(letter)
+        keep, traffic = self._route(good, batch.langs, batch.confidences, int(time.time() * 1000)) if good else ([], [])
         X = batch.embeddings[keep] if keep else None
         scores = self._quality_scores(keep, good, bad)
         by_lang = self._assign(keep, X, good, batch.langs, scores) if keep else {}
@@ -422,6 +455,9 @@ class Monitor:
             stats.applied += res.applied
             stats.duplicates += res.duplicates
             stats.langs[lang] += res.applied
+        counted = self.unserved.apply(traffic)  # after the windows: each store skips what it already holds
+        stats.unserved, stats.unserved_langs = counted.unserved.total(), counted.unserved
+        stats.unserved_duplicates = counted.duplicates_unserved
         m.stage_seconds.labels("redis").observe(time.perf_counter() - t)
 
         t = time.perf_counter()
@@ -441,8 +477,11 @@ class Monitor:
         m.stage_seconds.labels("commit").observe(time.perf_counter() - t)
 
         m.messages.labels("applied").inc(stats.applied)
-        m.messages.labels("duplicate").inc(stats.duplicates)
+        m.messages.labels("duplicate").inc(stats.duplicates + stats.unserved_duplicates)
+        m.messages.labels("unserved").inc(stats.unserved)
         m.messages.labels("dead_lettered").inc(stats.dead_lettered)
+        for lang, n in stats.unserved_langs.items():
+            m.unserved.labels(lang).inc(n)
         if keep and self.updates_centroids:
             self.codebook.clusterer.update(X, self.cc.eta)  # eq. 2, after the write it describes succeeded
         stats.published = self._maybe_publish()
@@ -541,15 +580,17 @@ class Monitor:
             if time.monotonic() - last_log >= 5.0 or (b.polled and log.isEnabledFor(logging.DEBUG)):
                 last_log = time.monotonic()
                 log.info("progress", extra={"batches": total.batches, "messages": total.polled,
-                                            "applied": total.applied, "dead_lettered": total.dead_lettered,
+                                            "applied": total.applied, "unserved": total.unserved,
+                                            "dead_lettered": total.dead_lettered,
                                             "batch_size": b.polled, "lag": self._update_lag(),
                                             "codebook": self.codebook_version})
         self._update_lag()
         self._last_fill = 0.0
         self._update_fill(self.windows.languages())
         log.info("stopped", extra={"batches": total.batches, "messages": total.polled, "applied": total.applied,
-                                   "duplicates": total.duplicates, "dead_lettered": total.dead_lettered,
-                                   "reasons": dict(total.reasons)})
+                                   "duplicates": total.duplicates, "unserved": dict(total.unserved_langs),
+                                   "unserved_duplicates": total.unserved_duplicates,
+                                   "dead_lettered": total.dead_lettered, "reasons": dict(total.reasons)})
         return total
 
     def close(self) -> None:

@@ -20,12 +20,20 @@ Event, on ``compass.events`` (key = language)::
     {"schema": 1, "type": "update_finished", "language": "sw", "at": 1732270300.0,
      "job_id": "sw-1732270000000-3f2a", "data": {"adapter_version": "a8", "ok": true}}
 
-``type`` is one of ``EVENT_TYPES``. The daemon emits drift_detected, update_enqueued, recluster_needed and
+``type`` is one of ``EVENT_TYPES``. The daemon emits drift_detected, update_enqueued, recluster_needed,
 language_stuck (``max_rejections`` updates in a row did not promote: no automatic update until ops resume the
-language; data: reason, failures, outcome of the last one); the worker emits update_started, update_finished,
-adapter_promoted and adapter_rejected. ``job_id`` is required on worker events about a job (the daemon ignores
-reports for a job it is not waiting on). Unknown top-level fields are rejected so a typo is caught rather than
-silently dropped.
+language; data: reason, failures, outcome of the last one) and language_emerging (a language no configured adapter
+serves passed ``daemon.emerging_share`` of all queries with ``daemon.emerging_min_count`` queries over
+``daemon.emerging_horizon_s``; once per episode; no job_id; data: share, count, total, horizon_s, emerging_share,
+emerging_min_count, sample_ids (newest query ids, newest last), how (the step that starts serving it))::
+
+    {"schema": 1, "type": "language_emerging", "language": "ca", "at": 1732270300.0, "job_id": null,
+     "data": {"share": 0.031, "count": 620, "total": 20000, "horizon_s": 86400, "emerging_share": 0.02,
+              "emerging_min_count": 200, "sample_ids": ["q-981", "q-990"], "how": "add `ca: {}` to ..."}}
+
+The worker emits update_started, update_finished, adapter_promoted and adapter_rejected. ``job_id`` is required
+on worker events about a job (the daemon ignores reports for a job it is not waiting on). Unknown top-level fields
+are rejected so a typo is caught rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ EVENT_TYPES = (
     "adapter_rejected",
     "recluster_needed",
     "language_stuck",
+    "language_emerging",
 )
 WORKER_EVENTS = ("update_started", "update_finished", "adapter_promoted", "adapter_rejected")
 

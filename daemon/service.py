@@ -31,6 +31,12 @@ Redis keys of ``l`` besides the window's: ``ref`` (daemon/reference.py), ``statu
 (daemon/dispatch.py), ``paused``, ``force``, ``resume``, ``quality``, ``snapshot:<job_id>`` (the frozen window a
 job refers to) and ``history:js`` / ``history:events`` (daemon/history.py: what the status page draws; every
 check but those in ``UNMEASURED_STATES`` appends its reading).
+
+Unserved languages (``Daemon.check_unserved``, scheduled every ``check_interval_s`` like the languages): under the
+lease ``{prefix}:{unserved}:lease``, read the unserved counts of the last ``daemon.emerging_horizon_s``
+(consumers/unserved.py), decide per language with the pure ``compass.drift.emerging.decide``, write the episodes
+fenced to ``{prefix}:{unserved}:emerging``, then publish ``language_emerging`` once per episode (a failed publish
+reverts that language's episode, so a later check publishes it).
 """
 
 from __future__ import annotations
@@ -52,10 +58,22 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from compass.config import LanguagesConfig, LanguageSettings, ServiceConfig
+from compass.drift.emerging import (
+    EmergingSettings,
+    EmergingState,
+    Reading,
+    decide,
+    how_to_serve,
+    readings,
+    states_from_json,
+    states_to_json,
+)
 from compass.drift.lifecycle import Limits, Observation, Report, Step, detector_mode, detector_view, step
 from compass.drift.quality import QualitySignal
 from compass.embed.base import Embedder
 from consumers.clients import REDIS_ERRORS, redis_client
+from consumers.unserved import TAG as UNSERVED
+from consumers.unserved import UnservedReading, UnservedStore
 from consumers.window import WindowSnapshot, WindowStore, lineage_of
 from daemon import history, stale
 from daemon.dispatch import Dispatcher, EventInbox, drain_inbox, requeue_inbox
@@ -72,8 +90,11 @@ UNMEASURED_STATES = frozenset({"standby", "disabled", "paused", "updating", "err
 # what the lifecycle's step says of an empty window that got past its early rules (reports ... settling)
 PAST_EARLY_RULES = frozenset({"no_reference", "bad_reference", "codebook_mismatch", "insufficient_samples"})
 _JOB_KIND = {"update": "adapter_update", "recluster": "recluster"}  # lifecycle action -> UpdateJob.kind
+EVENT_SAMPLE_IDS = 10  # sample query ids carried by a language_emerging event
+VIEW_SAMPLE_IDS = 5  # ... and shown per unserved language by the API and the status page
 
-__all__ = ["CheckResult", "Daemon", "DaemonMetrics", "FarShareFn", "LanguageStatus", "RecentFarShare"]
+__all__ = ["CheckResult", "Daemon", "DaemonMetrics", "FarShareFn", "LanguageStatus", "RecentFarShare",
+           "UnservedCheck"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,17 @@ class CheckResult:
     job: UpdateJob | None = None
     js: float | None = None
     n_samples: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class UnservedCheck:
+    """One check of the unserved languages: ``state`` checked, standby or error; per language its
+    ``compass.drift.emerging`` check; the languages whose language_emerging was published."""
+
+    state: str
+    checks: dict[str, str]
+    emitted: tuple[str, ...] = ()
     detail: str = ""
 
 
@@ -120,6 +152,13 @@ class DaemonMetrics:
                               registry=r)
         self.seconds = Histogram("compass_daemon_check_seconds", "duration of one language check", registry=r,
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5))
+        self.unserved_share = Gauge("compass_daemon_unserved_share", "share of all queries over "
+                                    "daemon.emerging_horizon_s of a language no configured adapter serves (und: "
+                                    "undetermined)", ["language"], registry=r)
+        self.unserved_queries = Gauge("compass_daemon_unserved_queries", "queries over daemon.emerging_horizon_s of "
+                                      "an unserved language", ["language"], registry=r)
+        self.emerging = Gauge("compass_daemon_language_emerging", "1 while an unserved language is in an emerging "
+                              "episode (language_emerging published, not re-armed)", ["language"], registry=r)
 
 
 class Daemon:
@@ -150,6 +189,10 @@ class Daemon:
                                    recent_ttl_s=c.recent_ttl_s)
         self.dispatcher = dispatcher or Dispatcher(config.kafka)
         self.far_share: FarShareFn = far_share or RecentFarShare(config, self.windows, self.client, embedder)
+        self.unserved = UnservedStore(self.client, self.prefix, bucket_s=c.unserved_bucket_s,
+                                      retention_s=self.dcfg.emerging_horizon_s, samples_max=c.unserved_samples_max,
+                                      samples_ttl_s=c.recent_ttl_s)
+        self._unserved_gauged: set[str] = set()  # languages with unserved gauges set (zeroed once gone)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.metrics = DaemonMetrics()
         self.inbox: EventInbox | None = None
@@ -499,6 +542,106 @@ class Daemon:
             log.error("%s: language_stuck not published: %s", lang, e)
             self.metrics.errors.labels(lang, "event").inc()
 
+    # ------------------------------------------------------------------ unserved languages
+
+    @property
+    def emerging_settings(self) -> EmergingSettings:
+        d = self.dcfg
+        return EmergingSettings(d.emerging_share, d.emerging_min_count, d.emerging_rearm_ratio)
+
+    def emerging_states(self) -> dict[str, EmergingState]:
+        """The episodes of the unserved languages as last written (``{prefix}:{unserved}:emerging``)."""
+        key = self.unserved.key("emerging")
+        return states_from_json(self.client.get(key), key)
+
+    def check_unserved(self, now: float | None = None) -> UnservedCheck:
+        """One check of the unserved languages at ``now`` (module docstring). Never raises: failures are logged."""
+        now = time.time() if now is None else now
+        lease = self._lease(UNSERVED)
+        try:
+            with self._lang_locks[UNSERVED]:
+                return self._check_unserved(now, lease)
+        except Exception as e:
+            log.exception("check of the unserved languages failed")
+            self.metrics.errors.labels("", "unserved").inc()
+            return UnservedCheck("error", {}, detail=f"{type(e).__name__}: {e}")
+
+    def _check_unserved(self, now: float, lease: LanguageLease) -> UnservedCheck:
+        token = lease.hold()
+        if token is None:
+            return UnservedCheck("standby", {}, detail=f"lease held by {lease.holder()}")
+        settings, horizon = self.emerging_settings, self.dcfg.emerging_horizon_s
+        reading = self.unserved.read(now, horizon)
+        before = self.emerging_states()
+        configured = set(self.languages.current.enabled)
+        by_lang = readings(reading.counts, reading.served)
+        steps = {lang: decide(before.get(lang, EmergingState()), by_lang.get(lang, Reading(lang, 0, reading.total)),
+                              settings, configured=lang in configured, now=now)
+                 for lang in sorted(set(by_lang) | set(before))}
+        after = {lang: st.state for lang, st in steps.items() if st.state != EmergingState()}
+        if not lease.fenced_set("emerging", states_to_json(after), token):
+            return UnservedCheck("standby", {}, detail="lease lost during the check; a newer holder acts")
+        emitted, failed = [], []
+        for lang, st in steps.items():
+            if not st.emit:
+                continue
+            r = by_lang[lang]
+            data = {"share": r.share, "count": r.count, "total": r.total, "horizon_s": horizon,
+                    "emerging_share": settings.share, "emerging_min_count": settings.min_count,
+                    "sample_ids": self.unserved.samples(lang, EVENT_SAMPLE_IDS), "how": how_to_serve(lang)}
+            try:
+                self.dispatcher.emit(Event("language_emerging", lang, now, None, data))
+                emitted.append(lang)
+                log.warning("%s: emerging unserved language: %d of %d queries (%.2f%%) over %d s; to serve it: %s",
+                            lang, r.count, r.total, 100 * r.share, horizon, how_to_serve(lang))
+            except Exception as e:  # not announced: the episode is taken back so a later check announces it
+                log.error("%s: language_emerging not published (%s); retried on a later check", lang, e)
+                self.metrics.errors.labels(lang, "event").inc()
+                failed.append(lang)
+        if failed:
+            for lang in failed:
+                if lang in before:
+                    after[lang] = before[lang]
+                else:
+                    after.pop(lang, None)
+            lease.fenced_set("emerging", states_to_json(after), token)
+        self._gauge_unserved(by_lang, after, configured)
+        return UnservedCheck("checked", {lang: st.check for lang, st in steps.items()}, tuple(emitted),
+                             f"{reading.total} queries over {horizon} s, {reading.served} served")
+
+    def _gauge_unserved(self, by_lang: dict[str, Reading], states: dict[str, EmergingState],
+                        configured: set[str]) -> None:
+        m, shown = self.metrics, {lang for lang in set(by_lang) | set(states) if lang not in configured}
+        for lang in shown | self._unserved_gauged:
+            r = by_lang.get(lang)
+            m.unserved_share.labels(lang).set(r.share if r and lang in shown else 0.0)
+            m.unserved_queries.labels(lang).set(r.count if r and lang in shown else 0)
+            m.emerging.labels(lang).set(1 if lang in shown and lang in states and states[lang].active else 0)
+        self._unserved_gauged = shown
+
+    def describe_unserved(self, now: float | None = None) -> dict[str, Any]:
+        """What on-call reads about unserved languages: per language (not configured now) its queries and share over
+        the horizon, its count since the start, its episode and the step that starts serving it."""
+        now = time.time() if now is None else now
+        settings, horizon = self.emerging_settings, self.dcfg.emerging_horizon_s
+        reading: UnservedReading = self.unserved.read(now, horizon)
+        states = self.emerging_states()
+        configured = set(self.languages.current.enabled)
+        by_lang = readings(reading.counts, reading.served)
+        rows = []
+        for lang in sorted((set(by_lang) | set(reading.totals) | set(states)) - configured):
+            r, state = by_lang.get(lang, Reading(lang, 0, reading.total)), states.get(lang, EmergingState())
+            st = decide(state, r, settings, configured=False, now=now)
+            rows.append({"language": lang, "count": r.count, "share": r.share,
+                         "total_count": reading.totals.get(lang, 0),
+                         "status": "emerging" if state.active or st.emit else st.check, "emerging": state.active,
+                         "since": state.since if state.active else None, "episodes": state.episodes,
+                         "sample_ids": self.unserved.samples(lang, VIEW_SAMPLE_IDS), "how": how_to_serve(lang)})
+        rows.sort(key=lambda row: (-row["share"], row["language"]))
+        return {"horizon_s": horizon, "emerging_share": settings.share, "emerging_min_count": settings.min_count,
+                "rearm_below": settings.rearm_below, "served": reading.served, "total": reading.total,
+                "languages": rows}
+
     # ------------------------------------------------------------------ views for the API
 
     def describe(self, lang: str) -> dict[str, Any]:
@@ -613,6 +756,8 @@ class Daemon:
         self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick), id="tick", max_instances=1, coalesce=True)
         self.scheduler.add_job(self.poll_events, IntervalTrigger(seconds=self.dcfg.events_poll_s), id="events",
                                max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.check_unserved, IntervalTrigger(seconds=self.dcfg.check_interval_s),
+                               id="unserved", max_instances=1, coalesce=True, next_run_time=_utcnow())
         self.scheduler.start()
         self._sync_jobs()
         log.info("daemon %s checking %d language(s) every %.1f s", self.owner, len(self.languages.current.enabled),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from compass.drift.emerging import how_to_serve
+from consumers.unserved import Traffic, UnservedStore
 from consumers.window import Assignment, WindowStore
 from daemon.api.app import TOKEN_ENV, create_app
 from daemon.cli import app as cli_app
@@ -147,3 +151,29 @@ def test_resume_clears_a_stuck_language(make_daemon, redis, monkeypatch):
     view = client.get("/v1/languages/sw").json()
     assert (view["phase"], view["failures"], view["stuck"]) == ("updating", 0, None)
     assert 'compass_daemon_stuck{language="sw"} 0.0' in client.get("/metrics").text
+
+
+def test_languages_lists_the_unserved_ones_on_request(client, daemon, redis):
+    now_ms, items = int(time.time() * 1000), []
+    for lang, served, n in (("sw", True, 6), ("ca", False, 3), ("und", False, 1), ("yo", False, 1)):  # yo: disabled
+        for i in range(n):
+            items.append(Traffic(f"{lang}-{i}", lang, served, "compass.queries", 0, len(items), now_ms))
+    UnservedStore(redis).apply(items)
+
+    assert set(client.get("/v1/languages").json()) == {"languages"}  # unchanged without the flag
+    body = client.get("/v1/languages", params={"unserved": "true"}).json()
+    assert [r["language"] for r in body["languages"]] == ["sw", "yo"]
+    u = body["unserved"]
+    assert {k: v for k, v in u.items() if k != "languages"} == {
+        "horizon_s": 86400, "emerging_share": 0.02, "emerging_min_count": 200, "rearm_below": 0.01, "served": 6,
+        "total": 11, "error": None}
+
+    def row(lang, n, status, how):
+        return {"language": lang, "count": n, "share": n / 11, "total_count": n, "status": status, "emerging": False,
+                "since": None, "episodes": 0, "sample_ids": [f"{lang}-{i}" for i in range(n)], "how": how}
+
+    # by share, then code; 3 of 11 is above 0.02 but under emerging_min_count 200: "few"
+    assert u["languages"] == [row("ca", 3, "few", how_to_serve("ca")), row("und", 1, "undetermined", None),
+                              row("yo", 1, "few", how_to_serve("yo"))]
+    r = client.get("/v1/languages", params={"unserved": "maybe"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "unserved"]

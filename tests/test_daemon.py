@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import threading
+import time
 import uuid
 from itertools import count
 
@@ -27,6 +28,7 @@ from compass.cluster import make_clusterer
 from compass.config import load_languages
 from consumers.clients import kafka_producer
 from consumers.codebook import CodebookStore
+from consumers.unserved import Traffic, UnservedStore
 from consumers.window import Assignment, WindowStore
 from daemon import history, stale
 from daemon.dispatch import Dispatcher, inbox_key
@@ -550,6 +552,53 @@ def test_a_failed_publish_reverts_the_check(make_daemon, redis, cfg):
     r = d.check("sw", T0 + 1)
     assert (r.state, r.fired, r.job.reason) == ("manual", True, "manual")
     assert d.status("sw").adapter_version == "a7" and [j.job_id for j in jobs(cfg)] == [r.job.job_id]
+
+
+def emerging_cfg(cfg):
+    return cfg.model_copy(update={"daemon": cfg.daemon.model_copy(update={
+        "emerging_share": 0.1, "emerging_min_count": 5, "emerging_horizon_s": 600})})
+
+
+def seed_unserved(redis, served: int, unserved: dict[str, int]) -> None:
+    """``served`` sw queries then ``unserved`` queries per language, asked now, on partition 0 of compass.queries."""
+    now_ms, items = int(time.time() * 1000), []
+    for lang, n in {"sw": served, **unserved}.items():
+        for i in range(n):
+            items.append(Traffic(f"{lang}-{i}", lang, lang == "sw", "compass.queries", 0, len(items), now_ms))
+    UnservedStore(redis).apply(items)
+
+
+def test_the_scheduled_unserved_check_announces_an_emerging_language_once(make_daemon, redis, cfg):
+    d = make_daemon(config=emerging_cfg(cfg))
+    seed_unserved(redis, 40, {"ca": 10, "und": 3})  # ca: 10 of 53, above 0.1 with >= 5 queries
+    d.start()
+    deadline = time.monotonic() + 30
+    while not any(e.type == "language_emerging" for e in events(cfg)):
+        assert time.monotonic() < deadline, "no language_emerging from the scheduled check"
+        time.sleep(0.2)
+    time.sleep(2.5)  # two more checks at the 1 s interval: no second event
+    evs = [e for e in events(cfg) if e.type == "language_emerging"]
+    assert [(e.language, e.data["count"], e.data["total"]) for e in evs] == [("ca", 10, 53)]
+    assert evs[0].data["sample_ids"] == [f"ca-{i}" for i in range(10)]
+    assert d.emerging_states()["ca"].active is True
+
+
+def test_a_failed_language_emerging_publish_is_retried_and_one_replica_acts(make_daemon, redis, cfg):
+    class Down(Dispatcher):
+        def emit(self, event: Event) -> None:
+            raise ConnectionError("broker unreachable")
+
+    config = emerging_cfg(cfg)
+    d = make_daemon(config=config, dispatcher=Down(cfg.kafka))
+    seed_unserved(redis, 40, {"ca": 10})
+    r = d.check_unserved()
+    assert (r.state, r.checks, r.emitted) == ("checked", {"ca": "emerging"}, ())
+    assert d.emerging_states() == {}  # taken back: not announced, so not an episode yet
+    assert make_daemon("daemon-b", config=config).check_unserved().state == "standby"  # a holds the lease
+    d.dispatcher = Dispatcher(cfg.kafka)
+    r = d.check_unserved()
+    assert (r.checks, r.emitted) == ({"ca": "emerging"}, ("ca",))
+    assert [e.language for e in events(cfg) if e.type == "language_emerging"] == ["ca"]
 
 
 def test_status_written_before_the_lifecycle_still_loads(make_daemon, redis):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,10 @@ def test_window_counts_equal_ground_truth_and_rebuild(services, redis, topic_fac
     with Monitor(cfg, languages, embedder=embedder, identifier=identifier) as m:
         stats = m.run(burst=True)
     assert stats.polled == len(corpus_events)
-    assert stats.applied + stats.dead_lettered == len(corpus_events)
+    unserved = [e for e in corpus_events if expected_lang(e, identifier) not in languages.enabled]
+    assert (stats.applied, stats.unserved, stats.dead_lettered) == (len(corpus_events) - len(unserved),
+                                                                    len(unserved), 0)
+    assert stats.unserved_langs == Counter(expected_lang(e, identifier) for e in unserved)
     assert_windows_equal(window_counts(cfg, redis), want)
     assert committed(cfg, cfg.consumer.group_id) == {0: len(corpus_events)}
 
@@ -266,6 +269,10 @@ def test_crash_between_write_and_commit_counts_once(services, redis, topic_facto
         stats = m2.run(burst=True)
     assert_windows_equal(window_counts(cfg, redis), want)
     assert stats.duplicates == redelivered_good  # the re-delivered batch was skipped, not counted twice
+    assert stats.unserved_duplicates == hi - lo - redelivered_good
+    unserved = Counter(expected_lang(e, identifier) for e in corpus_events
+                       if expected_lang(e, identifier) not in languages.enabled)
+    assert m2.unserved.totals() == dict(unserved)  # counted once each, across the crash
     assert committed(cfg, cfg.consumer.group_id) == {0: len(corpus_events)}
 
 
@@ -304,39 +311,43 @@ def test_poison_messages_go_to_the_dead_letter_topic(services, redis, topic_fact
     topic, dlq = topic_factory(1), topic_factory(1)
     cfg = make_config(services, tmp_path, topic, dlq, embedder_cfg, max_message_bytes=2048)
     publish(cfg, redis, fitted[0], embedder)
-    good = [QueryEvent(id=f"g{i}", text=e.text, lang=e.lang or "en") for i, e in enumerate(corpus_events[:14])]
-    poison = {
-        "invalid_utf8": b'{"id": "p", "text": "caf\xe9"}',
-        "malformed_json": b'{"id": "p", "text": ',
-        "not_an_object": b'["p", "hello"]',
-        "unknown_field": b'{"id": "p", "txt": "hello"}',
-        "missing_id": b'{"text": "hello"}',
-        "missing_text": b'{"id": "p", "text": "   "}',
-        "bad_lang": b'{"id": "p", "text": "hello", "lang": "123"}',
-        "bad_ts": b'{"id": "p", "text": "hello", "ts": true}',
-        "bad_meta": b'{"id": "p", "text": "hello", "meta": [1]}',
-        "oversize": json.dumps({"id": "p", "text": "hello " * 500}).encode(),
-        "invalid_unicode": b'{"id": "p", "text": "\\ud800 hi"}',
-        "unconfigured_language": b'{"id": "p", "text": "privet", "lang": "ru"}',
-        "undetermined_language": b'{"id": "p", "text": "12345 ???"}',
-        "unsupported_schema": b'{"id": "p", "text": "hello", "lang": "en"}',  # sent with compass-schema: 2
-    }
+    good = [QueryEvent(id=f"g{i}", text=e.text, lang=e.lang or "en") for i, e in enumerate(corpus_events[:13])]
+    # well-formed queries of a disabled language and of none: counted as unserved, never dead-lettered
+    unserved = [(b"k-ru", b'{"id": "p-ru", "text": "privet", "lang": "ru"}', []),
+                (b"k-und", b'{"id": "p-und", "text": "12345 ???"}', [])]
+    poison = [
+        ("invalid_utf8", b'{"id": "p", "text": "caf\xe9"}'),
+        ("malformed_json", b'{"id": "p", "text": '),
+        ("not_an_object", b'["p", "hello"]'),
+        ("unknown_field", b'{"id": "p", "txt": "hello"}'),
+        ("missing_id", b'{"text": "hello"}'),
+        ("missing_text", b'{"id": "p", "text": "   "}'),
+        ("bad_lang", b'{"id": "p", "text": "hello", "lang": "123"}'),
+        ("bad_ts", b'{"id": "p", "text": "hello", "ts": true}'),
+        ("bad_meta", b'{"id": "p", "text": "hello", "meta": [1]}'),
+        ("oversize", json.dumps({"id": "p", "text": "hello " * 500}).encode()),
+        ("invalid_unicode", b'{"id": "p", "text": "\\ud800 hi"}'),
+        ("invalid_unicode", b'{"id": "p\\udfff", "text": "hi", "lang": "en"}'),  # no Redis argument takes it
+        ("unsupported_schema", b'{"id": "p", "text": "hello", "lang": "en"}'),  # sent with compass-schema: 2
+    ]
     assert len(good) == len(poison)
     items, expected = [], {}
     for i, e in enumerate(good):  # a poison message between every two good ones
         items.append((e.id.encode(), encode_event(e), [("compass-schema", b"1")]))
         if i < len(poison):
-            reason, value = list(poison.items())[i]
+            reason, value = poison[i]
             expected[len(items)] = (reason, value)
             headers = [("trace", reason.encode())] + ([("compass-schema", b"2")] if reason == "unsupported_schema" else [])
             items.append((f"k-{reason}".encode(), value, headers))
     expected[len(items)] = ("malformed_json", None)  # a tombstone
     items.append((b"tomb", None, []))
+    items += unserved
     produce(cfg, topic, items)
 
     with Monitor(cfg, languages, embedder=embedder, identifier=identifier) as m:
         stats = m.run(burst=True)
-    assert stats.applied == len(good)
+        assert m.unserved.totals() == {"ru": 1, "und": 1} and m.unserved.samples("ru") == ["p-ru"]
+    assert (stats.applied, stats.unserved, dict(stats.unserved_langs)) == (len(good), 2, {"ru": 1, "und": 1})
     assert stats.dead_lettered == len(expected)
     assert dict(stats.reasons) == dict(__import__("collections").Counter(r for r, _ in expected.values()))
     assert sum(v.sum() for v in window_counts(cfg, redis).values()) == len(good)

@@ -8,13 +8,16 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 
 import pytest
 import torch
 import uvicorn
 from fastapi.testclient import TestClient
 
+from compass.drift.emerging import EmergingState, how_to_serve, states_to_json
 from compass.registry import AdapterManifest, AdapterRegistry
+from consumers.unserved import Traffic, UnservedStore
 from consumers.window import Assignment, WindowStore
 from daemon.api.app import create_app
 from daemon.history import record_check, record_event
@@ -84,6 +87,32 @@ def test_status_json_has_every_card_exactly(daemon, recorded):
     assert [(p["action"], p["version"], p["gate"]) for p in a["promotions"]] == [("promote", "va", {"outcome": "pass"})]
     assert [e["type"] for e in it["timeline"]] == ["adapter_rejected", "drift_detected"]
     assert len(client.get("/v1/status", params={"points": 5}).json()["languages"][1]["js_history"]) == 5
+
+
+@pytest.fixture
+def unserved(daemon, redis):
+    """10 served queries, ca 4 (in an episode, as the daemon writes it) and und 1, asked now."""
+    now_ms, items = int(time.time() * 1000), []
+    for lang, served, n in (("it", True, 10), ("ca", False, 4), ("und", False, 1)):
+        for i in range(n):
+            items.append(Traffic(f"{lang}-{i}", lang, served, "compass.queries", 0, len(items), now_ms))
+    UnservedStore(redis).apply(items)
+    redis.set("compass:{unserved}:emerging", states_to_json({"ca": EmergingState(True, T0, 4 / 15, 4, 1)}))
+
+
+def test_status_json_has_the_unserved_panel(daemon, unserved):
+    u = TestClient(create_app(daemon)).get("/v1/status").json()["unserved"]
+    assert (u["error"], u["served"], u["total"], u["horizon_s"]) == (None, 10, 15, 86400)
+    assert [(r["language"], r["count"], r["share"], r["status"], r["since"], r["sample_ids"]) for r in u["languages"]] == [
+        ("ca", 4, 4 / 15, "emerging", T0, ["ca-0", "ca-1", "ca-2", "ca-3"]),
+        ("und", 1, 1 / 15, "undetermined", None, ["und-0"])]
+    assert u["languages"][0]["how"] == how_to_serve("ca")
+
+
+def test_a_broken_unserved_state_is_reported_in_the_panel(daemon, redis):
+    redis.set("compass:{unserved}:emerging", "{")
+    u = TestClient(create_app(daemon)).get("/v1/status").json()["unserved"]
+    assert u["languages"] == [] and u["error"].startswith("EmergingError: compass:{unserved}:emerging: not JSON")
 
 
 def test_page_is_self_contained(daemon):
@@ -221,4 +250,19 @@ def test_page_shows_a_stuck_language_and_a_calibrated_threshold(server, browser,
     assert reason in card[0].text
     assert es.find_element(By.CSS_SELECTOR, "svg.js-chart polyline.threshold-line").get_attribute("data-points") == "3"
     assert "fixed · 0.150" in es.text  # the detector fact: mode and effective threshold
+    assert browser.find_element(By.ID, "error").is_displayed() is False
+
+
+def test_page_shows_the_unserved_languages_and_how_to_serve_one(server, browser, unserved):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    rows = WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#unserved table tr[data-lang]"))
+    assert [(r.get_attribute("data-lang"), r.get_attribute("data-status"), r.get_attribute("data-count"))
+            for r in rows] == [("ca", "emerging", "4"), ("und", "undetermined", "1")]
+    assert "26.67%" in rows[0].text and "ca-3" in rows[0].text and "emerging since" in rows[0].text
+    how = browser.find_elements(By.CSS_SELECTOR, "#unserved .how[data-lang]")
+    assert [h.get_attribute("data-lang") for h in how] == ["ca"] and how_to_serve("ca").replace("`", "") in how[0].text
+    assert "compass adapt --target LANG" in browser.find_element(By.ID, "unserved").text
     assert browser.find_element(By.ID, "error").is_displayed() is False

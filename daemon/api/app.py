@@ -7,7 +7,11 @@
   GET  /readyz                           Kafka and Redis reachable (503 naming the one that is not)
   GET  /metrics                          Prometheus text format
   GET  /v1/languages                     every configured language (or with a window): state, phase, JS, theta,
-                                         the detector's effective threshold, fill
+                                         the detector's effective threshold, fill; with ``?unserved=true`` also
+                                         ``unserved``: languages no configured adapter serves (und included), their
+                                         queries and share over daemon.emerging_horizon_s, whether they emerged
+                                         (language_emerging), sample ids and how to start serving them, and
+                                         ``error`` (null, or why they could not be read)
   GET  /v1/languages/{lang}              one language in full
   POST /v1/languages/{lang}/pause        stop checks acting on the language (all replicas)
   POST /v1/languages/{lang}/resume       un-pause; a stuck language is resumed on its next check (failures cleared)
@@ -27,7 +31,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -35,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from compass.route import RouteError
 from daemon.api.serving import RouteRequest
-from daemon.api.status_page import status_router
+from daemon.api.status_page import status_router, unserved_status
 
 if TYPE_CHECKING:
     from daemon.service import Daemon
@@ -84,14 +88,16 @@ def create_app(daemon: Daemon) -> FastAPI:
         return Response(generate_latest(daemon.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/languages")
-    def languages() -> dict[str, Any]:
+    def languages(unserved: bool = Query(False, description="also list the unserved languages")) -> dict[str, Any]:
         rows = []
         for lang in daemon.known_languages():
             d = daemon.describe(lang)
             rows.append({k: d[k] for k in ("language", "enabled", "paused", "state", "phase", "js", "theta",
                                           "effective_threshold", "armed", "adapter_version", "last_trigger")}
                         | {"fill": d["window"]["fill"]})
-        return {"languages": rows}
+        if not unserved:
+            return {"languages": rows}
+        return {"languages": rows, "unserved": unserved_status(daemon)}  # a failure is named in its "error"
 
     @app.get("/v1/languages/{lang}")
     def language(lang: str) -> dict[str, Any]:

@@ -4,9 +4,12 @@ The page (``daemon/api/static/status.html``: inline CSS and JS drawing SVG, noth
 machines are offline) polls ``/v1/status`` and shows one card per language: JS(P_ref || P_mon) over time against
 theta (eq. 5, eq. 6) and the effective threshold of a calibrated detector, with trigger markers, the detector's
 mode, effective threshold and burn-in progress, the window's cluster proportions P_mon (eq. 4) against P_ref (eq. 3),
-the adapter versions and promotions of the registry, and the events timeline (daemon/history.py).
+the adapter versions and promotions of the registry, and the events timeline (daemon/history.py). Above the cards,
+a panel lists the unserved languages (``Daemon.describe_unserved``: queries and share over the horizon, emerged or
+not, sample ids, and how to start serving one).
 
-One language's failure (a corrupt window, an unreadable registry) is reported in its card, never a 500.
+One language's failure (a corrupt window, an unreadable registry) is reported in its card, never a 500; a failure
+of the unserved panel is reported in the panel.
 """
 
 from __future__ import annotations
@@ -100,6 +103,15 @@ def language_status(daemon: Daemon, registry: AdapterRegistry, lang: str, points
         return {"language": lang, "badge": "attention", "error": f"{type(e).__name__}: {e}"}
 
 
+def unserved_status(daemon: Daemon) -> dict[str, Any]:
+    """The unserved-languages panel; a failure becomes ``{"error"}`` instead of an exception."""
+    try:
+        return {**daemon.describe_unserved(), "error": None}
+    except Exception as e:
+        log.warning("unserved languages failed: %s", e)
+        return {"languages": [], "error": f"{type(e).__name__}: {e}"}
+
+
 def status_router(daemon: Daemon, registry: AdapterRegistry | None = None) -> APIRouter:
     """``GET /`` and ``GET /v1/status`` over ``daemon`` (the registry: ``daemon.config.adapters.registry``)."""
     registry = registry or AdapterRegistry(daemon.config.adapters.registry)
@@ -119,6 +131,7 @@ def status_router(daemon: Daemon, registry: AdapterRegistry | None = None) -> AP
         """Every known language's card data at once (the status page polls this)."""
         langs = daemon.known_languages()
         return {"generated_at": time.time(), "owner": daemon.owner, "poll_s": POLL_S,
-                "languages": [language_status(daemon, registry, lang, points, events) for lang in langs]}
+                "languages": [language_status(daemon, registry, lang, points, events) for lang in langs],
+                "unserved": unserved_status(daemon)}
 
     return router
