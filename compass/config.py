@@ -278,6 +278,11 @@ _REPLACED_KEYS = {
 class HttpConfig(_Frozen):
     host: str = Field("127.0.0.1", description="bind address; keep 127.0.0.1 unless behind a proxy")
     port: int = Field(8470, ge=1, le=65535, description="a TCP port in [1, 65535]")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, le=1 << 30,
+        description="largest request body of every HTTP server (daemon API, `compass serve`) in bytes, in "
+        "[1024, 2^30]; larger ones answer 413",
+    )
 
 
 class ConsumerConfig(_Frozen):
@@ -310,6 +315,28 @@ class ConsumerConfig(_Frozen):
     unserved_samples_max: int = Field(
         20, ge=1, le=10_000, description="sample query ids kept per unserved language, in [1, 10000]"
     )
+    max_embed_chars: int = Field(
+        1024, ge=16, le=1_000_000, description="query texts are cut to this many characters before embedding (the "
+        "model reads ~512 tokens anyway; bounds the cost of one message), in [16, 1000000]",
+    )
+    max_json_depth: int = Field(
+        32, ge=2, le=500, description="deeper nesting of objects/arrays in a message is dead-lettered, in [2, 500]"
+    )
+    max_number_digits: int = Field(
+        32, ge=20, le=4000, description="a JSON number with more digits is dead-lettered, in [20, 4000]"
+    )
+    max_batch_failures: int = Field(
+        5, ge=1, le=1000, description="a batch failing this often in a row (not Kafka/Redis/disk) is retried one "
+        "message at a time and the failing message dead-lettered as internal_error, in [1, 1000]",
+    )
+    dedup_horizon_s: int = Field(
+        86400, ge=0, le=30 * 86400, description="an event id already counted within this many seconds is a "
+        "duplicate (a re-send at a new offset); 0 = off, in [0, 2592000]",
+    )
+    max_dead_letter_bytes: int = Field(
+        1_000_000, ge=4096, le=100 << 20, description="dead letters are truncated to fit this many bytes (keep it "
+        "below the dead-letter topic's max.message.bytes), in [4096, 104857600]",
+    )
 
 
 class StackConfig(_Frozen):
@@ -338,6 +365,10 @@ class DaemonConfig(_Frozen):
     )
     events_group_id: str = Field("compass-daemon", min_length=1, description="Kafka group reading compass.events")
     events_poll_s: float = Field(1.0, gt=0, le=60, description="seconds between polls of compass.events, in (0, 60]")
+    max_message_failures: int = Field(
+        3, ge=1, le=1000, description="a worker report whose Redis write failed this many times in a row (Redis "
+        "answering) is dead-lettered, in [1, 1000]",
+    )
     snapshot_ttl_s: int = Field(7 * 86400, ge=60, description="expiry of a job's frozen window snapshot, seconds >= 60")
     stale_noise_share: float = Field(
         0.3, gt=0.0, le=1.0, description="recluster when this share of the window is noise, in (0, 1]"
@@ -442,6 +473,10 @@ class WorkerConfig(_Frozen):
     retry_backoff_s: float = Field(30.0, ge=0, description="seconds before a failed job is tried again, >= 0")
     lock_ttl_ms: int = Field(120_000, ge=1000, description="per-language in-progress lock TTL (renewed), ms >= 1000")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints, >= 1")
+    max_message_failures: int = Field(
+        3, ge=1, le=1000, description="a job message whose queue write failed this many times in a row (Redis "
+        "answering) is dead-lettered, in [1, 1000]",
+    )
     train: TrainSettings = TrainSettings()
     ecda: ECDASettings = ECDASettings()
     gate: GateSettings = GateSettings()

@@ -58,5 +58,10 @@ class EmbedderError(CompassError, RuntimeError):
     """An embedding backend could not load or answer."""
 
 
+class EmbedderUnavailable(EmbedderError, ConnectionError):
+    """An embedding service did not answer after its retries (connection, timeout, 429/5xx): an outage, which the
+    consumer rewinds and retries like a Kafka or Redis outage instead of blaming the messages (ConnectionError)."""
+
+
 class LanguageIdError(CompassError, RuntimeError):
     """A language-ID backend could not load."""

@@ -45,6 +45,19 @@ class ConsumerMetrics:
             "compass_consumer_unserved", "queries of a language no configured adapter serves (und: undetermined), "
             "by detected language; counted once, never put in a window", ["lang"], registry=r,
         )
+        self.failed_batches = Counter(
+            "compass_consumer_failed_batches", "batches rewound after a failure, by kind (outage: Kafka/Redis "
+            "unreachable, retried without end; error: anything else, handled message by message after "
+            "consumer.max_batch_failures in a row)", ["kind"], registry=r,
+        )
+        self.consecutive_failures = Gauge(
+            "compass_consumer_consecutive_failures", "failed attempts of the current batch in a row (0: progressing)",
+            registry=r,
+        )
+        self.truncated = Counter(
+            "compass_consumer_truncated", "query texts cut to consumer.max_embed_chars before embedding, by language",
+            ["lang"], registry=r,
+        )
         self.revisions = Counter(
             "compass_codebook_revisions", "centroid revisions published by this worker (eq. 2)", registry=r,
         )

@@ -2,11 +2,19 @@
 
 One batch (``Monitor.run_once``):
 
-    poll (bounded count and bytes) -> decode and validate -> enrich (language ID where ``lang`` is absent,
-    one embedding call) -> served or not (compass/route/decision.py ``classify``) -> assign the served to the
-    codebook's buckets -> one atomic Redis update of the windows (``WindowStore.apply_batch``) -> one of the
-    unserved counts (``UnservedStore.apply``) -> wait for dead-letter acks -> commit offset+1 per partition
-    -> eq. 2 centroid update -> maybe publish a codebook revision
+    poll (bounded count and bytes) -> decode and validate (bounded JSON, strict types) -> language ID where
+    ``lang`` is absent -> served or not (compass/route/decision.py ``classify``) -> embed the served only, each
+    text cut to ``consumer.max_embed_chars`` (one call) -> assign them to the codebook's buckets -> one atomic
+    Redis update of the windows (``WindowStore.apply_batch``; ids de-duplicated within
+    ``consumer.dedup_horizon_s``) -> one of the unserved counts (``UnservedStore.apply``) -> wait for dead-letter
+    acks -> commit offset+1 per partition -> eq. 2 centroid update -> maybe publish a codebook revision
+
+Isolation (consumers/isolate.py): an exception while handling one message (decode, language ID, embedding,
+assignment) dead-letters that message as ``internal_error`` with the exception in the detail, and the rest of
+the batch proceeds; a batched stage that fails is retried message by message to find the poison one. A batch
+that fails otherwise ``consumer.max_batch_failures`` times in a row is handled one message at a time and a
+message that still fails is dead-lettered. Only outages (Kafka, Redis unreachable) rewind and retry without end;
+a dead letter the broker refuses stops the consumer (``DeadLetterError``).
 
 Served and unserved: a query of a language enabled in languages.yaml goes to that language's window; a query
 of any other language, or of none (``und``: language ID could not tell), never does: it is counted as
@@ -62,26 +70,17 @@ from compass.errors import CompassError
 from compass.langid import Identification
 from compass.route.decision import classify
 from consumers import deadletter as dl
-from consumers.clients import REDIS_ERRORS, kafka_consumer, kafka_producer, redis_client
+from consumers.clients import kafka_consumer, kafka_producer, redis_client
 from consumers.codebook import Codebook, CodebookStore, CodebookWatcher
-from consumers.enrich import enrich
 from consumers.events import SCHEMA_HEADER, SCHEMA_VERSION, BadEvent, QueryEvent, decode_event
+from consumers.isolate import OUTAGE, describe, isolate
 from consumers.lease import Lease
 from consumers.metrics import ConsumerMetrics
+from consumers.safejson import JsonLimits
 from consumers.unserved import Traffic, UnservedStore
 from consumers.window import ApplyResult, Assignment, StaleCodebookError, WindowStore
 
 log = logging.getLogger(__name__)
-
-
-def _lone_surrogate(event: QueryEvent) -> tuple[str, int] | None:
-    """(field, position) of the first lone surrogate in the event's id or text, else None."""
-    for name, value in (("id", event.id), ("text", event.text)):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return name, e.start
-    return None
 
 
 class NoCodebook(CompassError, RuntimeError):
@@ -94,7 +93,9 @@ class BatchStats:
 
     polled: int = 0
     applied: int = 0
-    duplicates: int = 0  # served messages a window had applied already (re-delivered)
+    duplicates: int = 0  # served messages a window had applied already (re-delivered, or resent: see below)
+    resent: int = 0  # of the duplicates: a new offset but an id counted within consumer.dedup_horizon_s
+    truncated: int = 0  # texts cut to consumer.max_embed_chars before embedding
     unserved: int = 0  # messages of unserved languages counted (first deliveries)
     unserved_duplicates: int = 0  # unserved messages counted already (re-delivered)
     dead_lettered: int = 0
@@ -113,6 +114,10 @@ class RunStats:
     polled: int = 0
     applied: int = 0
     duplicates: int = 0
+    resent: int = 0
+    truncated: int = 0
+    failed_batches: int = 0  # batches rewound after a failure (outage or error), counted in run()
+    worst_message_s: float = 0.0  # the slowest batch's seconds per message: bounds what one message can cost
     unserved: int = 0
     unserved_duplicates: int = 0
     dead_lettered: int = 0
@@ -134,6 +139,9 @@ class RunStats:
         self.polled += b.polled
         self.applied += b.applied
         self.duplicates += b.duplicates
+        self.resent += b.resent
+        self.truncated += b.truncated
+        self.worst_message_s = max(self.worst_message_s, b.seconds / b.polled)
         self.unserved += b.unserved
         self.unserved_duplicates += b.unserved_duplicates
         self.dead_lettered += b.dead_lettered
@@ -206,7 +214,8 @@ class Monitor:
         prefix = config.redis.key_prefix
         self.redis = redis_client(config.redis)
         self.windows = WindowStore(self.redis, prefix, store_texts=self.cc.store_texts,
-                                   recent_max=self.cc.recent_max, recent_ttl_s=self.cc.recent_ttl_s)
+                                   recent_max=self.cc.recent_max, recent_ttl_s=self.cc.recent_ttl_s,
+                                   dedup_horizon_s=self.cc.dedup_horizon_s)
         self.unserved = UnservedStore(self.redis, prefix, bucket_s=self.cc.unserved_bucket_s,
                                       retention_s=config.daemon.emerging_horizon_s,
                                       samples_max=self.cc.unserved_samples_max, samples_ttl_s=self.cc.recent_ttl_s)
@@ -234,6 +243,9 @@ class Monitor:
         self._next_revision = time.monotonic() + self.cc.revision_interval_s
 
         self._pending: dict[TopicPartition, int] = {}  # written to Redis, not yet committed
+        self._limits = JsonLimits(max_depth=self.cc.max_json_depth, max_digits=self.cc.max_number_digits)
+        self._one_by_one = 0  # messages still to handle alone after max_batch_failures failed batches in a row
+        self._last_error: str = ""  # the last batch failure, for the dead letter of a message that keeps failing
         self._end_offsets: dict[TopicPartition, int] | None = None  # rebuild: where to stop
         self._last_fill = 0.0
         kafka_kw = dict(
@@ -254,8 +266,9 @@ class Monitor:
             self.consumer = kafka_consumer(config.kafka, self.group_id, [], **kafka_kw)
             self.consumer.subscribe([self.topic], listener=_Rebalance(self))
             producer = kafka_producer(config.kafka, acks="all", linger_ms=5,
-                                      max_request_size=max(1 << 20, 2 * self.cc.max_message_bytes))
-            self.dead_letters = dl.DeadLetterWriter(producer, config.kafka.dead_letter_topic)
+                                      max_request_size=max(1 << 20, self.cc.max_dead_letter_bytes + (64 << 10)))
+            self.dead_letters = dl.DeadLetterWriter(producer, config.kafka.dead_letter_topic,
+                                                    max_bytes=self.cc.max_dead_letter_bytes)
 
     # ------------------------------------------------------------------ codebook
 
@@ -343,6 +356,12 @@ class Monitor:
         self._pending.clear()
         return done
 
+    def _refresh_lag(self) -> None:
+        try:
+            self._update_lag()
+        except Exception as e:  # noqa: BLE001 - a gauge must not turn one failure into another
+            log.warning("could not update the lag gauge", extra={"error": describe(e)})
+
     def _update_lag(self) -> int:
         total = 0
         for tp in self.consumer.assignment():
@@ -360,32 +379,34 @@ class Monitor:
         good, bad = [], []
         limit = self.cc.max_message_bytes
         for r in records:
-            size = len(r.value or b"")
-            if size > limit:
-                why = (f"message value is {size} bytes; the limit is consumer.max_message_bytes = {limit}; "
-                       "shorten the query or raise the limit")
-                bad.append(dl.dead_letter_of(r, dl.OVERSIZE, why))
-                continue
-            schema = dict(r.headers or []).get(SCHEMA_HEADER)
-            if schema is not None and schema != str(SCHEMA_VERSION).encode():
-                bad.append(dl.dead_letter_of(r, dl.UNSUPPORTED_SCHEMA, (
-                    f"header {SCHEMA_HEADER!r} is {schema!r}; this consumer reads schema version {SCHEMA_VERSION}; "
-                    "upgrade compass or produce version-1 events (the header may be left out)")))
-                continue
             try:
-                event = decode_event(r.value or b"")
+                reason, detail = self._check_record(r, limit)
+                if reason is None:
+                    good.append((r, decode_event(r.value or b"", self._limits)))
+                    continue
             except BadEvent as e:
-                bad.append(dl.dead_letter_of(r, e.reason, str(e)))
-                continue
-            # JSON escapes can carry lone surrogates that no embedder and no Redis argument accepts
-            surrogate = _lone_surrogate(event)
-            if surrogate is not None:
-                name, pos = surrogate
-                bad.append(dl.dead_letter_of(r, dl.INVALID_UNICODE, f"field {name!r} holds a lone surrogate at "
-                                             f"position {pos}; send valid Unicode"))
-                continue
-            good.append((r, event))
+                reason, detail = e.reason, str(e)
+            except Exception as e:  # noqa: BLE001 - decoding is pure: whatever it raises is this message's fault
+                reason, detail = dl.INTERNAL_ERROR, f"decoding raised {describe(e)}"
+            bad.append(dl.dead_letter_of(r, reason, detail))
         return good, bad
+
+    @staticmethod
+    def _check_record(r: Any, limit: int) -> tuple[str | None, str]:
+        """(reason, detail) of a message refused before decoding (size, schema header), else (None, "")."""
+        size = len(r.value or b"")
+        if size > limit:
+            return dl.OVERSIZE, (f"message value is {size} bytes; the limit is consumer.max_message_bytes = {limit}; "
+                                 "shorten the query or raise the limit")
+        schemas = [v for k, v in (r.headers or []) if k == SCHEMA_HEADER]
+        if len(schemas) > 1:
+            return dl.AMBIGUOUS_SCHEMA, (f"header {SCHEMA_HEADER!r} appears {len(schemas)} times ({schemas[:4]!r}); "
+                                         "send it once (or leave it out for version 1)")
+        if schemas and schemas[0] != str(SCHEMA_VERSION).encode():
+            return dl.UNSUPPORTED_SCHEMA, (
+                f"header {SCHEMA_HEADER!r} is {schemas[0]!r:.80}; this consumer reads schema version "
+                f"{SCHEMA_VERSION}; upgrade compass or produce version-1 events (the header may be left out)")
+        return None, ""
 
     def _route(self, good: list[tuple[Any, QueryEvent]], langs: list[str], confidences: list[float],
                now_ms: int) -> tuple[list[int], list[Traffic]]:
@@ -408,8 +429,9 @@ class Monitor:
         m = self.metrics
         t0 = time.perf_counter()
         self._commit_pending(reason="retry")  # a commit that failed after its batch: retry before a rebalance can come
-        polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms,
-                                    max_records=min(max_records or self.cc.max_poll_records, self.cc.max_poll_records))
+        alone = self._one_by_one > 0
+        limit = 1 if alone else min(max_records or self.cc.max_poll_records, self.cc.max_poll_records)
+        polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
         records = [r for tp in sorted(polled, key=lambda t: (t.topic, t.partition)) for r in polled[tp]]
         m.stage_seconds.labels("poll").observe(time.perf_counter() - t0)
         stats = BatchStats(polled=len(records), codebook_version=self.codebook_version)
@@ -417,43 +439,123 @@ class Monitor:
             return stats
         first = {TopicPartition(r.topic, r.partition): r.offset for r in reversed(records)}
         try:
-            self._process(records, stats)
+            try:
+                self._process(records, stats, alone=alone)
+            except (*OUTAGE, dl.DeadLetterError):
+                raise
+            except Exception as e:
+                if not alone:
+                    raise
+                # the batch failed max_batch_failures times in a row and fails again with this one message
+                stats.reasons.clear()
+                self._dead_letter_now(records, stats, f"handling it failed {self.cc.max_batch_failures}+ times in a "
+                                      f"row; last: {describe(e)}")
         except Exception:
             # Not bad input (that is dead-lettered) but a failing dependency: rewind so nothing is skipped.
             for tp, offset in first.items():
                 if tp in self.consumer.assignment():
                     self.consumer.seek(tp, offset)
             raise
+        if alone:
+            self._one_by_one -= 1
         stats.seconds = time.perf_counter() - t0
         m.batch_seconds.observe(stats.seconds)
         m.batches.inc()
         return stats
 
-    def _process(self, records: list[Any], stats: BatchStats) -> None:
+    def _dead_letter_now(self, records: list[Any], stats: BatchStats, detail: str) -> None:
+        """Dead-letter ``records`` as internal_error and commit past them."""
+        if self.dead_letters is not None:
+            for r in records:
+                self.dead_letters.send(dl.dead_letter_of(r, dl.INTERNAL_ERROR, detail))
+            self.dead_letters.flush()
+        stats.applied = stats.duplicates = stats.unserved = stats.unserved_duplicates = 0
+        stats.dead_lettered = len(records)
+        stats.reasons = Counter({dl.INTERNAL_ERROR: len(records)})
+        self.metrics.dead_letters.labels(dl.INTERNAL_ERROR).inc(len(records))
+        self.metrics.messages.labels("dead_lettered").inc(len(records))
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            self._pending[tp] = max(self._pending.get(tp, 0), r.offset + 1)
+        stats.committed = self._commit_pending()
+
+    def _identify(self, good: list[tuple[Any, QueryEvent]], bad: list[dl.DeadLetter],
+                  alone: bool) -> tuple[list[tuple[Any, QueryEvent]], list[str], list[float]]:
+        """Language ID where ``lang`` is absent; the messages it fails on are dead-lettered (removed from good)."""
+        missing = [i for i, (_, e) in enumerate(good) if e.lang is None]
+        found, failed = isolate([good[i][1].text[: self.cc.max_embed_chars] for i in missing],
+                                lambda texts: list(self.identifier.identify_batch(list(texts))), "language ID",
+                                alone_is_poison=alone)
+        by_index = dict(zip(missing, found, strict=True))
+        drop = {missing[j] for j in failed}
+        for j, e in failed.items():
+            bad.append(dl.dead_letter_of(good[missing[j]][0], dl.INTERNAL_ERROR, f"language ID raised {describe(e)}"))
+        kept, langs, confs = [], [], []
+        for i, (record, event) in enumerate(good):
+            if i in drop:
+                continue
+            kept.append((record, event))
+            ident = by_index.get(i)
+            langs.append(event.lang if ident is None else ident.lang)
+            confs.append(1.0 if ident is None else ident.confidence)
+        return kept, langs, confs
+
+    def _embed(self, texts: list[str], alone: bool) -> tuple[np.ndarray | None, dict[int, BaseException]]:
+        """Embeddings of ``texts`` (rows of failed texts are NaN) and the failures by index."""
+        def encode(batch: Any) -> list[np.ndarray]:
+            X = np.asarray(self.embedder.encode(list(batch)), dtype=np.float32)
+            if X.shape != (len(batch), self.embedder.dim):
+                raise ValueError(f"the embedder returned shape {X.shape} for {len(batch)} texts")
+            if not np.isfinite(X).all():  # one NaN row would poison the centroids (eq. 2)
+                raise ValueError("the embedder returned a non-finite vector")
+            return list(X)
+
+        rows, failed = isolate(texts, encode, "embedding", alone_is_poison=alone)
+        if not rows:
+            return None, failed
+        nan = np.full(self.embedder.dim, np.nan, dtype=np.float32)
+        return np.stack([nan if r is None else r for r in rows]), failed
+
+    def _process(self, records: list[Any], stats: BatchStats, *, alone: bool = False) -> None:
         m = self.metrics
         t = time.perf_counter()
         good, bad = self._decode(records)
         m.stage_seconds.labels("decode").observe(time.perf_counter() - t)
 
+        # Language first: only served queries are embedded (unserved and undetermined ones are only counted).
         t = time.perf_counter()
-        batch = enrich([e for _, e in good], self.identifier, self.embedder) if good else None
+        good, langs, confs = self._identify(good, bad, alone)
+        self._sync_codebook()
+        keep, traffic = self._route(good, langs, confs, int(time.time() * 1000))
+        cap = self.cc.max_embed_chars
+        texts = [good[i][1].text[:cap] for i in keep]
+        for i in keep:
+            if len(good[i][1].text) > cap:
+                stats.truncated += 1
+                m.truncated.labels(langs[i]).inc()
+        X, failed = self._embed(texts, alone)
         m.stage_seconds.labels("enrich").observe(time.perf_counter() - t)
 
         t = time.perf_counter()
-        self._sync_codebook()
-        keep, traffic = self._route(good, batch.langs, batch.confidences, int(time.time() * 1000)) if good else ([], [])
-        X = batch.embeddings[keep] if keep else None
+        keep, X, traffic = self._drop(failed, "embedding", keep, X, traffic, good, bad)
+        buckets = None
+        if keep:
+            rows, failed = isolate(list(X), lambda rows: list(self.codebook.assign(np.stack(rows))), "assignment",
+                                   alone_is_poison=alone)
+            keep, X, traffic = self._drop(failed, "assignment", keep, X, traffic, good, bad)
+            buckets = [b for b in rows if b is not None]
         scores = self._quality_scores(keep, good, bad)
-        by_lang = self._assign(keep, X, good, batch.langs, scores) if keep else {}
+        by_lang = self._assign(keep, X, good, langs, scores, buckets=buckets) if keep else {}
         m.stage_seconds.labels("assign").observe(time.perf_counter() - t)
 
         t = time.perf_counter()
         if self.dead_letters is not None:
             for letter in bad:
                 self.dead_letters.send(letter)  # async; acknowledged below, before the commit
-        for lang, res in self._apply(by_lang, keep, X, good, batch.langs if batch else [], scores).items():
+        for lang, res in self._apply(by_lang, keep, X, good, langs, scores).items():
             stats.applied += res.applied
             stats.duplicates += res.duplicates
+            stats.resent += res.resent
             stats.langs[lang] += res.applied
         counted = self.unserved.apply(traffic)  # after the windows: each store skips what it already holds
         stats.unserved, stats.unserved_langs = counted.unserved.total(), counted.unserved
@@ -488,6 +590,21 @@ class Monitor:
         stats.codebook_version = self.codebook_version
         self._update_fill(by_lang.keys())
 
+    @staticmethod
+    def _drop(failed: dict[int, BaseException], stage: str, keep: list[int], X: np.ndarray | None,
+              traffic: list[Traffic], good: list, bad: list[dl.DeadLetter],
+              ) -> tuple[list[int], np.ndarray | None, list[Traffic]]:
+        """Dead-letter the served messages a stage failed on (indexes into ``keep``) and leave them out of the
+        window, the centroid update and the traffic counts."""
+        if not failed:
+            return keep, X, traffic
+        for j, e in failed.items():
+            bad.append(dl.dead_letter_of(good[keep[j]][0], dl.INTERNAL_ERROR, f"{stage} raised {describe(e)}"))
+        gone = {(r.topic, r.partition, r.offset) for r in (good[keep[j]][0] for j in failed)}
+        rows = [j for j in range(len(keep)) if j not in failed]
+        X = X[rows] if X is not None and rows else None
+        return [keep[j] for j in rows], X, [tr for tr in traffic if (tr.topic, tr.partition, tr.offset) not in gone]
+
     def _quality_scores(self, keep: list[int], good: list, bad: list[dl.DeadLetter]) -> dict[int, float]:
         """The events' quality scores (meta[consumer.quality_meta_key]) by index into ``good``. An unusable score
         is dead-lettered as bad_quality while its query still counts. A rebuild re-reads history the daemon's
@@ -510,14 +627,16 @@ class Monitor:
         return scores
 
     def _assign(self, keep: list[int], X: np.ndarray, good: list, langs: list[str], scores: dict[int, float],
-                only: set[str] | None = None) -> dict[str, list[Assignment]]:
-        buckets = self.codebook.assign(X)
+                only: set[str] | None = None, buckets: Sequence[int] | None = None) -> dict[str, list[Assignment]]:
+        if buckets is None:
+            buckets = self.codebook.assign(X)
         by_lang: dict[str, list[Assignment]] = defaultdict(list)
+        cap = self.cc.max_embed_chars  # the stored text is the embedded one: bounded in Redis too
         for i, bucket in zip(keep, buckets, strict=True):
             if only is None or langs[i] in only:
                 record, event = good[i]
                 by_lang[langs[i]].append(Assignment(event.id, int(bucket), record.topic, record.partition,
-                                                    record.offset, event.text, scores.get(i)))
+                                                    record.offset, event.text[:cap], scores.get(i)))
         return by_lang
 
     def _apply(self, by_lang: dict[str, list[Assignment]], keep: list[int], X: np.ndarray | None, good: list,
@@ -567,12 +686,31 @@ class Monitor:
                 break
             try:
                 b = self.run_once(max_records=remaining)
-            except (KafkaError, *REDIS_ERRORS, ConnectionError, OSError, CompassError) as e:
+            except dl.DeadLetterError:
+                log.critical("a dead letter cannot be written; stopping (the batch is not committed)")
+                raise
+            except Exception as e:  # noqa: BLE001 - rewound; see the module docstring for what is retried how
                 failures += 1
+                total.failed_batches += 1
+                outage = isinstance(e, OUTAGE)
+                self.metrics.failed_batches.labels("outage" if outage else "error").inc()
+                self.metrics.consecutive_failures.set(failures)
+                self._refresh_lag()  # the gauge must show a stalled partition
+                if not outage and failures >= self.cc.max_batch_failures and self._one_by_one == 0:
+                    # Something in this batch fails every time: handle the next messages alone, so only the
+                    # one that keeps failing is dead-lettered.
+                    self._one_by_one = self.cc.max_poll_records
+                    log.error("batch failed %d times in a row; handling its messages one at a time", failures,
+                              extra={"error": describe(e)})
+                    continue
                 delay = min(30.0, retry_backoff_s * 2 ** min(failures - 1, 5))
-                log.error("batch failed; it is rewound and retried", extra={"error": repr(e), "retry_in_s": delay})
+                log.error("batch failed; it is rewound and retried",
+                          extra={"error": describe(e), "outage": outage, "retry_in_s": delay, "failures": failures},
+                          exc_info=not outage and not isinstance(e, (KafkaError, CompassError)))
                 stop_event.wait(delay)
                 continue
+            if failures:
+                self.metrics.consecutive_failures.set(0)
             failures = 0
             total.add(b)
             if b.polled == 0 and burst and self.caught_up():

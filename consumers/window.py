@@ -10,9 +10,12 @@ Keys of language ``ll`` (all share the hash tag ``{ll}``, so a language lives in
                                 monotone count of the items ever applied (never lowered; gone only with ``reset``)
   {prefix}:{ll}:quality  list   quality scores carried by the events (consumer.quality_meta_key), newest last,
                                 capped at QUALITY_MAX; the daemon pops them into its quality detector
+  {prefix}:{ll}:ids      zset   event id -> when it was first applied (ms); entries older than the dedup horizon are
+                                pruned on every apply (only with ``dedup_horizon_s`` > 0)
 
 One Lua script per language and batch checks each item's offset against ``offsets`` (a re-delivered message
-is a duplicate and skipped), appends, increments, trims the oldest, decrements their counts, records the new
+is a duplicate and skipped; so is an id applied within the dedup horizon: a re-sent event at a new offset),
+appends, increments, trims the oldest, decrements their counts, records the new
 offsets, the recent queries and the quality scores. The script validates everything before its first write, so
 a rejected call changes nothing. Invariant after every call: sum(counts) == LLEN(window) <= window_size, no count < 1,
 and LLEN(window) <= seen.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,7 +52,7 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # no path traver
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]+$")  # no glob characters: languages() scans with it
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's topic alphabet; never contains ':'
 MAX_OFFSET = 2**53  # offsets are compared as Lua numbers (doubles): exact below 2**53
-KINDS = ("window", "counts", "offsets", "recent", "meta", "quality")
+KINDS = ("window", "counts", "offsets", "recent", "meta", "quality", "ids")
 QUALITY_MAX = 100_000  # unread quality scores kept per language (the daemon pops them every check)
 
 
@@ -120,9 +124,10 @@ class Assignment:
 @dataclass(frozen=True)
 class ApplyResult:
     applied: int  # items counted into the window
-    duplicates: int  # items at or below the language's last applied offset of their partition: skipped
+    duplicates: int  # items at or below the language's last applied offset of their partition, or resent: skipped
     evicted: int  # oldest items removed to keep the window at window_size
     reset: bool = False  # the window was emptied first because the codebook version changed
+    resent: int = 0  # of the duplicates: a new offset but an id applied within the dedup horizon
 
 
 @dataclass(frozen=True)
@@ -137,12 +142,13 @@ class WindowSnapshot:
     # ``since``, oldest first (empty without ``since``)
 
 
-# KEYS: window, counts, offsets, recent, meta, quality
+# KEYS: window, counts, offsets, recent, meta, quality, ids
 # ARGV: version, window_size, n_buckets, recent_max, recent_ttl_s, n_items, lineage, then the items packed into
 #       six strings (a few long arguments instead of 5 per item: redis-py packs each argument in Python):
 #       positions ("topic:partition", "\n"-joined), per item: position index (1-based), offset, bucket
 #       (","-joined each), recent entries (JSON, "\n"-joined; JSON never holds a raw newline), quality
-#       (","-joined repr of the float, "-" for none); then QUALITY_MAX
+#       (","-joined repr of the float, "-" for none); then QUALITY_MAX, the dedup horizon (ms, 0 = off), now (ms)
+#       and the ids (a JSON array; "" when the horizon is 0)
 # Version strings compared in Lua, as bytes: shared by the window script and the codebook pointer script.
 LUA_OLDER = r"""
 -- byte order, not Lua's `<` (strcoll: redis-server sets LC_COLLATE from its environment)
@@ -168,7 +174,10 @@ local positions = split(ARGV[8], '[^\n]+')
 local pidx, offs, buckets = split(ARGV[9], '[^,]+'), split(ARGV[10], '[^,]+'), split(ARGV[11], '[^,]+')
 local ents = split(ARGV[12], '[^\n]+')
 local quals, qmax = split(ARGV[13], '[^,]+'), tonumber(ARGV[14])
-if #pidx ~= n or #offs ~= n or #buckets ~= n or #ents ~= n or #quals ~= n then
+local horizon, now = tonumber(ARGV[15]), tonumber(ARGV[16])
+local ids = {}
+if horizon > 0 then ids = cjson.decode(ARGV[17]) end
+if #pidx ~= n or #offs ~= n or #buckets ~= n or #ents ~= n or #quals ~= n or (horizon > 0 and #ids ~= n) then
   return redis.error_reply('malformed item arguments: expected ' .. n .. ' items')
 end
 
@@ -193,13 +202,23 @@ if #positions > 0 then
   end
 end
 
-local new, entries, scores, dups = {}, {}, {}, 0
+local new, entries, scores, dups, resent, fresh, batch_ids = {}, {}, {}, 0, 0, {}, {}
+local function seen_recently(id)
+  if batch_ids[id] then return true end
+  local t = redis.call('ZSCORE', KEYS[7], id)
+  return t and tonumber(t) > now - horizon
+end
 for i = 1, n do
   local p, off_s = positions[tonumber(pidx[i])], offs[i]
   local off = tonumber(off_s)
   if last_num[p] and off <= last_num[p] then
     dups = dups + 1
+  elseif horizon > 0 and seen_recently(ids[i]) then
+    -- the same event sent again at a new offset: skipped, but its offset is consumed
+    dups = dups + 1; resent = resent + 1
+    last_num[p] = off; last_str[p] = off_s; changed[p] = true
   else
+    if horizon > 0 then batch_ids[ids[i]] = true; fresh[#fresh + 1] = ids[i] end
     last_num[p] = off; last_str[p] = off_s; changed[p] = true
     new[#new + 1] = buckets[i]
     entries[#entries + 1] = ents[i]
@@ -265,9 +284,18 @@ if #scores > 0 then  -- only first deliveries: a re-delivered event's score is n
   end
   redis.call('LTRIM', KEYS[6], -qmax, -1)
 end
+if horizon > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (now - horizon))
+  for i = 1, #fresh, 500 do
+    local args = {}
+    for j = i, math.min(i + 499, #fresh) do args[#args + 1] = now; args[#args + 1] = fresh[j] end
+    redis.call('ZADD', KEYS[7], unpack(args))
+  end
+  if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('PEXPIRE', KEYS[7], horizon) end
+end
 local r = 0
 if reset then r = 1 end
-return {#new, dups, evicted, r}
+return {#new, dups, evicted, r, resent}
 """
 
 # KEYS: window, counts, offsets, meta; ARGV: since (the reader's cursor, or -1: no tail). One consistent read of a
@@ -297,6 +325,7 @@ class WindowStore:
         store_texts: bool = True,
         recent_max: int = 5000,
         recent_ttl_s: int = 604800,
+        dedup_horizon_s: int = 0,
     ):
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise WindowInputError(f"prefix must use only letters, digits and _.:- ; got {prefix!r}")
@@ -309,6 +338,10 @@ class WindowStore:
         self.store_texts = store_texts
         self.recent_max = recent_max
         self.recent_ttl_s = recent_ttl_s
+        if not _is_int(dedup_horizon_s) or dedup_horizon_s < 0:
+            raise WindowInputError(f"dedup_horizon_s must be an integer >= 0 (seconds, 0 = off); "
+                                   f"got {dedup_horizon_s!r}")
+        self.dedup_horizon_s = dedup_horizon_s
         self._apply = client.register_script(_APPLY_LUA)
         self._snapshot = client.register_script(_SNAPSHOT_LUA)
 
@@ -481,6 +514,8 @@ class WindowStore:
             version, window_size, n_buckets, self.recent_max, self.recent_ttl_s, len(items), lineage_of(version),
             "\n".join(positions), ",".join(map(str, pidx)), ",".join(map(str, offsets)),
             ",".join(map(str, buckets)), "\n".join(entries), ",".join(quality), QUALITY_MAX,
+            self.dedup_horizon_s * 1000, int(time.time() * 1000),
+            json.dumps([item.query_id for item in items], ensure_ascii=False) if self.dedup_horizon_s else "",
         ]
         return [keys[kind] for kind in KINDS], args
 
@@ -496,7 +531,7 @@ def lineage_of(version: str) -> str:
 
 
 def _apply_result(reply: list) -> ApplyResult:
-    return ApplyResult(int(reply[0]), int(reply[1]), int(reply[2]), bool(int(reply[3])))
+    return ApplyResult(int(reply[0]), int(reply[1]), int(reply[2]), bool(int(reply[3])), int(reply[4]))
 
 
 def _check_lang(lang: str) -> None:

@@ -6,6 +6,8 @@ the broker has accepted, and reverts the mark when the send fails.
 Worker reports are read by one consumer group shared by all daemon replicas (each report is handled once)
 and appended to the language's inbox list ``{prefix}:{lang}:inbox`` in Redis; the replica holding the
 language's lease applies the inbox on its next check, so every state change happens under the lease.
+Each report is settled on its own (daemon/intake.py): a malformed one (or one whose handling raised) is
+dead-lettered and the reports around it still reach their inboxes; only a Kafka or Redis failure rewinds.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from compass.config import KafkaConfig
 from consumers.clients import kafka_consumer, kafka_producer
+from consumers.deadletter import DeadLetterWriter
 from daemon import history
+from daemon.intake import MAX_FAILURES, IsolatedIntake
 from daemon.messages import (
     SCHEMA_HEADER,
     SCHEMA_VERSION,
@@ -33,6 +37,7 @@ from daemon.messages import (
 log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 10.0
 INBOX_MAX = 1000  # a language's unapplied reports; older ones are dropped (they are stale by then)
+BAD_EVENT = "bad_event"  # the dead-letter reason of a malformed event
 
 
 def inbox_key(lang: str, prefix: str) -> str:
@@ -61,47 +66,48 @@ class Dispatcher:
 
 
 class EventInbox:
-    """Reads worker reports from compass.events into the languages' Redis inboxes (not thread-safe: one poller)."""
+    """Reads worker reports from compass.events into the languages' Redis inboxes (not thread-safe: one poller).
+
+    ``dead``: where malformed events go (default: a writer on its own producer, to ``cfg.dead_letter_topic``)."""
 
     def __init__(self, cfg: KafkaConfig, group_id: str, client: redis.Redis, prefix: str,
                  consumer: KafkaConsumer | None = None, events_max: int = history.EVENTS_MAX,
-                 **consumer_overrides: Any):
+                 dead: DeadLetterWriter | None = None, max_failures: int = MAX_FAILURES, **consumer_overrides: Any):
         self.client = client
         self.prefix = prefix
         self.events_max = events_max  # timeline entries kept per language (daemon/history.py)
         self.consumer = consumer or kafka_consumer(cfg, group_id, [cfg.events_topic], **consumer_overrides)
-        self.bad = 0  # malformed messages skipped
+        self._own_dead = dead is None
+        self.dead = dead or DeadLetterWriter(kafka_producer(cfg, acks="all"), cfg.dead_letter_topic)
+        self.intake = IsolatedIntake(self.consumer, self.dead, client, BAD_EVENT, max_failures)
+
+    @property
+    def bad(self) -> int:
+        """Messages dead-lettered since start (malformed, or their handling failed)."""
+        return sum(self.intake.dead_lettered.values())
 
     def poll(self, timeout_ms: int = 200) -> int:
         """Move the reports of one poll into the inboxes and every event into its language's timeline, then
-        commit; returns how many reports were queued."""
-        batches = self.consumer.poll(timeout_ms=timeout_ms)
-        queued = recorded = 0
-        pipe = self.client.pipeline(transaction=False)
-        for records in batches.values():
-            for rec in records:
-                try:
-                    event = decode_event(rec.value)
-                except BadMessage as e:
-                    self.bad += 1
-                    log.warning("compass.events %s:%d@%d skipped: %s", rec.topic, rec.partition, rec.offset, e)
-                    continue
-                history.queue_event(pipe, event, self.prefix, self.events_max)  # the status page's timeline
-                recorded += 1
-                if event.type not in WORKER_EVENTS:
-                    continue  # our own events (drift_detected, ...) come back on the same topic
+        commit; returns how many reports were queued. Raises only on a Kafka or Redis failure (after rewinding
+        to the first report not yet settled)."""
+        return self.intake.poll(self._handle, timeout_ms)
+
+    def _handle(self, rec: Any) -> bool:
+        event = decode_event(rec.value)  # BadMessage: dead-lettered; the language is a checked code from here on
+        with self.client.pipeline(transaction=False) as pipe:
+            history.queue_event(pipe, event, self.prefix, self.events_max)  # the status page's timeline
+            worker = event.type in WORKER_EVENTS  # not our own events (drift_detected, ...) from the same topic
+            if worker:
                 key = inbox_key(event.language, self.prefix)
                 pipe.rpush(key, encode(event))
                 pipe.ltrim(key, -INBOX_MAX, -1)
-                queued += 1
-        if recorded:
             pipe.execute()
-        if batches:
-            self.consumer.commit()  # after the inbox write: a crash in between re-delivers, never loses
-        return queued
+        return worker
 
     def close(self) -> None:
         self.consumer.close()
+        if self._own_dead:
+            self.dead.close()
 
 
 def drain_inbox(client: redis.Redis, lang: str, prefix: str) -> list[Event]:

@@ -34,16 +34,23 @@ emerging_min_count, sample_ids (newest query ids, newest last), how (the step th
 The worker emits update_started, update_finished, adapter_promoted and adapter_rejected. ``job_id`` is required
 on worker events about a job (the daemon ignores reports for a job it is not waiting on). Unknown top-level fields
 are rejected so a typo is caught rather than silently dropped.
+
+``language`` must be a compass code as ``compass.langcodes.normalize`` writes it (``sw``, ``ceb``, ``und``) and
+``job_id`` letters, digits and ``._:-`` (at most 128, not starting with ``.``): both end up in Redis keys and
+file names. Strict JSON only: NaN/Infinity, lone surrogates and nesting deeper than Python's parser allows are
+rejected. Error messages show at most ``SHOW_MAX`` characters of a value.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from compass.errors import CompassError
+from compass.langcodes import normalize
 
 SCHEMA_VERSION = 1
 SCHEMA_HEADER = "compass-schema"
@@ -61,6 +68,8 @@ EVENT_TYPES = (
     "language_emerging",
 )
 WORKER_EVENTS = ("update_started", "update_finished", "adapter_promoted", "adapter_rejected")
+JOB_ID = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}")
+SHOW_MAX = 80  # characters of a rejected value quoted in an error message
 
 
 class BadMessage(CompassError, ValueError):
@@ -105,15 +114,28 @@ def encode(message: UpdateJob | Event) -> bytes:
     return json.dumps(message.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def show(value: Any) -> str:
+    """``repr(value)``, cut to ``SHOW_MAX`` characters (error messages never echo a whole input)."""
+    text = repr(value)
+    return text if len(text) <= SHOW_MAX else f"{text[:SHOW_MAX]}... ({len(text)} chars)"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _load(raw: bytes | str, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadMessage(f"{what}: not UTF-8 JSON ({e}); send one JSON object per message") from None
+        obj = json.loads(raw, parse_constant=_no_constant)
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")  # a lone surrogate ("\ud800") cannot be written back
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeError, int digits limit, NaN
+        raise BadMessage(f"{what}: not strict UTF-8 JSON ({type(e).__name__}: {str(e)[:200]}); send one JSON "
+                         "object per message, without NaN/Infinity or lone surrogates") from None
     if not isinstance(obj, dict):
         raise BadMessage(f"{what}: must be a JSON object; got {type(obj).__name__}")
-    if obj.get("schema") != SCHEMA_VERSION:
-        raise BadMessage(f"{what} field 'schema': got {obj.get('schema')!r}; this daemon reads schema {SCHEMA_VERSION}")
+    if type(obj.get("schema")) is not int or obj["schema"] != SCHEMA_VERSION:  # not true, not 1.0
+        raise BadMessage(f"{what} field 'schema': got {show(obj.get('schema'))}; this daemon reads schema "
+                         f"{SCHEMA_VERSION}")
     return obj
 
 
@@ -121,7 +143,7 @@ def _fields(obj: dict[str, Any], cls: type, what: str) -> None:
     allowed = set(cls.__dataclass_fields__)
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise BadMessage(f"{what}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+        raise BadMessage(f"{what}: unknown field(s) {show(unknown)}; allowed: {sorted(allowed)}")
 
 
 def _str(obj: dict[str, Any], name: str, what: str, optional: bool = False) -> None:
@@ -129,35 +151,65 @@ def _str(obj: dict[str, Any], name: str, what: str, optional: bool = False) -> N
     if v is None and optional:
         return
     if not isinstance(v, str) or not v:
-        raise BadMessage(f"{what} field {name!r}: got {v!r}; must be a non-empty string")
+        raise BadMessage(f"{what} field {name!r}: got {show(v)}; must be a non-empty string")
+
+
+def _finite(v: float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _num(obj: dict[str, Any], name: str, what: str, optional: bool = False) -> None:
     v = obj.get(name)
     if v is None and optional:
         return
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise BadMessage(f"{what} field {name!r}: got {v!r}; must be a finite number")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not _finite(v):
+        raise BadMessage(f"{what} field {name!r}: got {show(v)}; must be a finite number")
+
+
+def _language(obj: dict[str, Any], what: str) -> None:
+    """``language`` names Redis keys: only a code ``normalize`` maps onto itself passes."""
+    v = obj.get("language")
+    _str(obj, "language", what)
+    try:
+        code = normalize(v)
+    except ValueError:
+        code = None
+    if code != v:
+        fix = f"write {code!r}" if code else "use a compass language code such as 'en', 'sw' or 'ceb'"
+        raise BadMessage(f"{what} field 'language': got {show(v)}; {fix} (see compass/langcodes.py)")
+
+
+def _job_id(obj: dict[str, Any], what: str, optional: bool = False) -> None:
+    v = obj.get("job_id")
+    if v is None and optional:
+        return
+    if not isinstance(v, str) or not JOB_ID.fullmatch(v):
+        raise BadMessage(f"{what} field 'job_id': got {show(v)}; must be 1-128 letters, digits or '._:-', "
+                         "not starting with '.'")
 
 
 def decode_job(raw: bytes | str) -> UpdateJob:
     obj = _load(raw, "job")
     _fields(obj, UpdateJob, "job")
-    for name in ("job_id", "language", "snapshot_key"):
-        _str(obj, name, "job")
+    _job_id(obj, "job")
+    _language(obj, "job")
+    _str(obj, "snapshot_key", "job")
     for name in ("codebook_version", "adapter_version"):
         _str(obj, name, "job", optional=True)
     if obj.get("kind") not in JOB_KINDS:
-        raise BadMessage(f"job field 'kind': got {obj.get('kind')!r}; one of {list(JOB_KINDS)}")
+        raise BadMessage(f"job field 'kind': got {show(obj.get('kind'))}; one of {list(JOB_KINDS)}")
     if obj.get("reason") not in JOB_REASONS:
-        raise BadMessage(f"job field 'reason': got {obj.get('reason')!r}; one of {list(JOB_REASONS)}")
+        raise BadMessage(f"job field 'reason': got {show(obj.get('reason'))}; one of {list(JOB_REASONS)}")
     for name in ("theta", "created_at"):
         _num(obj, name, "job")
     for name in ("js", "noise_share", "far_share"):
         _num(obj, name, "job", optional=True)
     n = obj.get("n_samples")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise BadMessage(f"job field 'n_samples': got {n!r}; must be an integer >= 0")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**63:
+        raise BadMessage(f"job field 'n_samples': got {show(n)}; must be an integer in [0, 2^63)")
     return UpdateJob(**obj)
 
 
@@ -165,10 +217,10 @@ def decode_event(raw: bytes | str) -> Event:
     obj = _load(raw, "event")
     _fields(obj, Event, "event")
     if obj.get("type") not in EVENT_TYPES:
-        raise BadMessage(f"event field 'type': got {obj.get('type')!r}; one of {list(EVENT_TYPES)}")
-    _str(obj, "language", "event")
+        raise BadMessage(f"event field 'type': got {show(obj.get('type'))}; one of {list(EVENT_TYPES)}")
+    _language(obj, "event")
     _num(obj, "at", "event")
-    _str(obj, "job_id", "event", optional=obj["type"] not in WORKER_EVENTS)
+    _job_id(obj, "event", optional=obj["type"] not in WORKER_EVENTS)
     data = obj.get("data", {})
     if not isinstance(data, dict):
         raise BadMessage(f"event field 'data': got {type(data).__name__}; must be a JSON object")

@@ -715,7 +715,8 @@ class Daemon:
         """Queue the worker's reports from compass.events into the inboxes (the next check applies them)."""
         if self.inbox is None:
             self.inbox = EventInbox(self.config.kafka, self.dcfg.events_group_id, self.client, self.prefix,
-                                    events_max=self.dcfg.history_events_max, auto_offset_reset="earliest")
+                                    events_max=self.dcfg.history_events_max,
+                                    max_failures=self.dcfg.max_message_failures, auto_offset_reset="earliest")
         try:
             return self.inbox.poll(timeout_ms)
         except Exception as e:

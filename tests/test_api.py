@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 
 import pytest
@@ -177,3 +179,79 @@ def test_languages_lists_the_unserved_ones_on_request(client, daemon, redis):
                               row("yo", 1, "few", how_to_serve("yo"))]
     r = client.get("/v1/languages", params={"unserved": "maybe"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "unserved"]
+
+
+# ------------------------------------------------------------------------------------------ HTTP limits
+
+@contextlib.contextmanager
+def serve(app):
+    """``app`` on uvicorn at 127.0.0.1:<free port> in a thread; yields the port."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if srv.started or not thread.is_alive():
+            break
+        thread.join(0.02)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def raw_request(port: int, head: bytes, chunks: list[bytes]) -> tuple[int, dict]:
+    """Send ``head`` and ``chunks`` (never the end of the body), then read the reply within 5 s."""
+    import json
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(head)
+        for c in chunks:
+            s.sendall(c)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+                re.search(rb"content-length: (\d+)", data.lower()).group(1)):
+            data += s.recv(65536)  # a server waiting for the rest of the body times out here
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+LIMIT_DETAIL = "request body of {} bytes is over the limit of 1048576 bytes; send a smaller body " \
+               "(config http.max_body_bytes)"
+
+
+def test_a_body_over_the_limit_answers_413_before_it_is_read(daemon):
+    with serve(create_app(daemon)) as port:
+        head = (f"POST /v1/route HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: {8 << 20}\r\n\r\n").encode()
+        assert raw_request(port, head, [b'{"text": "']) == (413, {"detail": LIMIT_DETAIL.format(8 << 20)})
+        # chunked: counted as it streams, stopped past 1 MiB although the body never ends
+        head = b"POST /v1/route HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        chunk = b"x" * 65536
+        chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 17  # 1.06 MiB
+        assert raw_request(port, head, chunks) == (413, {"detail": LIMIT_DETAIL.format("more than 1048576")})
+
+
+def test_a_422_quotes_only_a_prefix_of_the_input(daemon):
+    client = TestClient(create_app(daemon))
+    r = client.post("/v1/route", json={"text": 5, "lang": "x" * 500_000, "y" * 10_000: 1})
+    assert r.status_code == 422 and len(r.content) < 2000
+    rows = {row["loc"][1][:5]: row for row in r.json()["detail"]}
+    assert rows["text"] == {"loc": ["body", "text"], "msg": "Input should be a valid string", "type": "string_type",
+                            "input": 5}
+    assert rows["lang"]["input"] == "x" * 100 + "... (500000 chars)" and rows["lang"]["type"] == "value_error"
+    assert len(rows["lang"]["msg"]) <= 320
+    assert rows["yyyyy"]["loc"] == ["body", "y" * 300 + "... (10000 chars)"]
+    assert rows["yyyyy"]["type"] == "extra_forbidden"
+    r = client.post("/v1/route", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
+    assert r.status_code == 413

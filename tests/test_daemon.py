@@ -847,3 +847,154 @@ def test_bad_quality_values_are_counted_not_fatal(quality_daemon, redis):
     redis.rpush("compass:{sw}:quality", "nan", "not-a-number", "0.5")
     assert quality_daemon.check("sw", T0).state == "below_threshold"
     assert quality_daemon.metrics.errors.labels("sw", "quality_value")._value.get() == 2
+
+
+# ------------------------------------------------------------------------------------------ event intake isolation
+
+@pytest.fixture
+def icfg(cfg, topic_factory):
+    """``cfg`` with its own dead-letter topic."""
+    return cfg.model_copy(update={"kafka": cfg.kafka.model_copy(update={"dead_letter_topic": topic_factory()})})
+
+
+def send_raw(cfg, values: list[bytes]) -> None:
+    p = kafka_producer(cfg.kafka)
+    for v in values:
+        p.send(cfg.kafka.events_topic, key=b"k", value=v).get(timeout=10)
+    p.close()
+
+
+def make_inbox(cfg, redis, **kwargs):
+    from daemon.dispatch import EventInbox
+
+    return EventInbox(cfg.kafka, f"inbox-{uuid.uuid4().hex[:8]}", redis, cfg.redis.key_prefix,
+                      auto_offset_reset="earliest", **kwargs)
+
+
+def committed(inbox) -> int:
+    tp = TopicPartition(inbox.consumer.subscription().pop(), 0)
+    return inbox.consumer.committed(tp) or 0
+
+
+def dead_letters(cfg) -> list[tuple[str, str, bytes]]:
+    from consumers.deadletter import DETAIL_HEADER, REASON_HEADER
+
+    return [(dict(r.headers)[REASON_HEADER].decode(), dict(r.headers)[DETAIL_HEADER].decode(), r.value)
+            for r in read_topic(cfg, cfg.kafka.dead_letter_topic)]
+
+
+def inbox_of(redis, lang: str) -> list[Event]:
+    from daemon.dispatch import drain_inbox
+
+    return drain_inbox(redis, lang, "compass")
+
+
+def test_a_malformed_event_between_reports_is_dead_lettered_and_the_reports_arrive(icfg, redis):
+    started = Event("update_started", "sw", T0, "sw-1", {"attempt": 1})
+    finished = Event("update_finished", "sw", T0 + 1, "sw-1", {"ok": True, "adapter_version": "a8"})
+    promoted = Event("adapter_promoted", "yo", T0 + 2, "yo-1", {"adapter_version": "a2"})
+    evil = encode(Event("update_finished", "sw", T0, "sw-1")).replace(b'"sw"', b'"../../x}:y"')
+    send_raw(icfg, [encode(started), b"{not json", encode(finished), evil, encode(promoted)])
+    inbox = make_inbox(icfg, redis)
+    try:
+        queued = 0
+        for _ in range(40):
+            queued += inbox.poll(500)
+            if committed(inbox) == 5:
+                break
+        assert queued == 3 and inbox.bad == 2
+    finally:
+        inbox.close()
+    assert inbox_of(redis, "sw") == [started, finished] and inbox_of(redis, "yo") == [promoted]
+    dead = dead_letters(icfg)
+    assert [(reason, value) for reason, _, value in dead] == [("bad_event", b"{not json"), ("bad_event", evil)]
+    assert dead[1][1] == ("event field 'language': got '../../x}:y'; use a compass language code such as 'en', "
+                          "'sw' or 'ceb' (see compass/langcodes.py)")
+    assert not [k for k in redis.scan_iter() if b"x}" in k]
+
+
+def test_a_report_whose_write_keeps_failing_is_dead_lettered_after_max_failures(icfg, redis):
+    import redis as redis_lib
+
+    redis.set(inbox_key("yo", "compass"), "not a list")  # RPUSH answers WRONGTYPE while Redis is up
+    a = Event("update_started", "sw", T0, "sw-1")
+    b = Event("update_started", "yo", T0, "yo-1")
+    c = Event("update_finished", "sw", T0 + 1, "sw-1", {"ok": True})
+    send_raw(icfg, [encode(a), encode(b), encode(c)])
+    inbox = make_inbox(icfg, redis, max_failures=3)
+    try:
+        errors = queued = 0
+        for _ in range(40):
+            try:
+                queued += inbox.poll(500)
+            except redis_lib.ResponseError:
+                errors += 1
+            if committed(inbox) == 3:
+                break
+        assert (errors, queued) == (2, 1)  # failed twice (retried from b, a not again), dead-lettered the third time
+    finally:
+        inbox.close()
+    assert inbox_of(redis, "sw") == [a, c]
+    [(reason, detail, value)] = dead_letters(icfg)
+    assert (reason, value) == ("internal_error", encode(b))
+    assert detail == ("failed 3 times in a row; last: ResponseError: Command # 3 (RPUSH compass:{yo}:inbox...) of "
+                      "pipeline caused error: WRONGTYPE Operation against a key holding the wrong kind of value")
+
+
+def test_a_redis_outage_rewinds_and_blames_no_message(icfg, redis):
+    import redis as redis_lib
+
+    reports = [Event("update_started", "sw", T0, "sw-1"), Event("update_finished", "sw", T0 + 1, "sw-1")]
+    send_raw(icfg, [encode(e) for e in reports])
+    inbox = make_inbox(icfg, redis, max_failures=2)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    down = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    inbox.client = inbox.intake.client = down
+    try:
+        errors = 0
+        for _ in range(40):
+            try:
+                inbox.poll(500)
+            except redis_lib.ConnectionError:
+                errors += 1
+                if errors == 4:  # twice max_failures: still not blamed on the message
+                    break
+        assert errors == 4 and committed(inbox) == 0
+        inbox.client = inbox.intake.client = redis
+        queued = 0
+        for _ in range(40):
+            queued += inbox.poll(500)
+            if committed(inbox) == 2:
+                break
+        assert queued == 2 and inbox.bad == 0
+    finally:
+        inbox.close()
+    assert inbox_of(redis, "sw") == reports
+    assert dead_letters(icfg) == []
+
+
+def test_a_bug_met_by_one_report_is_dead_lettered_as_internal_error(icfg, redis, monkeypatch):
+    real = history.queue_event
+
+    def queue_event(pipe, event, *args):
+        if event.job_id == "sw-boom":
+            raise TypeError("cannot record this one")
+        real(pipe, event, *args)
+
+    monkeypatch.setattr(history, "queue_event", queue_event)
+    reports = [Event("update_started", "sw", T0, j) for j in ("sw-1", "sw-boom", "sw-2")]
+    send_raw(icfg, [encode(e) for e in reports])
+    inbox = make_inbox(icfg, redis)
+    try:
+        queued = 0
+        for _ in range(40):
+            queued += inbox.poll(500)
+            if committed(inbox) == 3:
+                break
+        assert queued == 2
+    finally:
+        inbox.close()
+    assert inbox_of(redis, "sw") == [reports[0], reports[2]]
+    assert dead_letters(icfg) == [("internal_error", "TypeError: cannot record this one", encode(reports[1]))]

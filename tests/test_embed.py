@@ -435,6 +435,51 @@ def test_cache_is_safe_for_two_processes(tmp_path):
     assert inner.calls == [] and cache.hits == 400
 
 
+_OPENER = textwrap.dedent(
+    """
+    import sys, hashlib, time
+    import numpy as np
+    sys.path.insert(0, {repo!r})
+    from compass.embed import CachedEmbedder, l2_normalize
+
+    class H:
+        model_id, dim = "hash:test", 8
+        def encode(self, texts):
+            rows = [np.random.default_rng(int.from_bytes(hashlib.sha256(
+                f"hash:test\\0{{t}}".encode()).digest()[:8], "little")).standard_normal(8) for t in texts]
+            return l2_normalize(np.array(rows, dtype=np.float32))
+
+    start = float(sys.argv[3])
+    while time.time() < start:  # every process opens at the same moment
+        time.sleep(0.001)
+    for i in range(int(sys.argv[2])):  # a new file each round: the switch to WAL races every time
+        c = CachedEmbedder(H(), f"{{sys.argv[1]}}/round-{{i}}")
+        c.encode([f"text {{i}} {{j}}" for j in range(5)])
+        c.close()
+    print("ok")
+    """
+)
+
+
+def test_cache_opened_by_many_processes_at_once_never_fails(tmp_path):
+    # the 'database is locked' of issue 13: 8 processes open 25 fresh cache files at the same moments
+    import time
+
+    script = tmp_path / "opener.py"
+    script.write_text(_OPENER.format(repo=str(REPO)))
+    start = time.time() + 3.0  # after every interpreter has started
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "caches"), "25", str(start)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert (p.returncode, out.strip()) == (0, "ok"), err[-2000:]
+    for i in range(25):
+        conn = sqlite3.connect(next((tmp_path / "caches" / f"round-{i}").glob("*.sqlite")))
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT count(*) FROM vectors").fetchone()[0] == 5
+        conn.close()
+
+
 # ------------------------------------------------------------------------------- sentence-transformers
 
 _WORDS = [

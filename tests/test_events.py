@@ -29,7 +29,7 @@ def test_optional_fields_and_normalisation():
         (b'{"id": "a", "text": "   "}', "missing_text",
          "field 'text': got '   '; every event needs a non-empty text"),
         (b'{"id": "a", "text": "hi", "ts": true}', "bad_ts",
-         "field 'ts': got True; use epoch milliseconds or an RFC 3339 string"),
+         "field 'ts': got True; use epoch milliseconds (an integer in [0, 4102444800000]) or an RFC 3339 string"),
         (b'{"id": "a", "text": "hi", "meta": [1]}', "bad_meta", "field 'meta': got list; must be a JSON object"),
     ],
 )

@@ -242,7 +242,7 @@ def test_crash_between_write_and_commit_counts_once(services, redis, topic_facto
     want = truth_windows(corpus_events, codebook.assign(fitted[1]), identifier, languages, codebook.n_buckets)
     produce_events(cfg, topic, corpus_events)
 
-    class Crash(Exception):
+    class Crash(BaseException):  # the process dies: run() isolates and retries any Exception, not this
         pass
 
     m = Monitor(cfg, languages, embedder=embedder, identifier=identifier)

@@ -260,3 +260,23 @@ def test_bad_input_answers_422_naming_the_field(setup, lm, path, body, field):
     r = client.post(path, json=body)
     assert r.status_code == 422
     assert [d["loc"] for d in r.json()["detail"]] == [["body", field]]
+
+
+def test_http_limits_on_the_serving_app():
+    # a stub server: the limits act before any endpoint, so no model is needed
+    from types import SimpleNamespace
+
+    from compass.config import HttpConfig, ServiceConfig
+
+    server = SimpleNamespace(cfg=ServiceConfig(http=HttpConfig(max_body_bytes=4096)),
+                             ready=lambda: {"model": "ok"})
+    client = TestClient(create_serving_app(server))
+    for path in ("/v1/route", "/v1/generate"):
+        r = client.post(path, json={"text": "x" * 5000})  # {"text":"x...x"}: 5011 bytes
+        assert r.status_code == 413
+        assert r.json() == {"detail": "request body of 5011 bytes is over the limit of 4096 bytes; send a smaller "
+                                      "body (config http.max_body_bytes)"}
+        r = client.post(path, json={"text": "hi", "lang": "q" * 3000})
+        assert r.status_code == 422 and len(r.content) < 1000
+        [row] = r.json()["detail"]
+        assert row["loc"] == ["body", "lang"] and row["input"] == "q" * 100 + "... (3000 chars)"

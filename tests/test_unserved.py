@@ -228,7 +228,7 @@ def test_unserved_stream_keeps_windows_clean_counts_exactly_and_emerges_once(ser
         m = Monitor(cfg, languages, embedder=embedder, identifier=identifier)
         written: list[dict] = []
 
-        class Crash(Exception):
+        class Crash(BaseException):  # a dying process: run() retries any Exception
             pass
 
         def crash(reason="batch", **kw):

@@ -238,10 +238,10 @@ def test_a_smaller_window_size_trims_the_oldest(redis):
 
 
 def test_keys_share_one_hash_tag_and_slot(redis):
-    store = WindowStore(redis, prefix="compass")
+    store = WindowStore(redis, prefix="compass", dedup_horizon_s=60)
     keys = store.keys("sw")
     assert keys["window"] == "compass:{sw}:window"
-    assert set(keys) == {"window", "counts", "offsets", "recent", "meta", "quality"}
+    assert set(keys) == {"window", "counts", "offsets", "recent", "meta", "quality", "ids"}
     assert all("{sw}" in k for k in keys.values())
     assert len({key_slot(k.encode()) for k in keys.values()}) == 1
     assert key_slot(b"compass:{sw}:window") != key_slot(b"compass:{en}:window")

@@ -3,13 +3,15 @@
 One SQLite file per ``model_id`` maps sha256(text) to the float32 vector. WAL mode and a busy timeout let
 several processes read and write the same file. An entry whose length does not match the model's dimension,
 or whose values are not a finite unit vector, is treated as a miss and overwritten. A file SQLite cannot
-read is moved aside (it only holds a cache) and a new one started.
+read is moved aside (it only holds a cache) and a new one started. Opening retries, with backoff, while another
+process holds the lock (the switch to WAL and the first schema write need it even with the busy timeout).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 import sqlite3
 import threading
@@ -24,6 +26,7 @@ from compass.errors import EmbedderError
 
 log = logging.getLogger(__name__)
 
+OPEN_TRIES = 12  # attempts to open a locked file: backoff 0.05 s doubling to 2 s, ~15 s in all
 _SQL_VARS = 500  # keys per SELECT ... IN (...), well under SQLite's variable limit
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,7 +81,11 @@ class CachedEmbedder:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            # Switching needs an exclusive lock: only done when the file is not in WAL mode already.
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+                if mode != "wal":  # another connection kept it from switching: retried as a lock
+                    raise sqlite3.OperationalError(f"database is locked (journal_mode stayed {mode!r})")
             # In WAL mode a crash may lose the last writes, never corrupt the file: right for a cache.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
@@ -96,9 +103,23 @@ class CachedEmbedder:
             )
         return conn
 
+    def _connect_retrying(self) -> sqlite3.Connection:
+        """``_connect``, tried again while the database is locked by another process (bounded, with backoff)."""
+        for attempt in range(OPEN_TRIES):
+            try:
+                return self._connect()
+            except sqlite3.OperationalError as e:
+                msg = str(e).lower()
+                if ("locked" not in msg and "busy" not in msg) or attempt == OPEN_TRIES - 1:
+                    raise
+                delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+                log.info("embedding cache %s is locked (%s); opening again in %.2f s", self.path, e, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
     def _open(self) -> sqlite3.Connection:
         try:
-            return self._connect()
+            return self._connect_retrying()
         except sqlite3.OperationalError as e:  # locked, read-only, cannot open: the file may be fine
             raise self._unopenable(e) from None
         except sqlite3.DatabaseError as e:  # not a database, or corrupt
@@ -106,7 +127,7 @@ class CachedEmbedder:
             log.warning("embedding cache %s is unreadable (%s); moved to %s", self.path, e, aside)
             self.path.rename(aside)
         try:
-            return self._connect()
+            return self._connect_retrying()
         except sqlite3.DatabaseError as e:
             raise self._unopenable(e) from None
 

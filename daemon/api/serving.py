@@ -7,7 +7,8 @@
                          "reason"}
   GET  /openapi.json, /docs
 
-Invalid bodies answer 422 with FastAPI's ``detail`` list, whose ``loc`` names the field (e.g. ["body", "lang"]).
+Invalid bodies answer 422 with FastAPI's ``detail`` list, whose ``loc`` names the field (e.g. ["body", "lang"]) and
+whose ``input`` is cut to a short prefix; bodies over ``http.max_body_bytes`` answer 413 (daemon/api/limits.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compass.config import HttpConfig
 from compass.route import RouteError
 from compass.route.router import normalize_lang
+from daemon.api.limits import MSG_MAX, install_limits
 
 if TYPE_CHECKING:
     from daemon.serving import AdapterServer
@@ -63,6 +66,8 @@ def create_serving_app(server: AdapterServer) -> FastAPI:
     """The API over one ``AdapterServer`` (sync endpoints: FastAPI runs them in its thread pool)."""
     app = FastAPI(title="compass serving", version="1",
                   description="Language-routed generation over per-language adapters (paper §3.2.5).")
+    cfg = getattr(server, "cfg", None)
+    install_limits(app, cfg.http.max_body_bytes if cfg is not None else HttpConfig().max_body_bytes)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -79,14 +84,14 @@ def create_serving_app(server: AdapterServer) -> FastAPI:
         try:
             return server.route(body.text, body.lang).to_dict()
         except RouteError as e:
-            raise HTTPException(422, str(e)) from None
+            raise HTTPException(422, str(e)[:MSG_MAX]) from None
 
     @app.post("/v1/generate")
     def generate(body: GenerateRequest) -> dict[str, Any]:
         try:
             (gen,) = server.generate([body.text], max_new_tokens=body.max_new_tokens, lang=body.lang)
         except RouteError as e:
-            raise HTTPException(422, str(e)) from None
+            raise HTTPException(422, str(e)[:MSG_MAX]) from None
         return gen.to_dict()
 
     return app

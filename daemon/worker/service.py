@@ -1,7 +1,9 @@
 """The worker process: Kafka intake into the Redis queue, one job at a time from the queue, events out.
 
 Intake: each message of ``kafka.jobs_topic`` (group ``worker.group_id``) is decoded and added to the durable
-queue (daemon/worker/queue.py), or dead-lettered when malformed; then the offsets are committed. Jobs run from
+queue (daemon/worker/queue.py), or dead-lettered (``bad_job`` when malformed, ``internal_error`` when its handling
+raised); the jobs around it proceed (daemon/intake.py). Then the offsets are committed; a Kafka or Redis failure
+rewinds the poll and the run loop retries it. Jobs run from
 the queue under the language's in-progress lock ``{prefix}:{lang}:worker-lock`` (a Lease renewed by a heartbeat
 thread while training). A failed attempt waits ``retry_backoff_s``; after ``max_attempts`` the job is
 dead-lettered (reason ``max_attempts``) and update_finished(ok=false) is emitted. Stop (SIGTERM): no new job
@@ -24,9 +26,10 @@ import redis
 from compass.adapt import Interrupted
 from compass.config import LanguagesConfig, ServiceConfig
 from consumers.clients import REDIS_ERRORS
-from consumers.deadletter import DeadLetter, DeadLetterWriter, dead_letter_of
+from consumers.deadletter import DeadLetter, DeadLetterWriter
 from consumers.lease import Lease
-from daemon.messages import BadMessage, Event, UpdateJob, decode_job, encode
+from daemon.intake import IsolatedIntake
+from daemon.messages import Event, UpdateJob, decode_job, encode
 from daemon.worker.model import ModelHost
 from daemon.worker.pipeline import JobContext, base_report, run_job, write_report
 from daemon.worker.queue import JobQueue, PendingJob
@@ -84,6 +87,8 @@ class Worker:
         self.ctx = JobContext(config, languages, self.client, ModelHost(config, model, tokenizer),
                               embedder or make_embedder(config.embedder), emit=self.emit)
         self.stop_event = threading.Event()
+        self._intake: IsolatedIntake | None = None
+        self.intake_errors = 0  # polls that failed on Kafka or Redis (retried)
 
     @property
     def consumer(self) -> Any:
@@ -103,26 +108,29 @@ class Worker:
     # ------------------------------------------------------------------ intake
 
     def intake(self, timeout_ms: int = 500) -> int:
-        """Move one poll's jobs into the queue (bad ones to the dead-letter topic), then commit."""
-        batches = self.consumer.poll(timeout_ms=timeout_ms)
-        added = 0
-        for records in batches.values():
-            for rec in records:
-                try:
-                    job = decode_job(rec.value)
-                except BadMessage as e:
-                    log.warning("job %s:%d@%d dead-lettered: %s", rec.topic, rec.partition, rec.offset, e)
-                    self.dead.send(dead_letter_of(rec, BAD_JOB, str(e)))
-                    continue
-                source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
-                if self.queue.add(job.job_id, job.to_json(), source):
-                    added += 1
-                else:
-                    log.info("job %s is pending or done already; redelivery ignored", job.job_id)
-        if batches:
-            self.dead.flush()
-            self.consumer.commit()  # after the queue write and the dead letters: a crash re-delivers, never loses
-        return added
+        """Move one poll's jobs into the queue (bad ones to the dead-letter topic), then commit; returns jobs added.
+        Raises only on a Kafka or Redis failure, after rewinding to the first job not yet settled."""
+        if self._intake is None:
+            self._intake = IsolatedIntake(self.consumer, self.dead, self.client, BAD_JOB,
+                                          self.config.worker.max_message_failures)
+        return self._intake.poll(self._take, timeout_ms)
+
+    def _take(self, rec: Any) -> bool:
+        job = decode_job(rec.value)  # BadMessage: dead-lettered as bad_job
+        source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+        if self.queue.add(job.job_id, job.to_json(), source):
+            return True
+        log.info("job %s is pending or done already; redelivery ignored", job.job_id)
+        return False
+
+    def _intake_safely(self, timeout_ms: int) -> None:
+        """``intake`` for the run loop: a Kafka or Redis failure is logged and retried after a pause."""
+        try:
+            self.intake(timeout_ms)
+        except Exception as e:
+            self.intake_errors += 1
+            log.error("intake of %s failed (retried): %s: %s", self.config.kafka.jobs_topic, type(e).__name__, e)
+            self.stop_event.wait(1.0)
 
     # ------------------------------------------------------------------ processing
 
@@ -208,11 +216,15 @@ class Worker:
             self.stop_event = stop
         done = 0
         while not self.stop_event.is_set():
-            self.intake(500)
+            self._intake_safely(500)
             left = None if max_jobs is None else max_jobs - done
-            done += self.process_due(left)
-            if (max_jobs is not None and done >= max_jobs) or (once and not self.queue.due()):
-                break
+            try:
+                done += self.process_due(left)
+                if (max_jobs is not None and done >= max_jobs) or (once and not self.queue.due()):
+                    break
+            except REDIS_ERRORS as e:  # the queue is unreachable: the jobs stay pending, retried after a pause
+                log.error("job queue unavailable (retried): %s: %s", type(e).__name__, e)
+                self.stop_event.wait(1.0)
         return done
 
     def run_job(self, job: UpdateJob) -> dict[str, Any]:
