@@ -258,3 +258,16 @@ def test_maven_failure_names_the_step_and_shows_its_output(tmp_path):
     assert err.value.step == "maven resolution"
     assert f"while resolving {pom}" in str(err.value)
     assert f"Non-readable POM {pom}" in err.value.log_tail
+
+
+def test_new_cluster_ids_never_start_with_a_dash(monkeypatch):
+    """StorageTool reads `-t -abc` as a missing value; Kafka's own random ids skip a leading '-', and so do ours."""
+    import uuid
+
+    from deploy.local import kafka as kafka_mod
+
+    dash = uuid.UUID(bytes=b"\xf8" + bytes(15))  # base64 of 0xf8... starts with '-'
+    plain = uuid.UUID(bytes=bytes(16))
+    draws = iter([dash, dash, plain])
+    monkeypatch.setattr(kafka_mod.uuid, "uuid4", lambda: next(draws))
+    assert kafka_mod.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAA"

@@ -43,8 +43,13 @@ def broker_port(config: ServiceConfig) -> int:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (as StorageTool random-uuid)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (as StorageTool random-uuid). Like
+    Kafka's Uuid.randomUuid it never starts with '-': StorageTool's argument parser would read `-t -xyz` as a
+    missing value and the format fails ("expected one argument"), once in 64 stack starts."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 class KafkaService(LocalService):
