@@ -278,3 +278,90 @@ def test_a_lease_on_an_untagged_key_works_on_the_cluster(client):
     assert a.release() and b.acquire() == 2
     tagged = Lease(client, "compass:{sw}:lease", "c", ttl_ms=5000)
     assert tagged._fence_key == "compass:{sw}:lease:fence" and tagged.acquire() == 1
+
+
+# ------------------------------------------------------------------------------------------ daemon and worker
+
+
+def test_daemon_and_worker_intake_end_to_end_on_the_cluster(cluster, services, topic_factory, tmp_path):
+    """The daemon's whole check cycle and the worker's job intake on the 3-master cluster, with the real Kafka:
+    three languages on three masters drift, each gets exactly one job; the worker moves the jobs into its queue
+    (``{worker}`` keys, one slot), takes the per-language training lock, and its reports bring each language back
+    from `updating` through the inbox, status and history keys of that language's own master."""
+    import json
+
+    from compass.config import LanguagesConfig
+    from consumers.clients import kafka_producer
+    from consumers.lease import Lease
+    from daemon.messages import Event, encode
+    from daemon.reference import set_reference
+    from daemon.service import Daemon
+    from daemon.worker.service import Worker, lock_key
+
+    base = services.config
+    cfg = base.model_copy(update={
+        "redis": RedisConfig(port=cluster.ports[0], cluster=True),
+        "kafka": base.kafka.model_copy(update={"jobs_topic": topic_factory(), "events_topic": topic_factory(),
+                                               "dead_letter_topic": topic_factory()}),
+        "daemon": base.daemon.model_copy(update={"events_group_id": f"cluster-daemon-{tmp_path.name}",
+                                                 "stale_far_max_texts": 0}),
+        "worker": base.worker.model_copy(update={"group_id": f"cluster-worker-{tmp_path.name}"}),
+    })
+    langs = LanguagesConfig.model_validate({"defaults": {"min_samples": 4, "window_size": 4, "theta": 0.2,
+                                                         "cooldown_s": 100},
+                                            "languages": {lang: {} for lang in LANGS}})
+    client = redis_client(cfg.redis)
+    client.flushall()
+    store = WindowStore(client)
+    for i, lang in enumerate(LANGS):
+        store.apply_batch({lang: (4, [Assignment(f"{lang}{j}", 0, TOPIC, i, j) for j in range(4)])}, "v1", 3)
+        set_reference(client, lang, probs=[0.5, 0.5, 0.0], codebook_version="v1", adapter_version="a1")
+    daemon = Daemon(cfg, langs, owner="cluster-daemon", client=client)
+    import torch
+
+    class NoModel:  # the intake never touches the model
+        pass
+
+    worker = Worker(cfg, langs, client=client, model=torch.nn.Linear(1, 1), tokenizer=NoModel(), embedder=NoModel())
+    try:
+        now = 1_000_000.0
+        results = {lang: daemon.check(lang, now) for lang in LANGS}
+        assert {lang: (r.state, r.fired) for lang, r in results.items()} == {lang: ("drift", True) for lang in LANGS}
+        taken = 0
+        for _ in range(40):
+            taken += worker.intake(timeout_ms=500)
+            if taken >= 3:
+                break
+        assert sorted(e.job_id for e in worker.queue.pending()) == sorted(r.job.job_id for r in results.values())
+        lock = Lease(client, lock_key("tr", cfg.redis.key_prefix), worker.owner, 5000)
+        assert lock.acquire() is not None
+        assert Lease(client, lock_key("tr", cfg.redis.key_prefix), "other", 5000).acquire() is None
+        lock.release()
+
+        producer = kafka_producer(cfg.kafka)
+        for lang, r in results.items():
+            for ev in (Event("update_started", lang, now + 1, r.job.job_id, {"attempt": 1}),
+                       Event("update_finished", lang, now + 2, r.job.job_id, {"ok": True, "outcome": "finished"})):
+                producer.send(cfg.kafka.events_topic, key=lang.encode(), value=encode(ev)).get(timeout=10)
+        producer.close()
+        queued = 0
+        for _ in range(60):
+            queued += daemon.poll_events(timeout_ms=500)
+            if queued >= 6:
+                break
+        assert queued == 6
+        after = {lang: daemon.check(lang, now + 3).state for lang in LANGS}
+        assert after == {lang: "disarmed" for lang in LANGS}  # idle again; the same P_ref still drifts
+        owner = _node_of_slot(cluster.ports[0])
+        for lang in LANGS:
+            status = json.loads(client.get(f"compass:{{{lang}}}:status"))
+            assert status["phase"] == "idle" and status["last_update"]["outcome"] == "finished"
+            port = owner[key_slot(f"compass:{{{lang}}}:status".encode())]
+            assert f"compass:{{{lang}}}:status" in _keys_on(port)  # on the language's own master
+    finally:
+        daemon.stop()
+        if worker._consumer is not None:
+            worker._consumer.close()
+        worker.producer.close()
+        client.flushall()
+        client.close()
