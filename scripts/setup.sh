@@ -31,6 +31,7 @@ command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v promtool >/dev/null || need+=(prometheus)  # promtool: tests/test_metrics.py checks the alert rules
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "missing ${need[*]}: run as root or install them with apt-get" >&2; fail "apt install"
