@@ -339,6 +339,21 @@ class ConsumerConfig(_Frozen):
     )
 
 
+class CodebookConfig(_Frozen):
+    """Cluster labels stored with a codebook when it is fitted (compass/cluster/labels.py)."""
+
+    store_examples: bool = Field(
+        True, description="keep a few representative query texts per cluster with the codebook; false keeps none "
+        "(privacy) and labels use only terms of >= label_min_docs distinct texts",
+    )
+    label_min_docs: int = Field(
+        3, ge=1, le=1000, description="with store_examples false, a label term must occur in at least this many "
+        "distinct texts of the cluster, in [1, 1000]",
+    )
+    label_terms: int = Field(3, ge=1, le=20, description="terms per cluster label, in [1, 20]")
+    examples: int = Field(3, ge=0, le=20, description="representative texts kept per cluster, in [0, 20]")
+
+
 class StackConfig(_Frozen):
     """The local development stack (`compass stack up`): a KRaft broker and redis-server on 127.0.0.1."""
 
@@ -469,6 +484,7 @@ class WorkerConfig(_Frozen):
         None, description="directory of per-language target data D_t: <lang>.jsonl (records format)"
     )
     work_dir: Path = Field(Path(".compass/worker"), description="checkpoints and per-job reports")
+    metrics_port: int = Field(9480, ge=0, le=65535, description="Prometheus /metrics port on 127.0.0.1; 0 = off")
     max_attempts: int = Field(3, ge=1, le=100, description="tries per job before it is dead-lettered, in [1, 100]")
     retry_backoff_s: float = Field(30.0, ge=0, description="seconds before a failed job is tried again, >= 0")
     lock_ttl_ms: int = Field(120_000, ge=1000, description="per-language in-progress lock TTL (renewed), ms >= 1000")
@@ -500,6 +516,7 @@ class ServiceConfig(_Frozen):
     langid: LangIdConfig = LangIdConfig()
     http: HttpConfig = HttpConfig()
     consumer: ConsumerConfig = ConsumerConfig()
+    codebook: CodebookConfig = CodebookConfig()
     stack: StackConfig = StackConfig()
     daemon: DaemonConfig = DaemonConfig()
     model: ModelConfig = ModelConfig()

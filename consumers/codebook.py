@@ -5,6 +5,8 @@ Layout under ``root`` (``consumer.codebook_dir``)::
     <version>/manifest.json   {"format", "version", "lineage", "type", "model_id", "languages", "parent",
                                "created_at", "n_clusters", "dim", "distance_quantiles"}
     <version>/clusterer/      the clusterer's own save(): manifest.json + .npy files (no pickle)
+    <version>/labels.json     optional: per cluster its label terms and representative texts
+                              (compass/cluster/labels.py; a revision copies its parent's)
 
 A version directory is written in a temporary directory and renamed into place, so a reader sees a whole
 codebook or none. The Redis key ``{prefix}:codebook:current`` names the version consumers use.
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 _LANG = re.compile(r"^[a-z]{2,3}$")
+LABELS_FILE = "labels.json"
 QUANTILES = (0.90, 0.95, 0.99)  # the calibrated distances a manifest records, keyed "0.90", "0.95", "0.99"
 
 
@@ -160,6 +163,7 @@ class CodebookStore:
         parent: str | None = None,
         revision: bool | None = None,
         X_fit: np.ndarray | None = None,
+        labels: dict | None = None,
     ) -> Codebook:
         """Store ``clusterer`` as a new version and make it current.
 
@@ -169,6 +173,9 @@ class CodebookStore:
 
         ``X_fit``: the (n, dim) vectors the clusterer was fitted on; their nearest-centroid distances give the
         manifest's ``distance_quantiles``. Without it a revision keeps its parent's, anything else has none.
+
+        ``labels``: the labels document (``compass.cluster.labels.label_clusters``), stored as ``labels.json``;
+        without it a revision keeps its parent's (same clusters), anything else has none.
         """
         if not isinstance(model_id, str) or not model_id:
             raise CodebookError(f"model_id must be the embedder's non-empty model_id; got {model_id!r}")
@@ -183,6 +190,8 @@ class CodebookStore:
             "dim": _dim(clusterer),
             "distance_quantiles": None if X_fit is None else distance_quantiles(X_fit, _centroids(clusterer)),
         }
+        if labels is not None:
+            _check_labels("(new)", "labels", labels, int(clusterer.n_clusters_))
         lineage = None
         if parent is not None:
             parent_meta = self._manifest(parent)
@@ -197,6 +206,8 @@ class CodebookStore:
                 lineage = lineage_of(parent)
                 if X_fit is None:
                     meta["distance_quantiles"] = parent_meta.get("distance_quantiles")
+                if labels is None:
+                    labels = read_labels(self.root, parent)
         elif revision:
             raise CodebookError("publish(revision=True) needs parent: the version whose cluster ids it keeps")
 
@@ -212,6 +223,8 @@ class CodebookStore:
         try:
             tmp.mkdir()
             clusterer.save(tmp / "clusterer")
+            if labels is not None:
+                (tmp / LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False) + "\n", encoding="utf-8")
             (tmp / "manifest.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
             os.rename(tmp, self.root / version)  # atomic: readers see the whole version or none
         except BaseException:
@@ -290,6 +303,10 @@ class CodebookStore:
         quantiles = _check_quantiles(version, path.parent / "manifest.json", meta.get("distance_quantiles"))
         return Codebook(version, clusterer, meta["model_id"], langs, float(meta["created_at"]), meta.get("parent"),
                         quantiles)
+
+    def labels(self, version: str | None = None) -> dict | None:
+        """The labels document of ``version`` (None: the current one), or None when it has none."""
+        return read_labels(self.root, self._resolve(version))
 
     def _resolve(self, version: str | None) -> str:
         if version is None:
@@ -392,6 +409,33 @@ def check_version(version: str) -> str:
             f"got {version!r}"
         )
     return version
+
+
+def read_labels(root: str | Path, version: str) -> dict | None:
+    """``<root>/<version>/labels.json`` checked, or None when the version has no labels (no Redis needed)."""
+    path = Path(root) / check_version(version) / LABELS_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise CodebookError(f"codebook {version}: {path} is unreadable ({e}); rebuild the codebook") from e
+    _check_labels(version, str(path), doc, None)
+    return doc
+
+
+def _check_labels(version: str, where: str, doc: object, n_clusters: int | None) -> None:
+    clusters = doc.get("clusters") if isinstance(doc, dict) else None
+    ok = isinstance(clusters, list) and all(
+        isinstance(c, dict) and c.get("cluster") == i and isinstance(c.get("label"), str)
+        and isinstance(c.get("examples", []), list) for i, c in enumerate(clusters)
+    )
+    if not ok or (n_clusters is not None and len(clusters) != n_clusters):
+        raise CodebookError(
+            f"codebook {version}: {where} is not a labels document with one entry per cluster "
+            f"({n_clusters if n_clusters is not None else 'K'}) of cluster id, label and examples; build it with "
+            "compass.cluster.labels.label_clusters"
+        )
 
 
 def nearest_cosine_distances(X: np.ndarray, centroids: np.ndarray, batch: int = 8192) -> np.ndarray:

@@ -30,6 +30,7 @@ def _register_optional() -> None:
     from daemon.commands import data as data_cmd
     from daemon.commands import demo as demo_cmd
     from daemon.commands import embed as embed_cmd
+    from daemon.commands import explain as explain_cmd
     from daemon.commands import langid_demo as langid_demo_cmd
     from daemon.commands import ref as ref_cmd
     from daemon.commands import report as report_cmd
@@ -38,6 +39,7 @@ def _register_optional() -> None:
     from daemon.commands import serve as serve_cmd
     from daemon.commands import simulate as simulate_cmd
     from daemon.commands import stack as stack_cmd
+    from daemon.commands import status as status_cmd
     from daemon.commands import worker as worker_cmd
 
     app.add_typer(stack_cmd.app, name="stack")
@@ -59,6 +61,8 @@ def _register_optional() -> None:
     app.command("calibrate")(calibrate_cmd.calibrate)
     app.add_typer(adapters_cmd.app, name="adapters")
     app.add_typer(bench_cmd.app, name="bench")
+    app.command("explain")(explain_cmd.explain)
+    app.command("status")(status_cmd.status)
 
 
 _register_optional()
@@ -66,9 +70,9 @@ _register_optional()
 
 def main() -> None:
     """Entry point: a CompassError prints its message (which names the fix) and exits 2, no traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kafka", "apscheduler"):  # their INFO lines (connections, every job run) drown ours
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from consumers.logs import configure_logging
+
+    configure_logging(logging.INFO)  # third-party loggers at WARNING; --quiet/--verbose of a command change it
     try:
         app()
     except CompassError as e:

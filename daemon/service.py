@@ -77,6 +77,7 @@ from consumers.unserved import UnservedReading, UnservedStore
 from consumers.window import WindowSnapshot, WindowStore, lineage_of
 from daemon import history, stale
 from daemon.dispatch import Dispatcher, EventInbox, drain_inbox, requeue_inbox
+from daemon.explain import LabelCache, explain_window, top_clusters
 from daemon.farshare import FarShareFn, RecentFarShare
 from daemon.lock import LanguageLease
 from daemon.messages import Event, UpdateJob
@@ -136,29 +137,31 @@ class DaemonMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.checks = Counter("compass_daemon_checks", "checks by language and outcome state",
-                              ["language", "state"], registry=r)
-        self.jobs = Counter("compass_daemon_jobs", "jobs enqueued", ["language", "kind"], registry=r)
+                              ["lang", "state"], registry=r)
+        self.jobs = Counter("compass_daemon_jobs", "jobs enqueued", ["lang", "kind"], registry=r)
         self.errors = Counter("compass_daemon_errors", "errors kept from crashing the daemon",
-                              ["language", "kind"], registry=r)
-        self.js = Gauge("compass_daemon_js_bits", "last JS(P_ref || P_mon) in bits (eq. 5)", ["language"], registry=r)
-        self.fill = Gauge("compass_daemon_window_fill_ratio", "window size / window_size", ["language"], registry=r)
-        self.noise = Gauge("compass_daemon_noise_share", "noise-bucket share of the window", ["language"], registry=r)
-        self.updating = Gauge("compass_daemon_updating", "1 while a job is out", ["language"], registry=r)
+                              ["lang", "kind"], registry=r)
+        self.js = Gauge("compass_daemon_js_bits", "last JS(P_ref || P_mon) in bits (eq. 5)", ["lang"], registry=r)
+        self.fill = Gauge("compass_daemon_window_fill_ratio", "window size / window_size", ["lang"], registry=r)
+        self.noise = Gauge("compass_daemon_noise_share", "noise-bucket share of the window", ["lang"], registry=r)
+        self.updating = Gauge("compass_daemon_updating", "1 while a job is out", ["lang"], registry=r)
         self.stuck = Gauge("compass_daemon_stuck", "1 while the language is stuck (no automatic update until ops "
-                           "resume it)", ["language"], registry=r)
+                           "resume it)", ["lang"], registry=r)
         self.threshold = Gauge("compass_daemon_threshold", "effective threshold of the language's detector (JS bits; "
-                               "nats for the sequential detector)", ["language"], registry=r)
-        self.failures = Gauge("compass_daemon_failures", "updates in a row that did not promote", ["language"],
+                               "nats for the sequential detector)", ["lang"], registry=r)
+        self.failures = Gauge("compass_daemon_failures", "updates in a row that did not promote", ["lang"],
                               registry=r)
         self.seconds = Histogram("compass_daemon_check_seconds", "duration of one language check", registry=r,
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5))
+        self.ready = Gauge("compass_daemon_ready", "1 while the service answered the last readiness probe (/readyz), "
+                           "by service (redis, kafka)", ["service"], registry=r)
         self.unserved_share = Gauge("compass_daemon_unserved_share", "share of all queries over "
                                     "daemon.emerging_horizon_s of a language no configured adapter serves (und: "
-                                    "undetermined)", ["language"], registry=r)
+                                    "undetermined)", ["lang"], registry=r)
         self.unserved_queries = Gauge("compass_daemon_unserved_queries", "queries over daemon.emerging_horizon_s of "
-                                      "an unserved language", ["language"], registry=r)
+                                      "an unserved language", ["lang"], registry=r)
         self.emerging = Gauge("compass_daemon_language_emerging", "1 while an unserved language is in an emerging "
-                              "episode (language_emerging published, not re-armed)", ["language"], registry=r)
+                              "episode (language_emerging published, not re-armed)", ["lang"], registry=r)
 
 
 class Daemon:
@@ -203,6 +206,7 @@ class Daemon:
         self._mismatch_logged: set[str] = set()
         self._far_failed: dict[str, str] = {}  # lang -> the last far-share failure logged (warned once per change)
         self._quality: dict[str, QualitySignal] = {}  # the quality detectors (languages.yaml quality_signal)
+        self.labels = LabelCache(c.codebook_dir)  # the codebooks' cluster labels, for explanations
 
     @property
     def limits(self) -> Limits:
@@ -489,7 +493,7 @@ class Daemon:
         data = {"js": out.js, "theta": settings.theta, "threshold": st.last_check["threshold"],  # type: ignore[index]
                 "statistic": statistic, "detector": mode, "n_samples": snap.size, "reason": action.reason,
                 "kind": kind, "codebook_version": snap.codebook_version, "noise_share": job.noise_share,
-                "far_share": job.far_share}
+                "far_share": job.far_share, "top_clusters": self._top_clusters(ref, snap)}
         if action.detection is not None:
             data.update(detected_at=action.detection.get("detected_at"), detected_js=action.detection.get("js"))
         first = "recluster_needed" if kind == "recluster" else "drift_detected"
@@ -512,6 +516,24 @@ class Daemon:
         log.info("%s: %s job %s enqueued (reason %s, JS %s, n %d)%s", lang, kind, job_id, action.reason, out.js,
                  snap.size, f": {out.detail}" if out.detail else "")
         return self._finish(lang, st, result)
+
+    def _top_clusters(self, ref: Reference | None, snap: WindowSnapshot) -> list[dict[str, Any]]:
+        """The clusters that contribute most to JS, for the event; [] when not comparable (never raises)."""
+        try:
+            return top_clusters(explain_window(ref, snap, self.labels.get(snap.codebook_version)))
+        except Exception as e:  # the job goes out without it
+            log.warning("top clusters not computed: %s", e)
+            return []
+
+    def explain(self, lang: str, top: int = 5) -> dict[str, Any]:
+        """Which clusters drive JS(P_ref || window) now, with their labels (daemon/explain.py)."""
+        snap = self.windows.snapshot(lang)
+        try:
+            ref = get_reference(self.client, lang, self.prefix)
+            return explain_window(ref, snap, self.labels.get(snap.codebook_version), top=top,
+                                  examples=self.config.codebook.store_examples)
+        except Exception as e:  # a bad P_ref, a damaged window: the rest of describe() still answers
+            return {**explain_window(None, snap, None), "reason": f"{type(e).__name__}: {e}"}
 
     def _revert(self, lang: str, lease: LanguageLease, token: int, before: LanguageStatus, out: Step,
                 settings: LanguageSettings, read: _Read, why: str) -> CheckResult:
@@ -689,6 +711,7 @@ class Daemon:
             "last_trigger": st.last_trigger,
             "last_update": st.last_update,
             "lease_holder": self._lease(lang).holder(),
+            "explanation": self.explain(lang),
         }
 
     def known_languages(self) -> list[str]:
@@ -707,6 +730,8 @@ class Daemon:
             out["kafka"] = "ok"
         except Exception as e:
             out["kafka"] = f"unreachable: {e}"
+        for service, state in out.items():
+            self.metrics.ready.labels(service).set(1 if state == "ok" else 0)
         return out
 
     # ------------------------------------------------------------------ scheduling

@@ -144,7 +144,7 @@ def test_resume_clears_a_stuck_language(make_daemon, redis, monkeypatch):
     view = client.get("/v1/languages/sw").json()
     assert (view["state"], view["phase"], view["failures"]) == ("stuck", "stuck", 1)
     assert "resume with POST /v1/languages/<lang>/resume" in view["stuck"]["reason"]
-    assert 'compass_daemon_stuck{language="sw"} 1.0' in client.get("/metrics").text
+    assert 'compass_daemon_stuck{lang="sw"} 1.0' in client.get("/metrics").text
 
     r = client.post("/v1/languages/sw/resume", headers=auth)
     assert (r.status_code, r.json()) == (200, {"language": "sw", "paused": False, "stuck": True})
@@ -152,7 +152,7 @@ def test_resume_clears_a_stuck_language(make_daemon, redis, monkeypatch):
     assert (r.state, r.fired) == ("drift", True)
     view = client.get("/v1/languages/sw").json()
     assert (view["phase"], view["failures"], view["stuck"]) == ("updating", 0, None)
-    assert 'compass_daemon_stuck{language="sw"} 0.0' in client.get("/metrics").text
+    assert 'compass_daemon_stuck{lang="sw"} 0.0' in client.get("/metrics").text
 
 
 def test_languages_lists_the_unserved_ones_on_request(client, daemon, redis):

@@ -252,6 +252,21 @@ def test_a_damaged_calibration_is_named(redis, tmp_path):
         store.load(cb.version)
 
 
+def test_labels_are_stored_and_a_revision_keeps_its_parents(redis, tmp_path):
+    store = CodebookStore(tmp_path / "cb", redis)
+    doc = {"format": 1, "clusters": [{"cluster": i, "label": f"topic {i}", "examples": [f"q{i}"]} for i in range(3)]}
+    fit = store.publish(kmeans(3), "m", labels=doc)
+    assert store.labels() == doc and (tmp_path / "cb" / fit.version / "labels.json").is_file()
+    rev = store.publish(kmeans(3, seed=2), "m", parent=fit.version)
+    assert store.labels(rev.version) == doc
+    assert store.labels(store.publish(kmeans(3), "m").version) is None
+    with pytest.raises(CodebookError, match=r"one entry per cluster \(3\) of cluster id, label and examples"):
+        store.publish(kmeans(3), "m", labels={"clusters": doc["clusters"][:2]})
+    (tmp_path / "cb" / fit.version / "labels.json").write_text('{"clusters": 1}')
+    with pytest.raises(CodebookError, match=f"codebook {fit.version}: .*labels.json is not a labels document"):
+        store.labels(fit.version)
+
+
 def test_cli_build_list_show(services, redis, tmp_path):
     from daemon.commands.codebook import app
 
@@ -281,11 +296,24 @@ def test_cli_build_list_show(services, redis, tmp_path):
     assert list(quantiles) == ["0.90", "0.95", "0.99"] and 0.0 <= quantiles["0.90"] <= quantiles["0.99"] <= 2.0
     assert cb.calibrated_distance(0.95) == quantiles["0.95"]
     assert "'far' (stale clusters): cosine distance >" in result.output
+    labels = store.labels()  # build labels every cluster: its terms name one planted topic, with examples
+    assert [c["cluster"] for c in labels["clusters"]] == [0, 1, 2, 3] and labels["store_examples"] is True
+    topic_words = {w for t in topics for w in t.split()} - {"and", "for"}
+    named = [c for c in labels["clusters"] if set(c["terms"]) & topic_words]
+    assert named and all(c["examples"] and c["examples"][0].split(" question")[0] in topics for c in named)
+    assert "texts): " in result.output
 
+    private = yaml.safe_load(config_file.read_text()) | {"codebook": {"store_examples": False, "label_min_docs": 12}}
+    config_file.write_text(yaml.safe_dump(private))  # privacy: no texts; 12 es texts per topic
     result = runner.invoke(app, ["build", str(records), "--lang", "es", "--clusterer", "kmeans", "--k", "2",
                                  "--config", str(config_file)])
     assert result.exit_code == 0, result.output
     scoped = store.load()
+    kept = store.labels()
+    assert (kept["store_examples"], kept["min_docs"]) == (False, 12)
+    assert all(c["examples"] == [] for c in kept["clusters"])
+    assert sorted(c["label"] for c in kept["clusters"]) == ["and · tickets · timetables",
+                                                            "football · scores · tonight"]  # "question": both
     assert scoped.languages == ("es",) and scoped.n_clusters == 2 and scoped.version > version
 
     listing = runner.invoke(app, ["list", "--config", str(config_file)])

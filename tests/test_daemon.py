@@ -403,7 +403,7 @@ def reject(cfg, d: Daemon, job: UpdateJob, at: float) -> None:
 
 
 def gauge(d: Daemon, name: str, lang: str = "sw") -> float | None:
-    return d.metrics.registry.get_sample_value(name, {"language": lang})
+    return d.metrics.registry.get_sample_value(name, {"lang": lang})
 
 
 def test_a_rejected_update_backs_off_then_fires_again(make_daemon, redis, cfg):
@@ -691,7 +691,7 @@ def far_setup(cfg, redis, tmp_path):
 
 def far_errors(d: Daemon, lang: str = "sw") -> float:
     return d.metrics.registry.get_sample_value("compass_daemon_errors_total",
-                                               {"language": lang, "kind": "far_share"}) or 0.0
+                                               {"lang": lang, "kind": "far_share"}) or 0.0
 
 
 def test_recent_texts_far_from_every_centroid_enqueue_a_recluster_job(make_daemon, redis, cfg, far_setup):
@@ -998,3 +998,55 @@ def test_a_bug_met_by_one_report_is_dead_lettered_as_internal_error(icfg, redis,
         inbox.close()
     assert inbox_of(redis, "sw") == [reports[0], reports[2]]
     assert dead_letters(icfg) == [("internal_error", "TypeError: cannot record this one", encode(reports[1]))]
+
+
+# ------------------------------------------------------------------------------------------ drift explained
+
+
+LABELS = {"format": 1, "store_examples": True, "clusters": [
+    {"cluster": 0, "label": "rain · storm", "examples": ["will it rain"]},
+    {"cluster": 1, "label": "goal · match", "examples": ["who scored the goal"]}]}
+# P_ref [.5, .5, 0] vs window [0, 0, 0, 0] (P_mon [1, 0, 0], M [.75, .25, 0]): per-cluster JS terms
+TERM_0 = 0.5 * (0.5 * math.log2(0.5 / 0.75) + math.log2(1 / 0.75))  # 0.0612781...
+TERM_1 = 0.5 * 0.5 * math.log2(0.5 / 0.25)  # 0.25; TERM_0 + TERM_1 = JS_DRIFT
+
+
+def labelled(cfg, tmp_path, **codebook):
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "labels.json").write_text(json.dumps(LABELS))
+    return cfg.model_copy(update={"consumer": cfg.consumer.model_copy(update={"codebook_dir": tmp_path}),
+                                  "codebook": cfg.codebook.model_copy(update=codebook)})
+
+
+def test_drift_detected_and_the_api_explain_the_drift_with_labels(make_daemon, redis, cfg, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from daemon.api.app import create_app
+
+    d = make_daemon(config=labelled(cfg, tmp_path))
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    assert d.check("sw", T0).fired
+    [ev] = [e for e in events(cfg) if e.type == "drift_detected"]
+    assert ev.data["top_clusters"] == [
+        {"cluster": 1, "label": "goal · match", "p_ref": 0.5, "p_window": 0.0, "js_term": 0.25},
+        {"cluster": 0, "label": "rain · storm", "p_ref": 0.5, "p_window": 1.0, "js_term": round(TERM_0, 6)},
+        {"cluster": 2, "label": "noise", "p_ref": 0.0, "p_window": 0.0, "js_term": 0.0}]
+    assert abs(TERM_0 + TERM_1 - JS_DRIFT) < 1e-15
+
+    e = TestClient(create_app(d)).get("/v1/languages/sw").json()["explanation"]
+    assert (e["available"], e["labeled"], e["n_samples"], e["codebook_version"]) == (True, True, 4, "v1")
+    assert e["js"] == pytest.approx(JS_DRIFT, abs=1e-12)
+    assert [(c["cluster"], c["label"], c["example"], c["count"]) for c in e["clusters"]] == [
+        (1, "goal · match", "who scored the goal", 0), (0, "rain · storm", "will it rain", 4), (2, "noise", None, 0)]
+    assert e["clusters"][0]["share_of_js"] == pytest.approx(TERM_1 / JS_DRIFT)
+    assert d.describe("yo")["explanation"]["reason"] == "no P_ref; set one with `compass ref set`"
+
+
+def test_store_examples_false_keeps_queries_out_of_the_explanation(make_daemon, redis, cfg, tmp_path):
+    d = make_daemon(config=labelled(cfg, tmp_path, store_examples=False))
+    ref(redis)
+    fill(redis, "sw", [0, 0, 0, 0])
+    e = d.describe("sw")["explanation"]
+    assert [(c["label"], c["example"]) for c in e["clusters"]] == [("goal · match", None), ("rain · storm", None),
+                                                                  ("noise", None)]

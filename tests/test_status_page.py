@@ -3,6 +3,7 @@ the JSON's exact content, then the page rendered by headless chromium against uv
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -39,7 +40,8 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", "/usr/
 @pytest.fixture
 def daemon(make_daemon, services, tmp_path):
     adapters = services.config.adapters.model_copy(update={"registry": str(tmp_path / "adapters")})
-    return make_daemon(LANGS, "page", adapters=adapters)
+    consumer = services.config.consumer.model_copy(update={"codebook_dir": tmp_path / "codebooks"})
+    return make_daemon(LANGS, "page", adapters=adapters, consumer=consumer)
 
 
 def js_of(i: int) -> float:
@@ -54,6 +56,11 @@ def recorded(daemon, redis):
         record_check(redis, "it", {"at": T0 + 60 * i, "js": js_of(i), "theta": 0.15, "n_samples": 8, "state": state},
                      daemon.prefix)
     set_reference(redis, "it", probs=[0.5, 0.25, 0.25], codebook_version="v1", adapter_version="va")
+    labels = daemon.config.consumer.codebook_dir / "v1" / "labels.json"  # the codebook's cluster labels
+    labels.parent.mkdir(parents=True)
+    labels.write_text(json.dumps({"store_examples": True, "clusters": [
+        {"cluster": 0, "label": "pizza · pasta", "examples": ["ricetta della pizza"]},
+        {"cluster": 1, "label": "treno · orario", "examples": []}]}))
     items = [Assignment(f"q{i}", b, "compass.queries", 0, i, f"testo {i}") for i, b in enumerate([0, 0, 0, 0, 0, 0, 1, 2])]
     WindowStore(redis).apply_batch({"it": (8, items)}, "v1", 3)
     reg = AdapterRegistry(daemon.config.adapters.registry)
@@ -86,6 +93,9 @@ def test_status_json_has_every_card_exactly(daemon, recorded):
     assert (a["current"], a["n_versions"], a["versions"]) == ("va", 2, ["vb", "va"])
     assert [(p["action"], p["version"], p["gate"]) for p in a["promotions"]] == [("promote", "va", {"outcome": "pass"})]
     assert [e["type"] for e in it["timeline"]] == ["adapter_rejected", "drift_detected"]
+    # P_ref [.5, .25, .25] vs window [.75, .125, .125]: JS terms .01816, .01532, .01532 (ties by bucket id)
+    assert [(c["cluster"], c["label"], c["example"]) for c in it["explanation"]["clusters"]] == [
+        (0, "pizza · pasta", "ricetta della pizza"), (1, "treno · orario", None), (2, "noise", None)]
     assert len(client.get("/v1/status", params={"points": 5}).json()["languages"][1]["js_history"]) == 5
 
 
@@ -204,6 +214,12 @@ def test_page_renders_the_cards_in_headless_chromium(server, browser, recorded):
     refs = card.find_elements(By.CSS_SELECTOR, "svg.cluster-bars rect.bar-ref")
     assert [float(b.get_attribute("data-p")) for b in bars] == [0.75, 0.125, 0.125]
     assert [float(b.get_attribute("data-p")) for b in refs] == [0.5, 0.25, 0.25]
+
+    rows = card.find_elements(By.CSS_SELECTOR, "table.explain tr[data-cluster]")
+    assert [(r.get_attribute("data-cluster"), r.get_attribute("data-label")) for r in rows] == [
+        ("0", "pizza · pasta"), ("1", "treno · orario"), ("2", "noise")]
+    assert "ricetta della pizza" in rows[0].text and "0.750" in rows[0].text
+    assert "nothing to explain: no P_ref" in browser.find_element(By.ID, "card-es").text
 
     assert card.find_element(By.CSS_SELECTOR, ".adapters .current-version").text == "va"
     events = card.find_elements(By.CSS_SELECTOR, "ol.timeline li")

@@ -280,8 +280,8 @@ def test_unserved_stream_keeps_windows_clean_counts_exactly_and_emerges_once(ser
         states = daemon.emerging_states()
         assert (states["ca"].active, states["ca"].count, states["ca"].episodes) == (True, 22, 1)
         metrics = __import__("prometheus_client").generate_latest(daemon.metrics.registry).decode()
-        assert 'compass_daemon_language_emerging{language="ca"} 1.0' in metrics
-        assert 'compass_daemon_unserved_queries{language="ca"} 22.0' in metrics
+        assert 'compass_daemon_language_emerging{lang="ca"} 1.0' in metrics
+        assert 'compass_daemon_unserved_queries{lang="ca"} 22.0' in metrics
 
         # an hour later nothing is left in the horizon: the episode re-arms
         assert daemon.check_unserved(time.time() + 3 * 3600).checks == {"ca": "rearmed"}

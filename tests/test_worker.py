@@ -151,6 +151,9 @@ def test_a_job_through_kafka_promotes_a_new_version_and_reports_in_order(service
         w.close()
     report = json.loads((tmp_path / "work" / "reports" / f"{job.job_id}.json").read_text())
     assert report["outcome"] == "promoted" and report["parent"] == first["version"]
+    sample = w.metrics.registry.get_sample_value
+    assert sample("compass_worker_jobs_total", {"lang": "it", "kind": "adapter_update", "outcome": "promoted"}) == 1
+    assert sample("compass_worker_job_seconds_count", {"kind": "adapter_update"}) == 1
     version = report["version"]
     assert reg.current("it") == version and reg.versions("it") == sorted([first["version"], version])
     _, _, manifest = reg.read_version("it", version)
@@ -235,6 +238,12 @@ def test_a_failing_job_is_dead_lettered_after_max_attempts_and_a_bad_message_too
     dead = read_topic(cfg, cfg.kafka.dead_letter_topic, 3)
     reasons = sorted(dict(r.headers)[REASON_HEADER].decode() for r in dead)
     assert reasons == ["bad_job", "max_attempts", "not_an_update"]
+    sample = w.metrics.registry.get_sample_value
+    assert [sample("compass_worker_dead_letters_total", {"reason": r}) for r in reasons] == [1, 1, 1]
+    assert sample("compass_worker_jobs_total", {"lang": "it", "kind": "adapter_update", "outcome": "failed"}) == 1
+    assert sample("compass_worker_jobs_total", {"lang": "it", "kind": "recluster", "outcome": "failed"}) == 1
+    assert sample("compass_worker_attempt_failures_total", {"lang": "it", "kind": "adapter_update"}) == 2
+    assert sample("compass_worker_attempt_failures_total", {"lang": "it", "kind": "recluster"}) == 1
     every = [decode_event(r.value) for r in read_topic(cfg, cfg.kafka.events_topic, 5)]
     assert [e.type for e in every if e.job_id == "it-2-recl"] == ["update_started", "update_finished"]
     events = [e for e in every if e.job_id == job.job_id]

@@ -12,7 +12,8 @@
                                          queries and share over daemon.emerging_horizon_s, whether they emerged
                                          (language_emerging), sample ids and how to start serving them, and
                                          ``error`` (null, or why they could not be read)
-  GET  /v1/languages/{lang}              one language in full
+  GET  /v1/languages/{lang}              one language in full, with ``explanation``: the clusters driving JS
+                                         (daemon/explain.py)
   POST /v1/languages/{lang}/pause        stop checks acting on the language (all replicas)
   POST /v1/languages/{lang}/resume       un-pause; a stuck language is resumed on its next check (failures cleared)
   POST /v1/languages/{lang}/trigger      enqueue an adapter update now (reason ``manual``)

@@ -2,6 +2,7 @@
 
   GET  /healthz          the process answers
   GET  /readyz           the model is loaded (and how promotions arrive: Kafka ``ok`` or registry poll only)
+  GET  /metrics          Prometheus text format (daemon/serving/metrics.py)
   POST /v1/route         {"text", "lang"?} -> the §3.2.5 routing decision (no generation)
   POST /v1/generate      {"text", "lang"?, "max_new_tokens"?} -> {"text", "language", "adapter_version", "kind",
                          "reason"}
@@ -16,7 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compass.config import HttpConfig
@@ -78,6 +80,12 @@ def create_serving_app(server: AdapterServer) -> FastAPI:
         checks = server.ready()
         ok = checks.get("model") == "ok"
         return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        m = getattr(server, "metrics", None)  # a stand-in server may have none: an empty exposition
+        return Response(generate_latest(m.registry if m is not None else CollectorRegistry()),
+                        media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/route")
     def route(body: RouteRequest) -> dict[str, Any]:

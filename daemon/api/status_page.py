@@ -4,6 +4,7 @@ The page (``daemon/api/static/status.html``: inline CSS and JS drawing SVG, noth
 machines are offline) polls ``/v1/status`` and shows one card per language: JS(P_ref || P_mon) over time against
 theta (eq. 5, eq. 6) and the effective threshold of a calibrated detector, with trigger markers, the detector's
 mode, effective threshold and burn-in progress, the window's cluster proportions P_mon (eq. 4) against P_ref (eq. 3),
+the clusters driving JS with their labels (``explanation``),
 the adapter versions and promotions of the registry, and the events timeline (daemon/history.py). Above the cards,
 a panel lists the unserved languages (``Daemon.describe_unserved``: queries and share over the horizon, emerged or
 not, sample ids, and how to start serving one).

@@ -1,4 +1,7 @@
-"""``compass codebook build|list|show``: fit a cluster codebook on records, publish it, inspect the versions."""
+"""``compass codebook build|list|show``: fit a cluster codebook on records, publish it, inspect the versions.
+
+``build`` also labels each cluster (c-TF-IDF terms, representative texts unless ``codebook.store_examples`` is
+false) and stores the labels with the codebook (``labels.json``)."""
 
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ def build(
 
     from compass import langcodes
     from compass.cluster import make_clusterer
+    from compass.cluster.labels import label_clusters
     from compass.data import read_records
     from compass.embed import make_embedder
     from compass.errors import DataError
@@ -90,7 +94,12 @@ def build(
     typer.echo(f"fitting {clusterer.value} on {len(X)} vectors (dim {X.shape[1]}) ...", err=True)
     model = make_clusterer(clusterer.value, seed=seed, **params)
     labels = np.asarray(model.fit_predict(X))
-    codebook = store.publish(model, embedder.model_id, languages=scope, X_fit=X)  # X_fit: far-share calibration
+    cb = cfg.codebook
+    named = label_clusters(texts, labels, int(model.n_clusters_), X=X, centroids=getattr(model, "centroids_", None),
+                           store_examples=cb.store_examples, min_docs=cb.label_min_docs, n_terms=cb.label_terms,
+                           n_examples=cb.examples)
+    codebook = store.publish(model, embedder.model_id, languages=scope, X_fit=X,  # X_fit: far-share calibration
+                             labels=named)
 
     noise = int((labels < 0).sum())
     typer.echo(f"published codebook {codebook.version}", err=True)
@@ -100,6 +109,8 @@ def build(
     if far is not None:
         typer.echo(f"  'far' (stale clusters): cosine distance > {far:.4f} from every centroid "
                    f"(quantile {cfg.daemon.stale_distance_quantile} of the fit points)", err=True)
+    for row in named["clusters"][:20]:
+        typer.echo(f"  cluster {row['cluster']:>3} ({row['size']} texts): {row['label'] or '-'}", err=True)
     typer.echo(f"  {store.root / codebook.version}; current: {store.current_version()}", err=True)
     typer.echo(codebook.version)  # stdout: the version alone, for scripts
 

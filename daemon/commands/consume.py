@@ -18,6 +18,8 @@ from pathlib import Path
 
 import typer
 
+from daemon.commands import verbosity
+
 log = logging.getLogger("daemon.consume")
 
 
@@ -47,11 +49,11 @@ def consume(
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG logs every batch"),
     worker_index: int = typer.Option(0, "--worker-index", hidden=True, min=0),
     embedder_threads: int | None = typer.Option(None, "--embedder-threads", hidden=True, min=1),
+    quiet: bool = verbosity.QUIET,
+    verbose: bool = verbosity.VERBOSE,
 ) -> None:
     """Consume query events: language ID, embed, assign to clusters, update the Redis windows, commit."""
-    from consumers.logs import configure_json_logging
-
-    configure_json_logging(log_level.upper())
+    verbosity.apply(quiet, verbose, default=log_level.upper(), json_lines=True)
     if workers > 1:
         if rebuild:
             raise typer.BadParameter("--rebuild runs in one process; drop --workers", param_hint="--workers")

@@ -11,14 +11,18 @@ from pathlib import Path
 
 import typer
 
+from daemon.commands import verbosity
+
 CONFIG = typer.Option(None, "--config", "-c", help="service config YAML (default: configs/default.yaml)")
 LANGUAGES = typer.Option(None, "--languages", "-l", help="languages YAML (default: configs/languages.yaml)")
 INTERVAL = typer.Option(None, "--interval", min=0.1, help="seconds between checks of a language "
                         "(default: daemon.check_interval_s)")
 
 
-def daemon(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, interval: float | None = INTERVAL) -> None:
+def daemon(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, interval: float | None = INTERVAL,
+           quiet: bool = verbosity.QUIET, verbose: bool = verbosity.VERBOSE) -> None:
     """Watch every enabled language for drift (JS > theta) and enqueue adapter updates on compass.jobs."""
+    verbosity.apply(quiet, verbose)
     import uvicorn
 
     from compass.config import DEFAULT_LANGUAGES, load_service_config
@@ -37,7 +41,7 @@ def daemon(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, int
     d = Daemon(cfg, reloading)
     d.start(interval)
     server = uvicorn.Server(uvicorn.Config(create_app(d), host=cfg.http.host, port=cfg.http.port,
-                                           log_level="info", lifespan="off"))
+                                           log_config=None, log_level=None, lifespan="off"))  # our logging
     # uvicorn handles SIGTERM itself, then re-raises it to the handler in place before it started: with the
     # default one the process would die before the leases are released. A no-op handler lets run() return.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -5,10 +5,13 @@ shift, and ends with a summary and an HTML report (see daemon/demo/loop.py)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from daemon.commands import verbosity
 
 CONFIG = typer.Option(None, "--config", help="service config YAML (default: configs/default.yaml)")
 
@@ -22,8 +25,11 @@ def demo(
     seed: int = typer.Option(0, help="seed of the data split, the stream order and training"),
     http: bool = typer.Option(True, help="serve the status page on http.host:http.port while the run lasts"),
     stack: bool = typer.Option(True, help="start the local stack first; --no-stack uses running servers"),
+    quiet: bool = verbosity.QUIET,
+    verbose: bool = verbosity.VERBOSE,
 ) -> None:
     """Run the main job end to end: drift, trigger, reselection, ECDA update, gate, promotion; then a report."""
+    verbosity.apply(quiet, verbose)
     from compass.config import load_service_config
     from daemon.commands.stack import up as stack_up
     from daemon.demo.loop import DemoSettings, run_demo
@@ -51,10 +57,7 @@ def demo(
         versions.add_row(lang, result.bootstrap.get(lang, ""), v or "base model")
     console.print(versions)
     for u in result.updates:
-        g = u.get("gate") or {}
-        console.print(f"update {u['job_id']} ({u['language']}): {u['outcome']}; adaptation NLL "
-                      f"{g.get('adaptation_current')} -> {g.get('adaptation_candidate')}, retention "
-                      f"{g.get('retention_current')} -> {g.get('retention_candidate')}")
+        console.print(update_line(u))
     console.print(f"run directory: {result.run_dir}")
     if result.report:
         console.print(f"report: {result.report}")
@@ -62,3 +65,13 @@ def demo(
         console.print("[yellow]no adapter was promoted in this run[/]")
     if stack:
         console.print("The stack keeps running: `compass stack down` (or `make stack-down`) stops it.")
+
+
+def update_line(report: dict[str, Any]) -> str:
+    """One update of the summary: its outcome and the gate's NLLs at 3 significant digits (raw ones in the JSON)."""
+    from consumers.logs import human
+
+    g = report.get("gate") or {}
+    return (f"update {report['job_id']} ({report['language']}): {report['outcome']}; adaptation NLL "
+            f"{human(g.get('adaptation_current'))} -> {human(g.get('adaptation_candidate'))}, retention "
+            f"{human(g.get('retention_current'))} -> {human(g.get('retention_candidate'))}")

@@ -10,13 +10,17 @@ from pathlib import Path
 
 import typer
 
+from daemon.commands import verbosity
+
 CONFIG = typer.Option(None, "--config", "-c", help="service config YAML (default: configs/default.yaml)")
 LANGUAGES = typer.Option(None, "--languages", "-l", help="languages YAML (default: configs/languages.yaml)")
 POLL = typer.Option(30.0, "--poll", min=0.1, help="seconds between registry polls (fallback to Kafka events)")
 
 
-def serve(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, poll: float = POLL) -> None:
+def serve(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, poll: float = POLL,
+          quiet: bool = verbosity.QUIET, verbose: bool = verbosity.VERBOSE) -> None:
     """Serve language-routed generation over the base model and every language's current adapter."""
+    verbosity.apply(quiet, verbose)
     import uvicorn
 
     from compass.config import load_languages, load_service_config
@@ -29,6 +33,7 @@ def serve(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, poll
     typer.echo(f"compass serve: {len(server.router.table)} adapter(s) loaded; http://{cfg.serving.host}:"
                f"{cfg.serving.port}")
     try:
-        uvicorn.run(create_serving_app(server), host=cfg.serving.host, port=cfg.serving.port, log_level="info")
+        uvicorn.run(create_serving_app(server), host=cfg.serving.host, port=cfg.serving.port,
+                    log_config=None, log_level=None)  # our logging: uvicorn.access at WARNING unless --verbose
     finally:
         server.close()

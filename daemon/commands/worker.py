@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from daemon.commands import verbosity
+
 CONFIG = typer.Option(None, "--config", "-c", help="service config YAML (default: configs/default.yaml)")
 LANGUAGES = typer.Option(None, "--languages", "-l", help="languages YAML (default: configs/languages.yaml)")
 ONCE = typer.Option(False, "--once", help="exit when the queue is drained")
@@ -19,8 +21,9 @@ MAX_JOBS = typer.Option(None, "--max-jobs", min=1, help="exit after this many jo
 
 
 def worker(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, once: bool = ONCE,
-           max_jobs: int | None = MAX_JOBS) -> None:
+           max_jobs: int | None = MAX_JOBS, quiet: bool = verbosity.QUIET, verbose: bool = verbosity.VERBOSE) -> None:
     """Run adapter update jobs from compass.jobs: retrain, gate, promote, report on compass.events."""
+    verbosity.apply(quiet, verbose)
     from compass.config import load_languages, load_service_config
     from consumers.clients import ensure_topics
     from daemon.worker import Worker
@@ -32,6 +35,7 @@ def worker(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, onc
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     w = Worker(cfg, langs)
+    w.metrics.serve(cfg.worker.metrics_port)
     try:
         done = w.run(stop, max_jobs=max_jobs, once=once)
     finally:

@@ -231,7 +231,9 @@ def describe_event(ev: dict[str, Any]) -> str:
 
 
 def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{x:+.1%}"
+    from consumers.logs import human_pct
+
+    return human_pct(x)  # 3 significant digits: -0.0423 -> "-4.23%"
 
 
 def copy_reports(work_dir: Path, run_dir: Path, job_ids: set[str]) -> list[dict[str, Any]]:
@@ -293,6 +295,7 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
     """The whole main job; ``say`` prints a line (rich markup), ``stack_up`` starts the local stack first."""
     from compass.adapt import load_base, load_tokenizer, packaged_model, resolve_device
     from compass.cluster import make_clusterer
+    from compass.cluster.labels import label_clusters
     from compass.corpora import chatterbot
     from compass.embed import make_embedder
     from compass.registry import AdapterRegistry
@@ -352,7 +355,11 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
         X = embedder.encode([r.text for r in fit_records])
         km = make_clusterer("kmeans", seed=settings.seed, n_clusters=settings.n_clusters)
         km.fit(X)
-        codebook = store.publish(km, embedder.model_id, X_fit=X)
+        cb = cfg.codebook  # cluster labels for `compass explain`, the status page and drift_detected
+        named = label_clusters([r.text for r in fit_records], km.labels_, settings.n_clusters, X=X,
+                               centroids=km.centroids_, store_examples=cb.store_examples,
+                               min_docs=cb.label_min_docs, n_terms=cb.label_terms, n_examples=cb.examples)
+        codebook = store.publish(km, embedder.model_id, X_fit=X, labels=named)
         cached = {}
         say(f"  published codebook {codebook.version}: K={settings.n_clusters} on {len(X)} texts")
     t = phase("codebook_s", t)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from compass.config import LanguagesConfig, ServiceConfig
 from compass.errors import CompassError
 from compass.route import RouteDecision, RouteError, Router, RouteTarget
 from daemon.serving.adapters import AdapterLoadError, adapter_name, load_into
+from daemon.serving.metrics import ServingMetrics
 
 if TYPE_CHECKING:
     from compass.registry import AdapterRegistry
@@ -107,6 +109,8 @@ class AdapterServer:
         self._sync_lock = threading.Lock()
         self.listener: PromotionListener | None = None
         self.load_errors = 0
+        self.metrics = ServingMetrics()
+        self.metrics.adapters_loaded.set_function(lambda: len(self._loaded))
         # Test/diagnostic hook: called with the decisions of a request after routing, before generation.
         self.on_routed: Callable[[list[RouteDecision]], None] | None = None
         if sync:
@@ -141,6 +145,7 @@ class AdapterServer:
                     changed[code] = target
                 except CompassError as e:
                     self.load_errors += 1
+                    self.metrics.load_errors.inc()
                     log.error("serving: %s stays on %s: %s", code, self.router.table.get(code), e)
             return changed
 
@@ -229,6 +234,8 @@ class AdapterServer:
             decisions = [self.router.decide(i, lg is not None, table) for i, lg in zip(idents, langs, strict=True)]
             names = [adapter_name(d.language, d.version) if d.version else None for d in decisions]
             self._refs.update(n for n in names if n)
+        for d in decisions:
+            self.metrics.requests.labels(d.language, d.kind).inc()
         try:
             if self.on_routed is not None:
                 self.on_routed(decisions)
@@ -240,7 +247,11 @@ class AdapterServer:
             for name, idx in groups.items():
                 for s in range(0, len(idx), step):
                     chunk = idx[s:s + step]
-                    for i, res in zip(chunk, run(name, [texts[i] for i in chunk]), strict=True):
+                    started = time.perf_counter()
+                    results = run(name, [texts[i] for i in chunk])
+                    self.metrics.batch_seconds.labels(decisions[chunk[0]].language).observe(
+                        time.perf_counter() - started)
+                    for i, res in zip(chunk, results, strict=True):
                         out[i] = res
             return decisions, out
         finally:

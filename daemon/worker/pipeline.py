@@ -34,6 +34,7 @@ from compass.adapt.update import (
 )
 from compass.config import LanguagesConfig, ServiceConfig
 from compass.data import read_records
+from compass.drift.explain import name_selection
 from compass.registry import AdapterManifest, AdapterRegistry, new_version
 from daemon.messages import Event, UpdateJob
 from daemon.reference import set_reference
@@ -82,6 +83,19 @@ class JobContext:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.embedder.encode(texts), dtype=np.float32) if texts else np.zeros((0, 0), np.float32)
+
+
+def _labels(ctx: JobContext, codebook: Any) -> dict | None:
+    """The codebook's cluster labels, or None (none stored; a damaged file is logged, the job goes on)."""
+    from consumers.codebook import read_labels
+
+    if codebook is None:
+        return None
+    try:
+        return read_labels(ctx.config.consumer.codebook_dir, codebook.version)
+    except Exception as e:
+        log.warning("codebook %s: labels not read (%s); the report names clusters by id", codebook.version, e)
+        return None
 
 
 def write_report(work_dir: Path, report: dict[str, Any]) -> Path:
@@ -183,7 +197,7 @@ def train_and_register(
         window_counts=window_counts, prev_anchor_texts=prev_anchors, max_examples=wcfg.train.max_examples,
         seed=wcfg.train.seed,
     )
-    report["selection"] = plan.selection
+    report["selection"] = name_selection(plan.selection, _labels(ctx, codebook))  # which clusters were filled
     model = ctx.host.install(lang, tcfg, tensors)
     if parent is not None and FISHER_FILE in ctx.registry.files(lang, parent) and prev_anchors:
         from compass.adapt import adapter_parameters

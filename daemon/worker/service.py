@@ -30,6 +30,7 @@ from consumers.deadletter import DeadLetter, DeadLetterWriter
 from consumers.lease import Lease
 from daemon.intake import IsolatedIntake
 from daemon.messages import Event, UpdateJob, decode_job, encode
+from daemon.worker.metrics import WorkerMetrics
 from daemon.worker.model import ModelHost
 from daemon.worker.pipeline import JobContext, base_report, run_job, write_report
 from daemon.worker.queue import JobQueue, PendingJob
@@ -89,6 +90,8 @@ class Worker:
         self.stop_event = threading.Event()
         self._intake: IsolatedIntake | None = None
         self.intake_errors = 0  # polls that failed on Kafka or Redis (retried)
+        self.metrics = WorkerMetrics()
+        self._dead_counted: dict[str, int] = {}  # intake dead letters already in metrics.dead_letters
 
     @property
     def consumer(self) -> Any:
@@ -113,7 +116,17 @@ class Worker:
         if self._intake is None:
             self._intake = IsolatedIntake(self.consumer, self.dead, self.client, BAD_JOB,
                                           self.config.worker.max_message_failures)
-        return self._intake.poll(self._take, timeout_ms)
+        try:
+            return self._intake.poll(self._take, timeout_ms)
+        finally:
+            self._count_intake_dead_letters(self._intake.dead_lettered)
+
+    def _count_intake_dead_letters(self, by_reason: dict[str, int]) -> None:
+        """Carry the intake's dead letters since start (bad_job, internal_error) into the counter."""
+        for reason, n in by_reason.items():
+            if n > self._dead_counted.get(reason, 0):
+                self.metrics.dead_letters.labels(reason).inc(n - self._dead_counted.get(reason, 0))
+                self._dead_counted[reason] = n
 
     def _take(self, rec: Any) -> bool:
         job = decode_job(rec.value)  # BadMessage: dead-lettered as bad_job
@@ -129,6 +142,7 @@ class Worker:
             self.intake(timeout_ms)
         except Exception as e:
             self.intake_errors += 1
+            self.metrics.intake_errors.inc()
             log.error("intake of %s failed (retried): %s: %s", self.config.kafka.jobs_topic, type(e).__name__, e)
             self.stop_event.wait(1.0)
 
@@ -164,6 +178,7 @@ class Worker:
     def _attempt(self, entry: PendingJob, job: UpdateJob, lease: Lease) -> bool:
         attempt = entry.attempts + 1
         self.emit(Event("update_started", job.language, time.time(), job.job_id, {"attempt": attempt}))
+        started = time.perf_counter()
         try:
             with _Heartbeat(lease):
                 report = run_job(self.ctx, job, should_stop=self.stop_event.is_set)
@@ -171,7 +186,11 @@ class Worker:
             log.info("%s: job %s interrupted (%s); it stays pending", job.language, job.job_id, e)
             return False
         except Exception as e:  # any failure of the pipeline is retried, never fatal to the worker
+            self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
+            self.metrics.attempt_failures.labels(job.language, job.kind).inc()
             return self._failed(entry, job, e, final=job.kind != "adapter_update")  # recluster: not ours, no retry
+        self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
+        self.metrics.jobs.labels(job.language, job.kind, report["outcome"]).inc()
         self.queue.finish(job.job_id, report["outcome"])
         self.emit(Event("update_finished", job.language, time.time(), job.job_id,
                         {"ok": True, "adapter_version": self.ctx.registry.current(job.language),
@@ -193,6 +212,8 @@ class Worker:
                                   NOT_AN_UPDATE if final else MAX_ATTEMPTS,
                                   f"job {job.job_id} failed {entry.attempts} times; last error: {msg}"))
         self.dead.flush()
+        self.metrics.dead_letters.labels(NOT_AN_UPDATE if final else MAX_ATTEMPTS).inc()
+        self.metrics.jobs.labels(job.language, job.kind, "failed").inc()
         report = base_report(job.job_id, job.language, "update", job.reason, time.time())
         report.update(finished_at=time.time(), error=msg, parent=self.ctx.registry.current(job.language))
         write_report(self.ctx.work_dir, report)
