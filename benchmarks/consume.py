@@ -139,7 +139,6 @@ def main() -> None:
     from consumers.clients import ensure_topics, kafka_admin, redis_client
     from consumers.codebook import CodebookStore
     from consumers.replay import replay
-    from deploy.local.process import free_ports
     from deploy.local.stack import Stack
 
     langs = load_languages()
@@ -150,14 +149,8 @@ def main() -> None:
         env = {"COMPASS_KAFKA_BOOTSTRAP": args.bootstrap, "COMPASS_REDIS_URL": args.redis}
     base = load_service_config(env=env)
     if not env:
-        kp, cp, rp = free_ports(3)
-        base = base.model_copy(update={
-            "state_dir": tmp / "stack",
-            "kafka": base.kafka.model_copy(update={"bootstrap_servers": (f"127.0.0.1:{kp}",)}),
-            "redis": base.redis.model_copy(update={"port": rp}),
-            "stack": base.stack.model_copy(update={"kafka_controller_port": cp}),
-        })
-        stack = Stack(base)
+        stack = Stack.on_free_ports(base, tmp / "stack")
+        base = stack.config
         print("starting a temporary stack ...", file=sys.stderr)
         stack.up()
     run = uuid.uuid4().hex[:8]

@@ -339,7 +339,6 @@ def main() -> None:
 
     from compass.config import EmbedderConfig, LangIdConfig, load_service_config
     from compass.langid import make_identifier
-    from deploy.local.process import free_ports
     from deploy.local.stack import Stack
 
     tmp = Path(tempfile.mkdtemp(prefix="compass-fuzz-"))
@@ -347,14 +346,8 @@ def main() -> None:
     base = load_service_config(env=env)
     stack = None
     if not env:
-        kp, cp, rp = free_ports(3)
-        base = base.model_copy(update={
-            "state_dir": tmp / "stack",
-            "kafka": base.kafka.model_copy(update={"bootstrap_servers": (f"127.0.0.1:{kp}",)}),
-            "redis": base.redis.model_copy(update={"port": rp}),
-            "stack": base.stack.model_copy(update={"kafka_controller_port": cp}),
-        })
-        stack = Stack(base)
+        stack = Stack.on_free_ports(base, tmp / "stack")
+        base = stack.config
         print("starting a temporary stack ...", file=sys.stderr)
         stack.up()
     run = uuid.uuid4().hex[:8]

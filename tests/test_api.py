@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 
 import pytest
 from fastapi.testclient import TestClient
+from httpserve import serve
 from typer.testing import CliRunner
 
 from compass.drift.emerging import how_to_serve
@@ -182,32 +182,6 @@ def test_languages_lists_the_unserved_ones_on_request(client, daemon, redis):
 
 
 # ------------------------------------------------------------------------------------------ HTTP limits
-
-@contextlib.contextmanager
-def serve(app):
-    """``app`` on uvicorn at 127.0.0.1:<free port> in a thread; yields the port."""
-    import socket
-    import threading
-
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if srv.started or not thread.is_alive():
-            break
-        thread.join(0.02)
-    assert srv.started, "uvicorn did not start"
-    try:
-        yield port
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-
 
 def raw_request(port: int, head: bytes, chunks: list[bytes]) -> tuple[int, dict]:
     """Send ``head`` and ``chunks`` (never the end of the body), then read the reply within 5 s."""

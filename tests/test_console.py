@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from httpserve import serve
 from typer.testing import CliRunner
 
 from consumers.logs import OWN, THIRD_PARTY, PlainFormatter, configure_logging, human, human_pct, verbosity_level
@@ -52,23 +52,9 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def served(app) -> Iterator[str]:
-    """``app`` on uvicorn at 127.0.0.1:<free port> in a thread; yields its URL."""
-    import uvicorn
-
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if srv.started or not thread.is_alive():
-            break
-        thread.join(0.02)
-    assert srv.started, "uvicorn did not start"
-    try:
+    """``app`` on uvicorn in a thread; yields its URL."""
+    with serve(app) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture

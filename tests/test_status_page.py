@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
-import threading
 import time
 
 import pytest
 import torch
-import uvicorn
 from fastapi.testclient import TestClient
+from httpserve import serve
 
 from compass.drift.emerging import EmergingState, how_to_serve, states_to_json
 from compass.registry import AdapterManifest, AdapterRegistry
@@ -143,27 +141,10 @@ def test_a_broken_language_gets_an_error_card_not_a_500(daemon, redis):
     assert it["badge"] == "attention" and it["error"].startswith("WindowStateError: compass:{it}:counts: bucket 7")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(daemon):
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(daemon), host="127.0.0.1", port=port, log_level="warning",
-                                        lifespan="off"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if srv.started or not thread.is_alive():
-            break
-        thread.join(0.02)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with serve(create_app(daemon)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

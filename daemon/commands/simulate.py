@@ -65,21 +65,13 @@ def _services(config: Path | None, stack: bool, console: Console) -> Iterator[An
         _check_reachable(base)
         yield base
         return
-    from deploy.local.process import free_ports
     from deploy.local.stack import Stack
 
-    kafka_port, controller_port, redis_port = free_ports(3)
     with tempfile.TemporaryDirectory(prefix="compass-sim-stack-") as state:
-        cfg = base.model_copy(update={
-            "state_dir": Path(state),
-            "kafka": base.kafka.model_copy(update={"bootstrap_servers": (f"127.0.0.1:{kafka_port}",)}),
-            "redis": base.redis.model_copy(update={"host": "127.0.0.1", "port": redis_port}),
-            "stack": base.stack.model_copy(update={"kafka_controller_port": controller_port}),
-        })
-        temporary = Stack(cfg, progress=console.status)
+        temporary = Stack.on_free_ports(base, Path(state), progress=console.status)
         try:
             temporary.up()
-            yield cfg
+            yield temporary.config
         finally:
             temporary.down()
 

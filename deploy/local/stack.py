@@ -43,6 +43,20 @@ class Stack:
             "kafka": KafkaService(config),
         }
 
+    @classmethod
+    def on_free_ports(cls, base: ServiceConfig, state_dir: Path, progress: Progress = no_progress) -> Stack:
+        """A private stack for a benchmark or a replay: ``base`` with Kafka, its controller and Redis on free
+        127.0.0.1 ports and its state in ``state_dir`` (``stack.config`` is the config that points at it)."""
+        from deploy.local.process import free_ports
+
+        kafka_port, controller_port, redis_port = free_ports(3)
+        return cls(base.model_copy(update={
+            "state_dir": Path(state_dir),
+            "kafka": base.kafka.model_copy(update={"bootstrap_servers": (f"127.0.0.1:{kafka_port}",)}),
+            "redis": base.redis.model_copy(update={"host": "127.0.0.1", "port": redis_port}),
+            "stack": base.stack.model_copy(update={"kafka_controller_port": controller_port}),
+        }), progress)
+
     @property
     def state_dir(self) -> Path:
         return self.services["redis"].state_dir
