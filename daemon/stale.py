@@ -16,17 +16,9 @@ longer cover the traffic cannot be fixed by reweighting them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class StaleReading:
-    noise_share: float | None  # None: empty window
-    far_share: float | None  # None: not measured (no texts, no centroids, or turned off)
-    stale: bool
-    why: str  # "" when not stale, else which share passed which level
+from compass.drift.stale import StaleReading, assess  # the rule itself is pure, in compass/
 
 
 def noise_share(counts: np.ndarray) -> float | None:
@@ -64,11 +56,5 @@ def share_beyond(distances: np.ndarray, radius: float) -> float | None:
     return None if len(distances) == 0 else float(np.mean(distances > radius))
 
 
-def assess(noise: float | None, far: float | None, noise_level: float, far_level: float) -> StaleReading:
-    """Stale when a measured share exceeds its level (strictly, like eq. 6)."""
-    why = []
-    if noise is not None and noise > noise_level:
-        why.append(f"noise share {noise:.3f} > {noise_level}")
-    if far is not None and far > far_level:
-        why.append(f"far share {far:.3f} > {far_level}")
-    return StaleReading(noise, far, bool(why), "; ".join(why))
+__all__ = ["StaleReading", "assess", "calibrated_distance", "far_share", "nearest_distances", "noise_share",
+           "share_beyond"]

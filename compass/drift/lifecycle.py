@@ -46,7 +46,8 @@ from compass.divergence import js_divergence
 from compass.drift.calibrated import UPPER_Z, BurnIn, JsThreshold, calibrate_js, dispersion
 from compass.drift.quality import combine
 from compass.drift.sequential import Cusum
-from compass.drift.trigger import Decision, TriggerState, guard
+from compass.drift.stale import assess
+from compass.drift.trigger import Decision, TriggerState, cooling, guard
 
 PHASES = ("idle", "settling", "updating", "stuck")
 ACTIONS = ("none", "settle", "update", "recluster", "stuck")
@@ -237,8 +238,8 @@ def step(state: DriftState, obs: Observation, settings: LanguageSettings, limits
                        f"{detected.get('js')}); the window is frozen after settle_s {settings.settle_s:g}")
         return _dispatch(st, obs, settings, "update", str(detected.get("reason", "drift")), js)
 
-    why = _stale(obs, limits)
-    if why and n >= settings.min_samples and not _cooling(st.trigger, settings, now):
+    why = assess(obs.noise_share, obs.far_share, limits.stale_noise_share, limits.stale_far_share).why
+    if why and n >= settings.min_samples and not cooling(st.trigger, settings.cooldown_s, now):
         return _dispatch(st, obs, settings, "recluster", "stale_clusters", js, detail=why)
 
     if obs.reference == "missing" or (obs.reference == "ok" and obs.p_ref is None):
@@ -403,21 +404,6 @@ def _failure(st: DriftState, at: float, outcome: str, job_id: str | None, data: 
                        stuck={"at": at, "reason": reason, "outcome": outcome}, retry_at=None), True
     return replace(st, failures=failures, trigger=trigger, last_update=last,
                    retry_at=at + settings.backoff_s(failures)), False
-
-
-def _cooling(trig: TriggerState, settings: LanguageSettings, now: float) -> bool:
-    since = max((t for t in (trig.last_fired_at, trig.last_update_at) if t is not None), default=None)
-    return since is not None and now - since < settings.cooldown_s
-
-
-def _stale(obs: Observation, limits: Limits) -> str:
-    """Why the clusters are stale (paper §6.1), or ""."""
-    why = []
-    if obs.noise_share is not None and obs.noise_share > limits.stale_noise_share:
-        why.append(f"noise share {obs.noise_share:.3f} > {limits.stale_noise_share}")
-    if obs.far_share is not None and obs.far_share > limits.stale_far_share:
-        why.append(f"far share {obs.far_share:.3f} > {limits.stale_far_share}")
-    return "; ".join(why)
 
 
 __all__ = ["ACTIONS", "PHASES", "Action", "Decision", "DriftState", "Limits", "Observation", "Report", "Step",

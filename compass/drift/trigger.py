@@ -80,9 +80,14 @@ def guard(exceeds: bool, rearm: bool, statistic: float, n_samples: int, settings
         if rearm:
             return out("rearmed", replace(state, armed=True))
         return out("disarmed")
-    since = max((t for t in (state.last_fired_at, state.last_update_at) if t is not None), default=None)
-    if since is not None and now - since < settings.cooldown_s:
+    if cooling(state, settings.cooldown_s, now):
         return out("cooldown")
     if exceeds:
         return out("drift", replace(state, armed=False, last_fired_at=now), fire=True)
     return out("below_threshold")
+
+
+def cooling(state: TriggerState, cooldown_s: float, now: float) -> bool:
+    """Less than ``cooldown_s`` since the later of the last trigger and the last update."""
+    since = max((t for t in (state.last_fired_at, state.last_update_at) if t is not None), default=None)
+    return since is not None and now - since < cooldown_s
