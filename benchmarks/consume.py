@@ -94,8 +94,8 @@ def _texts(n: int, seed: int, enabled: list[str]):
 
 
 def _pipeline(workers: int, cfg, tmp: Path, langs_path: Path) -> dict:
-    from consumers.clients import redis_client
-    from consumers.window import WindowStore
+    from infra.clients import redis_client
+    from infra.window import WindowStore
 
     WindowStore(redis_client(cfg.redis), cfg.redis.key_prefix).reset()
     import os
@@ -136,10 +136,10 @@ def main() -> None:
         return
 
     from compass.config import EmbedderConfig, load_languages, load_service_config
-    from consumers.clients import ensure_topics, kafka_admin, redis_client
-    from consumers.codebook import CodebookStore
     from consumers.replay import replay
     from deploy.local.stack import Stack
+    from infra.clients import ensure_topics, kafka_admin, redis_client
+    from infra.codebook import CodebookStore
 
     langs = load_languages()
     tmp = Path(tempfile.mkdtemp(prefix="compass-bench-"))

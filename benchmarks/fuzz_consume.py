@@ -199,7 +199,7 @@ def generate(n: int, seed: int, max_message_bytes: int) -> list[Message]:
 def read_dead_letters(kafka_cfg: Any, topic: str, expect: int, timeout_s: float = 60.0) -> list[Any]:
     from kafka import TopicPartition
 
-    from consumers.clients import kafka_consumer
+    from infra.clients import kafka_consumer
 
     reader = kafka_consumer(kafka_cfg, None, [], auto_offset_reset="earliest")
     try:
@@ -220,10 +220,10 @@ def run_fuzz(cfg: Any, languages: Any, messages: list[Message], embedder: Any, i
     """Produce ``messages``, consume them with one Monitor, check the outcome; returns the figures."""
     from tqdm import tqdm
 
-    from consumers.clients import kafka_producer, redis_client
-    from consumers.deadletter import REASON_HEADER, SOURCE_OFFSET_HEADER
     from consumers.monitor import Monitor, RunStats
-    from consumers.window import WindowStore
+    from infra.clients import kafka_producer, redis_client
+    from infra.deadletter import REASON_HEADER, SOURCE_OFFSET_HEADER
+    from infra.window import WindowStore
 
     producer = kafka_producer(cfg.kafka, acks="all", max_request_size=1 << 20, linger_ms=20)
     try:
@@ -315,8 +315,8 @@ def fuzz_languages(n: int) -> Any:
 def prepare(cfg: Any, embedder: Any) -> None:
     """Topics and a published codebook fitted on the embedder's vectors of generated texts."""
     from compass.cluster import make_clusterer
-    from consumers.clients import ensure_topics, redis_client
-    from consumers.codebook import CodebookStore
+    from infra.clients import ensure_topics, redis_client
+    from infra.codebook import CodebookStore
 
     ensure_topics(cfg.kafka, [cfg.kafka.queries_topic, cfg.kafka.dead_letter_topic], partitions=1)
     rng = random.Random(1)

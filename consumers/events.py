@@ -17,7 +17,7 @@ One JSON object per Kafka message value, UTF-8:
 ``null`` counts as absent for the optional fields. No string (keys and values, ``meta`` included) may hold a lone
 surrogate, and ``id``, ``text`` and ``lang`` may not hold NUL (U+0000). The document may nest at most
 ``consumer.max_json_depth`` levels and no number may have more than ``consumer.max_number_digits`` digits or
-overflow a float (consumers/safejson.py).
+overflow a float (infra/safejson.py).
 
 The message header ``compass-schema`` carries the schema version (``1``); it may appear at most once. Unknown
 top-level fields are rejected, so a typo (``"txt"``) is caught instead of silently dropping the text.
@@ -33,7 +33,7 @@ from typing import Any
 
 from compass import langcodes
 from compass.errors import CompassError
-from consumers.safejson import JsonLimitError, JsonLimits, loads_bounded, lone_surrogate
+from infra.safejson import JsonLimitError, JsonLimits, loads_bounded, lone_surrogate
 
 SCHEMA_VERSION = 1
 SCHEMA_HEADER = "compass-schema"

@@ -9,7 +9,7 @@ One batch (``Monitor.run_once``):
     ``consumer.dedup_horizon_s``) -> one of the unserved counts (``UnservedStore.apply``) -> wait for dead-letter
     acks -> commit offset+1 per partition -> eq. 2 centroid update -> maybe publish a codebook revision
 
-Isolation (consumers/isolate.py): an exception while handling one message (decode, language ID, embedding,
+Isolation (infra/isolate.py): an exception while handling one message (decode, language ID, embedding,
 assignment) dead-letters that message as ``internal_error`` with the exception in the detail, and the rest of
 the batch proceeds; a batched stage that fails is retried message by message to find the poison one. A batch
 that fails otherwise ``consumer.max_batch_failures`` times in a row is handled one message at a time and a
@@ -18,7 +18,7 @@ a dead letter the broker refuses stops the consumer (``DeadLetterError``).
 
 Served and unserved: a query of a language enabled in languages.yaml goes to that language's window; a query
 of any other language, or of none (``und``: language ID could not tell), never does: it is counted as
-*unserved* under its detected language (consumers/unserved.py: totals, time buckets with the served count for
+*unserved* under its detected language (infra/unserved.py: totals, time buckets with the served count for
 the share, sample ids) so that the daemon can announce an emerging language. It is not dead-lettered: the
 dead-letter topic is for malformed input only.
 
@@ -28,7 +28,7 @@ at or below the last offset they applied per (topic, partition), so counts are e
 Dead letters are at-least-once (a re-delivered bad message is dead-lettered again).
 
 Bad input never stops the loop and is never dropped silently: every message is either applied to a
-window, counted as unserved, or sent to the dead-letter topic with a reason (see consumers/deadletter.py).
+window, counted as unserved, or sent to the dead-letter topic with a reason (see infra/deadletter.py).
 
 Incremental k-means (eq. 2): each worker keeps its own copy of the current codebook's centroids and
 updates it after every batch it applied, mu_k <- (1 - eta) mu_k + eta * mean(X_k_new). Only one worker
@@ -69,16 +69,16 @@ from compass.config import LanguagesConfig, ServiceConfig
 from compass.errors import CompassError
 from compass.langid import Identification
 from compass.route.decision import classify
-from consumers import deadletter as dl
-from consumers.clients import kafka_consumer, kafka_producer, redis_client
-from consumers.codebook import Codebook, CodebookStore, CodebookWatcher
 from consumers.events import SCHEMA_HEADER, SCHEMA_VERSION, BadEvent, QueryEvent, decode_event
-from consumers.isolate import OUTAGE, describe, isolate
-from consumers.lease import Lease
 from consumers.metrics import ConsumerMetrics
-from consumers.safejson import JsonLimits
-from consumers.unserved import Traffic, UnservedStore
-from consumers.window import ApplyResult, Assignment, StaleCodebookError, WindowStore
+from infra import deadletter as dl
+from infra.clients import kafka_consumer, kafka_producer, redis_client
+from infra.codebook import Codebook, CodebookStore, CodebookWatcher
+from infra.isolate import OUTAGE, describe, isolate
+from infra.lease import Lease
+from infra.safejson import JsonLimits
+from infra.unserved import Traffic, UnservedStore
+from infra.window import ApplyResult, Assignment, StaleCodebookError, WindowStore
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 @pytest.fixture
 def redis(services: Services) -> Iterator[Redis]:
     """A bytes-returning client on the db of ``services.config.redis``, flushed before and after the test."""
-    from consumers.clients import redis_client
+    from infra.clients import redis_client
 
     client = redis_client(services.config.redis)
     client.flushdb()
@@ -83,7 +83,7 @@ def redis(services: Services) -> Iterator[Redis]:
 @pytest.fixture
 def topic_factory(services: Services, request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
     """``make(partitions=1) -> name``: a new, uniquely named topic, deleted after the test."""
-    from consumers.clients import ensure_topics, kafka_admin
+    from infra.clients import ensure_topics, kafka_admin
 
     created: list[str] = []
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", request.node.name)[:120]
@@ -125,7 +125,7 @@ def make_daemon(services: Services, topic_factory: Callable[..., str], redis: Re
     import yaml
 
     from compass.config import LanguagesConfig
-    from daemon.service import Daemon
+    from daemon.scheduler.service import Daemon
 
     made = []
 

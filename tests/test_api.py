@@ -11,13 +11,13 @@ from httpserve import serve
 from typer.testing import CliRunner
 
 from compass.drift.emerging import how_to_serve
-from consumers.unserved import Traffic, UnservedStore
-from consumers.window import Assignment, WindowStore
 from daemon.api.app import TOKEN_ENV, create_app
-from daemon.cli import app as cli_app
-from daemon.dispatch import inbox_key
-from daemon.messages import Event, encode
-from daemon.reference import get_reference, set_reference
+from daemon.cli.main import app as cli_app
+from daemon.scheduler.dispatch import inbox_key
+from infra.messages import Event, encode
+from infra.reference import get_reference, set_reference
+from infra.unserved import Traffic, UnservedStore
+from infra.window import Assignment, WindowStore
 
 LANGS = """
 defaults: {min_samples: 4, window_size: 4, theta: 0.2, cooldown_s: 100}

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from compass.data import Record
-from daemon.commands.bench import load_continual
+from daemon.cli.bench import load_continual
 
 bench = load_continual()
 

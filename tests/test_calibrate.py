@@ -18,7 +18,7 @@ from compass.drift.calibrate import (
     propose_theta,
     theta_from_null,
 )
-from daemon.cli import app
+from daemon.cli.main import app
 
 P = [0.5, 0.3, 0.2, 0.0]
 

@@ -1,4 +1,4 @@
-"""consumers/codebook.py and `compass codebook` against the real Redis: publish, pointer, load, watcher,
+"""infra/codebook.py and `compass codebook` against the real Redis: publish, pointer, load, watcher,
 revisions (lineage), damaged versions, path traversal, noise bucket, embedder mismatch."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from compass.cluster import make_clusterer
-from consumers.codebook import (
+from infra.codebook import (
     CodebookError,
     CodebookNotFound,
     CodebookStore,
@@ -22,7 +22,7 @@ from consumers.codebook import (
     EmbedderMismatch,
     check_version,
 )
-from consumers.window import VERSION_RE
+from infra.window import VERSION_RE
 
 CENTRES = np.eye(3, dtype=np.float32)  # three directions: the clusterers work on unit-norm rows (cosine)
 FAR = np.full((1, 3), -1 / np.sqrt(3), dtype=np.float32)  # opposite to all three
@@ -117,7 +117,7 @@ def test_a_damaged_new_version_keeps_the_old_codebook(redis, tmp_path, caplog):
     assert watcher.current().version == good.version
     bad = store.publish(kmeans(4, seed=1), "m")
     shutil.rmtree(tmp_path / "cb" / bad.version / "clusterer")
-    with caplog.at_level(logging.ERROR, logger="consumers.codebook"):
+    with caplog.at_level(logging.ERROR, logger="infra.codebook"):
         assert watcher.current().version == good.version
         assert watcher.current().version == good.version
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -268,7 +268,7 @@ def test_labels_are_stored_and_a_revision_keeps_its_parents(redis, tmp_path):
 
 
 def test_cli_build_list_show(services, redis, tmp_path):
-    from daemon.commands.codebook import app
+    from daemon.cli.codebook import app
 
     topics = ["train tickets and timetables", "pizza recipes and cooking", "football scores tonight",
               "weather forecast for tomorrow"]

@@ -265,7 +265,7 @@ def test_constructing_a_model_still_enforces_the_rules():
 
 
 def test_config_check_cli_lists_hidden_rule(tmp_path):
-    from daemon.commands.config import app
+    from daemon.cli.config import app
 
     bad = _write(tmp_path, "svc.yaml", "embedder: {backend: http, batch_size: 0}\n")
     result = CliRunner().invoke(app, ["check", str(bad)], env={})
@@ -339,7 +339,7 @@ def test_sasl_needs_credentials_from_env():
 
 
 def test_config_check_cli(tmp_path):
-    from daemon.commands.config import app
+    from daemon.cli.config import app
 
     bad = _write(tmp_path, "bad.yaml", "languages:\n  sw: {budget: 0}\n")
     runner = CliRunner()

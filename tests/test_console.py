@@ -21,16 +21,16 @@ from fastapi.testclient import TestClient
 from httpserve import serve
 from typer.testing import CliRunner
 
-from consumers.logs import OWN, THIRD_PARTY, PlainFormatter, configure_logging, human, human_pct, verbosity_level
-from consumers.unserved import Traffic, UnservedStore
-from consumers.window import Assignment, WindowStore
 from daemon.api.app import create_app
-from daemon.cli import app as cli_app
-from daemon.commands.demo import update_line
-from daemon.commands.status import DaemonUnreachable, fetch, rows, unserved_rows
-from daemon.history import record_event
-from daemon.messages import Event
-from daemon.reference import set_reference
+from daemon.cli.demo import update_line
+from daemon.cli.main import app as cli_app
+from daemon.cli.status import DaemonUnreachable, fetch, rows, unserved_rows
+from infra.history import record_event
+from infra.logs import OWN, THIRD_PARTY, PlainFormatter, configure_logging, human, human_pct, verbosity_level
+from infra.messages import Event
+from infra.reference import set_reference
+from infra.unserved import Traffic, UnservedStore
+from infra.window import Assignment, WindowStore
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = """
@@ -101,7 +101,7 @@ def test_status_command_prints_the_rows_and_names_a_dead_url(drifted):
         fetch(client, dead)
     assert str(info.value).startswith(f"no compass daemon answers at {dead} (ConnectError: ")
     assert str(info.value).endswith("start it with `compass daemon` or point --url at its http.host:http.port")
-    p = subprocess.run([sys.executable, "-m", "daemon.cli", "status", "--url", dead], cwd=ROOT, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "daemon.cli.main", "status", "--url", dead], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.startswith(f"error: no compass daemon answers at {dead}"), p.stderr
 
@@ -125,7 +125,7 @@ def test_status_watch_refreshes_in_a_tmux_pane(drifted, redis):
         raise AssertionError(f"{line!r} not shown in the pane:\n" + "\n".join(pane()))
 
     with served(create_app(daemon)) as url:
-        cmd = f"{sys.executable} -m daemon.cli status --watch --interval 0.3 --url {url}"
+        cmd = f"{sys.executable} -m daemon.cli.main status --watch --interval 0.3 --url {url}"
         subprocess.run([*tmux, "new-session", "-d", "-s", "status", "-x", "200", "-y", "40", "-c", str(ROOT), cmd],
                        check=True, env={**os.environ, "TERM": "xterm-256color"})
         try:
@@ -145,7 +145,7 @@ def test_status_watch_refreshes_in_a_tmux_pane(drifted, redis):
 
 def test_a_command_starts_without_faiss_info_lines(tmp_path):
     # codebook build imports faiss (compass.cluster) before it reads anything; it then fails: no such file
-    p = subprocess.run([sys.executable, "-m", "daemon.cli", "codebook", "build", str(tmp_path / "none.jsonl")],
+    p = subprocess.run([sys.executable, "-m", "daemon.cli.main", "codebook", "build", str(tmp_path / "none.jsonl")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 2 and p.stderr.startswith("error: "), p.stderr
     assert "faiss.loader" not in p.stdout + p.stderr
@@ -180,7 +180,7 @@ def restore_logging():
 def test_quiet_and_verbose_levels(restore_logging):
     def levels() -> tuple[int, ...]:
         return tuple(logging.getLogger(n).getEffectiveLevel()
-                     for n in ("compass.drift", "daemon.service", "faiss.loader", "kafka.conn", "uvicorn.access",
+                     for n in ("compass.drift", "daemon.scheduler.service", "faiss.loader", "kafka.conn", "uvicorn.access",
                                "some.library"))
 
     inf, W, D = logging.INFO, logging.WARNING, logging.DEBUG

@@ -26,16 +26,17 @@ from kafka import KafkaConsumer, TopicPartition
 
 from compass.cluster import make_clusterer
 from compass.config import load_languages
-from consumers.clients import kafka_producer
-from consumers.codebook import CodebookStore
-from consumers.unserved import Traffic, UnservedStore
-from consumers.window import Assignment, WindowStore
-from daemon import history, stale
-from daemon.dispatch import Dispatcher, inbox_key
-from daemon.messages import BadMessage, Event, UpdateJob, decode_event, decode_job, encode
-from daemon.reference import BadReference, get_reference, set_reference
-from daemon.reload import ReloadingLanguages
-from daemon.service import Daemon
+from daemon.scheduler import stale
+from daemon.scheduler.dispatch import Dispatcher, inbox_key
+from daemon.scheduler.reload import ReloadingLanguages
+from daemon.scheduler.service import Daemon
+from infra import history
+from infra.clients import kafka_producer
+from infra.codebook import CodebookStore
+from infra.messages import BadMessage, Event, UpdateJob, decode_event, decode_job, encode
+from infra.reference import BadReference, get_reference, set_reference
+from infra.unserved import Traffic, UnservedStore
+from infra.window import Assignment, WindowStore
 
 LANGS = """
 defaults: {min_samples: 4, window_size: 4, theta: 0.2, rearm_ratio: 0.5, max_rejections: 2, cooldown_s: 100}
@@ -307,7 +308,7 @@ def test_codebook_mismatch_is_not_compared(make_daemon, redis, cfg, caplog):
     d = make_daemon()
     ref(redis, version="v0")
     fill(redis, "sw", [0, 0, 0, 0], version="v1")
-    with caplog.at_level(logging.WARNING, logger="daemon.service"):
+    with caplog.at_level(logging.WARNING, logger="daemon.scheduler.service"):
         r = d.check("sw", T0)
         d.check("sw", T0 + 1)
     assert (r.state, r.js, r.fired) == ("codebook_mismatch", None, False)
@@ -369,7 +370,7 @@ def test_bad_languages_reload_keeps_the_previous_config(make_daemon, redis, lang
     ref(redis, "yo")
     fill(redis, "yo", [0, 0, 0, 0])
     langs_path.write_text(LANGS.replace("yo: {theta: 1.0}", "yo: {theta: 0.5, min_samples: lots}"))
-    with caplog.at_level(logging.ERROR, logger="daemon.reload"):
+    with caplog.at_level(logging.ERROR, logger="daemon.scheduler.reload"):
         assert d.reload() is False
     assert "  languages.yo.min_samples: got 'lots'; Input should be a valid integer, unable to parse string as an " \
            "integer (allowed: an integer >= 1, at most window_size)" in [r.getMessage() for r in caplog.records]
@@ -729,7 +730,7 @@ def test_far_share_unknown_never_crashes_a_check(make_daemon, redis, cfg, far_se
 
     # no calibration in the codebook: unknown, logged once, nothing embedded, not an error
     fill(redis, "sw", [0, 1, 0, 1], version=uncalibrated, n_buckets=4)
-    with caplog.at_level(logging.WARNING, logger="daemon.service"):
+    with caplog.at_level(logging.WARNING, logger="daemon.scheduler.service"):
         states = [d.check("sw", T0 + i).state for i in range(2)]
     assert states == ["below_threshold", "below_threshold"] and d.status("sw").last_check["far_share"] is None
     assert sum("has no calibrated distance" in rec.getMessage() for rec in caplog.records) == 1
@@ -739,7 +740,7 @@ def test_far_share_unknown_never_crashes_a_check(make_daemon, redis, cfg, far_se
     caplog.clear()
     fill(redis, "sw", [0, 1, 0, 1], version="v1", n_buckets=3)
     ref(redis)
-    with caplog.at_level(logging.WARNING, logger="daemon.service"):
+    with caplog.at_level(logging.WARNING, logger="daemon.scheduler.service"):
         assert [d.check("sw", T0 + 10 + i).state for i in range(2)] == ["below_threshold", "below_threshold"]
     assert sum("far share not measured: CodebookNotFound" in rec.getMessage() for rec in caplog.records) == 1
     assert far_errors(d) == 2.0
@@ -772,7 +773,7 @@ def test_no_recent_texts_means_far_share_unknown(make_daemon, redis, cfg, far_se
     items = [Assignment(f"q{i}", b, "compass.queries", 0, next(_offsets), None) for i, b in enumerate([0, 1, 0, 1])]
     WindowStore(redis, store_texts=False).apply_batch({"sw": (4, items)}, version, 4)
     assert WindowStore(redis).recent("sw") == [("q0", None), ("q1", None), ("q2", None), ("q3", None)]
-    with caplog.at_level(logging.WARNING, logger="daemon.service"):
+    with caplog.at_level(logging.WARNING, logger="daemon.scheduler.service"):
         assert [d.check("sw", T0 + i).state for i in range(2)] == ["no_reference", "no_reference"]
     assert sum("no recent texts" in rec.getMessage() for rec in caplog.records) == 1
     assert d.status("sw").last_check["far_share"] is None and embedder.calls == 0 and far_errors(d) == 0.0
@@ -865,7 +866,7 @@ def send_raw(cfg, values: list[bytes]) -> None:
 
 
 def make_inbox(cfg, redis, **kwargs):
-    from daemon.dispatch import EventInbox
+    from daemon.scheduler.dispatch import EventInbox
 
     return EventInbox(cfg.kafka, f"inbox-{uuid.uuid4().hex[:8]}", redis, cfg.redis.key_prefix,
                       auto_offset_reset="earliest", **kwargs)
@@ -877,14 +878,14 @@ def committed(inbox) -> int:
 
 
 def dead_letters(cfg) -> list[tuple[str, str, bytes]]:
-    from consumers.deadletter import DETAIL_HEADER, REASON_HEADER
+    from infra.deadletter import DETAIL_HEADER, REASON_HEADER
 
     return [(dict(r.headers)[REASON_HEADER].decode(), dict(r.headers)[DETAIL_HEADER].decode(), r.value)
             for r in read_topic(cfg, cfg.kafka.dead_letter_topic)]
 
 
 def inbox_of(redis, lang: str) -> list[Event]:
-    from daemon.dispatch import drain_inbox
+    from daemon.scheduler.dispatch import drain_inbox
 
     return drain_inbox(redis, lang, "compass")
 

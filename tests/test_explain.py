@@ -52,9 +52,9 @@ def test_cli_explain_prints_the_table_from_redis(services, redis, tmp_path):
     import yaml
     from typer.testing import CliRunner
 
-    from consumers.window import Assignment, WindowStore
-    from daemon.commands.explain import explain as explain_cmd
-    from daemon.reference import set_reference
+    from daemon.cli.explain import explain as explain_cmd
+    from infra.reference import set_reference
+    from infra.window import Assignment, WindowStore
 
     (tmp_path / "v1").mkdir()
     (tmp_path / "v1" / "labels.json").write_text(json.dumps({"store_examples": True, "clusters": [

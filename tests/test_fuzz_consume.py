@@ -25,7 +25,7 @@ from benchmarks.fuzz_consume import (  # noqa: E402 - the harness lives with the
 def test_fuzzed_stream_is_applied_or_dead_lettered_exactly(services, redis, tmp_path):
     from compass.config import LangIdConfig
     from compass.langid import make_identifier
-    from consumers.clients import kafka_admin
+    from infra.clients import kafka_admin
 
     n = 3000
     cfg = fuzz_config(services.config, tmp_path, uuid.uuid4().hex[:8], max_poll_records=64)

@@ -1,4 +1,4 @@
-"""daemon/history.py on the real Redis: capping and ordering with exact values, and the daemon's hooks (every
+"""infra/history.py on the real Redis: capping and ordering with exact values, and the daemon's hooks (every
 check that computed or tried to compute JS; every event EventInbox.poll reads from compass.events)."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import math
 
 import pytest
 
-from consumers.clients import kafka_producer
-from consumers.window import Assignment, WindowStore
-from daemon import history
-from daemon.history import HistoryError, js_history, record_check, record_event, timeline
-from daemon.messages import Event, encode
-from daemon.reference import set_reference
+from infra import history
+from infra.clients import kafka_producer
+from infra.history import HistoryError, js_history, record_check, record_event, timeline
+from infra.messages import Event, encode
+from infra.reference import set_reference
+from infra.window import Assignment, WindowStore
 
 LANGS = """
 defaults: {min_samples: 4, window_size: 4, theta: 0.2, rearm_ratio: 0.5, cooldown_s: 100}

@@ -21,12 +21,12 @@ import pytest
 import torch
 from kafka import KafkaConsumer, TopicPartition
 
-from consumers.clients import kafka_producer
-from consumers.deadletter import REASON_HEADER
-from daemon.dispatch import EventInbox, drain_inbox
-from daemon.history import events_key
-from daemon.messages import EVENT_TYPES, WORKER_EVENTS, decode_event, decode_job
+from daemon.scheduler.dispatch import EventInbox, drain_inbox
 from daemon.worker import Worker
+from infra.clients import kafka_producer
+from infra.deadletter import REASON_HEADER
+from infra.history import events_key
+from infra.messages import EVENT_TYPES, WORKER_EVENTS, decode_event, decode_job
 
 SEED = 13
 LANGS = ["sw", "yo", "it", "ceb", "und", "zh"]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from compass.config import load_languages
 from compass.corpora import chatterbot
 from compass.langid import make_identifier
-from daemon.commands.langid_demo import _sample
+from daemon.cli.langid_demo import _sample
 
 
 def test_demo_round_trip_through_kafka(services, tmp_path):
@@ -27,7 +27,7 @@ def test_demo_round_trip_through_kafka(services, tmp_path):
     import typer
 
     app = typer.Typer()
-    from daemon.commands.langid_demo import langid_demo as demo
+    from daemon.cli.langid_demo import langid_demo as demo
 
     app.command()(demo)
     result = CliRunner().invoke(app, ["--config", str(config_file), "--per-language", "4", "--seed", "7",

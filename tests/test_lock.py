@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from daemon.lock import LanguageLease
+from infra.lock import LanguageLease
 
 
 def test_only_one_replica_holds_a_language(redis):

@@ -23,13 +23,13 @@ from test_serving import config_for, lm, make_server, register  # noqa: F401 (lm
 
 from compass.registry import AdapterRegistry
 from consumers.metrics import ConsumerMetrics
-from consumers.window import Assignment, WindowStore
 from daemon.api.app import create_app
 from daemon.api.serving import create_serving_app
-from daemon.reference import set_reference
-from daemon.service import DaemonMetrics
+from daemon.scheduler.service import DaemonMetrics
 from daemon.serving.metrics import ServingMetrics
 from daemon.worker.metrics import WorkerMetrics
+from infra.reference import set_reference
+from infra.window import Assignment, WindowStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "compass-alerts.yml"

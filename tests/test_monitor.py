@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from compass.config import EmbedderConfig, LanguagesConfig, ServiceConfig
-from consumers import deadletter as dl
 from consumers.events import QueryEvent, encode_event
+from infra import deadletter as dl
 
 REPO = Path(__file__).resolve().parent.parent
 K = 6
@@ -102,14 +102,14 @@ def make_config(services, tmp_path: Path, topic: str, dlq: str, embedder_cfg, **
 
 
 def publish(cfg: ServiceConfig, redis, clusterer, embedder):
-    from consumers.codebook import CodebookStore
+    from infra.codebook import CodebookStore
 
     store = CodebookStore(cfg.consumer.codebook_dir, redis, cfg.redis.key_prefix)
     return store, store.publish(clusterer, embedder.model_id, languages=sorted(LANGS))
 
 
 def produce(cfg: ServiceConfig, topic: str, items: list[tuple[bytes | None, bytes | None, list]]) -> None:
-    from consumers.clients import kafka_producer
+    from infra.clients import kafka_producer
 
     p = kafka_producer(cfg.kafka, acks="all", max_request_size=1 << 20)
     try:
@@ -139,7 +139,7 @@ def truth_windows(events, buckets, identifier, languages, n_buckets: int) -> dic
 
 
 def window_counts(cfg, redis) -> dict[str, np.ndarray]:
-    from consumers.window import WindowStore
+    from infra.window import WindowStore
 
     store = WindowStore(redis, cfg.redis.key_prefix)
     return {lang: store.snapshot(lang).counts for lang in store.languages()}
@@ -152,7 +152,7 @@ def assert_windows_equal(got: dict, want: dict) -> None:
 
 
 def committed(cfg, group: str) -> dict[int, int]:
-    from consumers.clients import kafka_admin
+    from infra.clients import kafka_admin
 
     admin = kafka_admin(cfg.kafka)
     try:
@@ -172,7 +172,7 @@ def cli(c: Path, lg: Path, *args: str, out: Any = subprocess.PIPE) -> subprocess
     """``compass consume`` in a subprocess; ``out``: a file for a process whose output nobody reads while it runs
     (a full pipe would block its logging)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPASS_")}
-    return subprocess.Popen([sys.executable, "-m", "daemon.cli", "consume", "-c", str(c), "-l", str(lg), *args],
+    return subprocess.Popen([sys.executable, "-m", "daemon.cli.main", "consume", "-c", str(c), "-l", str(lg), *args],
                             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -195,7 +195,7 @@ def stop(proc: subprocess.Popen) -> None:
 def test_window_counts_equal_ground_truth_and_rebuild(services, redis, topic_factory, tmp_path, corpus_events,
                                                       embedder, embedder_cfg, identifier, languages, fitted):
     from consumers.monitor import Monitor, NoCodebook
-    from consumers.window import WindowStore
+    from infra.window import WindowStore
 
     topic, dlq = topic_factory(1), topic_factory(1)
     cfg = make_config(services, tmp_path, topic, dlq, embedder_cfg)
@@ -305,8 +305,8 @@ def test_kill_9_and_restart_counts_equal_ground_truth(services, redis, topic_fac
 
 def test_poison_messages_go_to_the_dead_letter_topic(services, redis, topic_factory, tmp_path, corpus_events,
                                                      embedder, embedder_cfg, identifier, languages, fitted):
-    from consumers.clients import kafka_consumer
     from consumers.monitor import Monitor
+    from infra.clients import kafka_consumer
 
     topic, dlq = topic_factory(1), topic_factory(1)
     cfg = make_config(services, tmp_path, topic, dlq, embedder_cfg, max_message_bytes=2048)
@@ -381,8 +381,8 @@ def test_quality_scores_from_meta_reach_the_daemons_list(services, redis, topic_
                                                          embedder, embedder_cfg, identifier, languages, fitted):
     from kafka import TopicPartition
 
-    from consumers.clients import kafka_consumer
     from consumers.monitor import Monitor
+    from infra.clients import kafka_consumer
 
     topic, dlq = topic_factory(1), topic_factory(1)
     cfg = make_config(services, tmp_path, topic, dlq, embedder_cfg, quality_meta_key="feedback")
@@ -421,7 +421,7 @@ def test_two_workers_in_one_group(services, redis, topic_factory, tmp_path, corp
     from kafka import TopicPartition
     from kafka.errors import KafkaError
 
-    from consumers.clients import kafka_admin, kafka_consumer
+    from infra.clients import kafka_admin, kafka_consumer
 
     # produce only once both workers hold partitions (2 each of 4), so the test shows both consume
     log_path = tmp_path / "consume.log"
@@ -516,7 +516,7 @@ def test_sigterm_exits_0_after_committing_its_last_batch(services, redis, topic_
     finally:
         stop(proc)
     assert proc.returncode == 0, out.decode()[-3000:]
-    from consumers.window import WindowStore
+    from infra.window import WindowStore
 
     store = WindowStore(redis, cfg.redis.key_prefix)
     last_applied = max(store.snapshot(lang).offsets.get(f"{topic}:0", -1) for lang in store.languages())

@@ -20,7 +20,7 @@ from benchmarks.fuzz_consume import (  # noqa: E402 - the harness lives with the
     prepare,
     read_dead_letters,
 )
-from consumers import deadletter as dl  # noqa: E402
+from infra import deadletter as dl  # noqa: E402
 
 SCHEMA = [("compass-schema", b"1")]
 
@@ -38,7 +38,7 @@ def _setup(services, tmp_path, embedder, **consumer):
 
 
 def _produce(cfg, items):
-    from consumers.clients import kafka_producer
+    from infra.clients import kafka_producer
 
     p = kafka_producer(cfg.kafka, acks="all", max_request_size=(1 << 20) + 4096)
     try:
@@ -157,8 +157,8 @@ def test_a_dead_letter_the_broker_refuses_stops_the_consumer(services, redis, tm
     import pytest
     from kafka.admin import NewTopic
 
-    from consumers.clients import kafka_admin
     from consumers.monitor import Monitor
+    from infra.clients import kafka_admin
 
     embedder = HashEmbedder()
     cfg, languages, identifier = _setup(services, tmp_path, embedder)

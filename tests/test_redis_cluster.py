@@ -1,5 +1,5 @@
 """compass on a real 3-master Redis Cluster (``redis.cluster: true``): the client factory, the monitor windows of
-consumers/window.py (W_recent of eq. 4) with languages on different nodes, and the codebook pointer.
+infra/window.py (W_recent of eq. 4) with languages on different nodes, and the codebook pointer.
 
 The fixture starts its own cluster on 127.0.0.1 (Debian's redis-server and redis-cli, free ports, one tmp dir per
 node) and stops each node by its own PID."""
@@ -21,10 +21,10 @@ from redis.cluster import RedisCluster, key_slot
 from compass.cluster import make_clusterer
 from compass.config import RedisConfig
 from compass.errors import ServiceUnavailable
-from consumers.clients import redis_client
-from consumers.codebook import CodebookStore
-from consumers.window import ApplyResult, Assignment, WindowStore
 from deploy.local.process import free_ports, log_tail, tcp_answers
+from infra.clients import redis_client
+from infra.codebook import CodebookStore
+from infra.window import ApplyResult, Assignment, WindowStore
 
 TOPIC = "compass.queries"
 N_MASTERS = 3
@@ -269,7 +269,7 @@ def test_a_lease_on_an_untagged_key_works_on_the_cluster(client):
     # the codebook publisher's lease key has no hash tag: its fence counter must still share the key's slot
     from redis.cluster import key_slot
 
-    from consumers.lease import Lease
+    from infra.lease import Lease
 
     a = Lease(client, "compass:codebook:publisher", "a", ttl_ms=5000)
     b = Lease(client, "compass:codebook:publisher", "b", ttl_ms=5000)
@@ -291,12 +291,12 @@ def test_daemon_and_worker_intake_end_to_end_on_the_cluster(cluster, services, t
     import json
 
     from compass.config import LanguagesConfig
-    from consumers.clients import kafka_producer
-    from consumers.lease import Lease
-    from daemon.messages import Event, encode
-    from daemon.reference import set_reference
-    from daemon.service import Daemon
+    from daemon.scheduler.service import Daemon
     from daemon.worker.service import Worker, lock_key
+    from infra.clients import kafka_producer
+    from infra.lease import Lease
+    from infra.messages import Event, encode
+    from infra.reference import set_reference
 
     base = services.config
     cfg = base.model_copy(update={

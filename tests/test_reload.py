@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 
-from daemon.reload import ReloadingLanguages
+from daemon.scheduler.reload import ReloadingLanguages
 
 
 def test_valid_change_takes_effect_and_invalid_keeps_previous(tmp_path, caplog):
@@ -21,7 +21,7 @@ def test_valid_change_takes_effect_and_invalid_keeps_previous(tmp_path, caplog):
     assert langs.current.get("sw").theta == 0.2 and langs.current.enabled == ["sw", "yo"]
 
     path.write_text("languages:\n  sw: {theta: 3}\n  Yoruba: {}\n")
-    with caplog.at_level(logging.ERROR, logger="daemon.reload"):
+    with caplog.at_level(logging.ERROR, logger="daemon.scheduler.reload"):
         assert langs.maybe_reload() is False
     assert langs.current.get("sw").theta == 0.2  # previous config still in force
     assert langs.rejected == 1 and langs.reloads == 1
@@ -54,7 +54,7 @@ def test_deleted_file_keeps_previous_config(tmp_path, caplog):
     path.write_text("languages:\n  en: {}\n")
     langs = ReloadingLanguages(path)
     path.unlink()
-    with caplog.at_level(logging.ERROR, logger="daemon.reload"):
+    with caplog.at_level(logging.ERROR, logger="daemon.scheduler.reload"):
         assert langs.maybe_reload() is False
     assert langs.current.enabled == ["en"]
     assert any("file not found" in r.getMessage() for r in caplog.records)

@@ -184,7 +184,7 @@ def test_bad_language_list_is_refused(identifier):
 def test_cli_prints_decisions(tmp_path, reg):
     from typer.testing import CliRunner
 
-    from daemon.cli import app
+    from daemon.cli.main import app
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"adapters:\n  registry: {tmp_path / 'adapters'}\n")

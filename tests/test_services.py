@@ -1,4 +1,4 @@
-"""Real Kafka and Redis through consumers.clients: exact delivery, round trips, clear fast failures."""
+"""Real Kafka and Redis through infra.clients: exact delivery, round trips, clear fast failures."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from compass.config import KafkaConfig, RedisConfig
 from compass.errors import ServiceUnavailable
-from consumers.clients import kafka_admin, kafka_consumer, kafka_producer, redis_client
 from deploy.local.process import free_ports
+from infra.clients import kafka_admin, kafka_consumer, kafka_producer, redis_client
 
 N_MESSAGES = 60
 PARTITIONS = 3

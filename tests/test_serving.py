@@ -19,8 +19,8 @@ from compass.adapt import TrainConfig, add_language_adapter, load_base, load_tok
 from compass.config import ServiceConfig
 from compass.registry import AdapterManifest, AdapterRegistry
 from daemon.api.serving import create_serving_app
-from daemon.messages import Event
 from daemon.serving import AdapterServer
+from infra.messages import Event
 
 PASS = {"outcome": "pass", "reasons": ["test"]}
 N_NEW = 6
@@ -170,7 +170,7 @@ def test_a_version_that_does_not_fit_keeps_the_old_one(setup, lm):
 
 
 def test_promotion_on_kafka_is_picked_up_without_restart(services, topic_factory, tmp_path, lm):
-    from daemon.dispatch import Dispatcher
+    from daemon.scheduler.dispatch import Dispatcher
 
     topic = topic_factory()
     kafka = services.config.kafka.model_copy(update={"events_topic": topic})

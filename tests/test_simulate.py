@@ -385,7 +385,7 @@ class _BlobEmbedder:
 
 
 def _cli(tmp_path: Path, monkeypatch, args: list[str], embedder=None):
-    from daemon.commands import simulate as cmd
+    from daemon.cli import simulate as cmd
 
     _, periods, blobs = _planted()
     stream = tmp_path / "stream.jsonl"
@@ -481,7 +481,7 @@ def test_cli_stable_builds_the_no_change_control(tmp_path, monkeypatch):
     monkeypatch.setattr(chatterbot, "load", lambda langs: SimpleNamespace(records=_records()))
     args = ["--lang", "it", "--stable", "--period-samples", "100", "--increment", "50", "--window-size", "100",
             "--thetas", "0.3", "--n-clusters", "4", "--detectors", "js,never", "--json"]
-    from daemon.commands import simulate as cmd
+    from daemon.cli import simulate as cmd
 
     monkeypatch.setattr(cmd, "_embedder", lambda config: _TopicEmbedder())
     app = typer.Typer()

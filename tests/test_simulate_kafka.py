@@ -21,7 +21,12 @@ from typer.testing import CliRunner
 
 from compass.drift.simulate import SimulationConfig, Stream, simulate, write_stream
 from compass.embed import l2_normalize
-from daemon.simulate_kafka import SimulationSetupError, check_supported, simulate_through_kafka, sweep_through_kafka
+from daemon.demo.simulate_kafka import (
+    SimulationSetupError,
+    check_supported,
+    simulate_through_kafka,
+    sweep_through_kafka,
+)
 
 P1, P2 = np.array([50, 50, 0]), np.array([20, 20, 60])
 SHIFT, N, INC, WINDOW = 600, 1000, 100, 200
@@ -83,7 +88,7 @@ def test_through_kafka_fires_where_the_in_process_replay_fires(services):
 
 
 def _cli(tmp_path, monkeypatch, *extra: str):
-    from daemon.commands import simulate as cmd
+    from daemon.cli import simulate as cmd
 
     path = tmp_path / "stream.jsonl"
     write_stream(path, _stream())

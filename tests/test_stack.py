@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 from compass.config import KafkaConfig, RedisConfig, ServiceConfig, StackConfig
 from compass.errors import ConfigError, StackError
-from consumers.clients import kafka_admin, redis_client
-from daemon.commands.stack import app as stack_cli
+from daemon.cli.stack import app as stack_cli
 from deploy.local import maven
 from deploy.local.process import PidFile, free_ports
 from deploy.local.service import no_progress
 from deploy.local.stack import Stack
+from infra.clients import kafka_admin, redis_client
 
 
 @pytest.fixture

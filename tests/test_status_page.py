@@ -16,12 +16,12 @@ from httpserve import serve
 
 from compass.drift.emerging import EmergingState, how_to_serve, states_to_json
 from compass.registry import AdapterManifest, AdapterRegistry
-from consumers.unserved import Traffic, UnservedStore
-from consumers.window import Assignment, WindowStore
 from daemon.api.app import create_app
-from daemon.history import record_check, record_event
-from daemon.messages import Event
-from daemon.reference import set_reference
+from infra.history import record_check, record_event
+from infra.messages import Event
+from infra.reference import set_reference
+from infra.unserved import Traffic, UnservedStore
+from infra.window import Assignment, WindowStore
 
 LANGS = """
 defaults: {min_samples: 4, window_size: 8, theta: 0.15, rearm_ratio: 0.5, cooldown_s: 100}
@@ -231,7 +231,7 @@ def test_page_shows_a_stuck_language_and_a_calibrated_threshold(server, browser,
     from selenium.webdriver.support.ui import WebDriverWait
 
     from compass.drift.lifecycle import DriftState
-    from daemon.state import LanguageStatus
+    from daemon.scheduler.state import LanguageStatus
 
     reason = "3 updates in a row did not promote (last: rejected); resume with POST /v1/languages/<lang>/resume"
     drift = DriftState(phase="stuck", failures=3, stuck={"at": T0, "reason": reason, "outcome": "rejected"})

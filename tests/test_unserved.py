@@ -26,8 +26,8 @@ from compass.drift.emerging import (
     states_to_json,
 )
 from consumers.events import QueryEvent, encode_event
-from consumers.unserved import Traffic, UnservedStore
-from consumers.window import WindowInputError
+from infra.unserved import Traffic, UnservedStore
+from infra.window import WindowInputError
 
 NOW = 1_763_800_000.0
 S = EmergingSettings(share=0.1, min_count=10, rearm_ratio=0.5)  # re-arms below 0.05
@@ -139,7 +139,7 @@ WINDOW = 30
 
 
 def _produce(cfg: ServiceConfig, items: list[tuple[bytes, bytes]]) -> None:
-    from consumers.clients import kafka_producer
+    from infra.clients import kafka_producer
 
     p = kafka_producer(cfg.kafka, acks="all")
     try:
@@ -153,8 +153,8 @@ def _produce(cfg: ServiceConfig, items: list[tuple[bytes, bytes]]) -> None:
 def _events(cfg: ServiceConfig):
     from kafka import TopicPartition
 
-    from consumers.clients import kafka_consumer
-    from daemon.messages import decode_event
+    from infra.clients import kafka_consumer
+    from infra.messages import decode_event
 
     c = kafka_consumer(cfg.kafka, None, [], auto_offset_reset="earliest")
     try:
@@ -177,10 +177,10 @@ def test_unserved_stream_keeps_windows_clean_counts_exactly_and_emerges_once(ser
     from compass.cluster import make_clusterer
     from compass.embed import make_embedder
     from compass.langid import make_identifier
-    from consumers.codebook import CodebookStore
     from consumers.monitor import Monitor
-    from consumers.window import WindowStore
-    from daemon.service import Daemon
+    from daemon.scheduler.service import Daemon
+    from infra.codebook import CodebookStore
+    from infra.window import WindowStore
 
     base = services.config
     cfg = base.model_copy(update={

@@ -1,4 +1,4 @@
-"""consumers/window.py against the real Redis: counts, offsets (effectively-once), recent queries, codebook
+"""infra/window.py against the real Redis: counts, offsets (effectively-once), recent queries, codebook
 versions, trimming, hash tags, AOF persistence across a restart."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from redis.cluster import key_slot
 
-from consumers.window import (
+from infra.window import (
     ApplyResult,
     Assignment,
     StaleCodebookError,
@@ -300,7 +300,7 @@ def test_languages_and_reset(redis):
 
 
 def test_state_survives_a_redis_restart_with_aof(services):
-    from consumers.clients import redis_client
+    from infra.clients import redis_client
 
     if services.stack is None:
         pytest.skip("Redis comes from the environment; this test restarts only the session's own stack")
@@ -334,7 +334,7 @@ def test_state_survives_a_redis_restart_with_aof(services):
 def test_quality_scores_are_pushed_once_in_order(redis, monkeypatch):
     store = WindowStore(redis)
     key = store.keys("en")["quality"]
-    assert key == "compass:{en}:quality"  # where the daemon's quality signal pops them (daemon/service.py)
+    assert key == "compass:{en}:quality"  # where the daemon's quality signal pops them (daemon/scheduler/service.py)
     batch = [Assignment("q0", 0, TOPIC, 0, 0, quality=0.5), Assignment("q1", 1, TOPIC, 0, 1),
              Assignment("q2", 1, TOPIC, 0, 2, quality=-3), Assignment("q3", 2, TOPIC, 0, 3, quality=1e-20)]
     store.apply("en", 10, "v1", 4, batch)
@@ -342,7 +342,7 @@ def test_quality_scores_are_pushed_once_in_order(redis, monkeypatch):
     r = store.apply("en", 10, "v1", 4, batch[2:] + [Assignment("q4", 0, TOPIC, 0, 4, quality=2.25)])
     assert r == ApplyResult(applied=1, duplicates=2, evicted=0)
     assert redis.lrange(key, 0, -1) == [b"0.5", b"-3.0", b"1e-20", b"2.25"]  # a re-delivery adds no score
-    monkeypatch.setattr("consumers.window.QUALITY_MAX", 3)  # unread scores are capped, the oldest dropped
+    monkeypatch.setattr("infra.window.QUALITY_MAX", 3)  # unread scores are capped, the oldest dropped
     store.apply("en", 10, "v1", 4, [Assignment("q5", 0, TOPIC, 0, 5, quality=7.0)])
     assert redis.lrange(key, 0, -1) == [b"1e-20", b"2.25", b"7.0"]
     for bad in (float("nan"), float("inf"), True, "0.5"):

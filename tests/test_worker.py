@@ -33,14 +33,14 @@ from compass.config import (
 )
 from compass.data import Record, write_records
 from compass.registry import AdapterRegistry
-from consumers.clients import kafka_consumer
-from consumers.codebook import CodebookStore
-from consumers.deadletter import REASON_HEADER
-from daemon.dispatch import Dispatcher
-from daemon.messages import UpdateJob, decode_event
-from daemon.reference import get_reference
+from daemon.scheduler.dispatch import Dispatcher
 from daemon.worker import Worker, adapt_language
 from daemon.worker.model import adapter_state
+from infra.clients import kafka_consumer
+from infra.codebook import CodebookStore
+from infra.deadletter import REASON_HEADER
+from infra.messages import UpdateJob, decode_event
+from infra.reference import get_reference
 
 LANGS = LanguagesConfig()
 TRAIN = TrainSettings(rank=2, alpha=4, target_modules=["q_proj", "v_proj"], lr=5e-3, max_epochs=2, batch_size=4,
@@ -309,7 +309,7 @@ def test_sigterm_checkpoints_sigkill_leaves_the_registry_consistent_and_a_third_
     job, _ = send_job(cfg, redis, cb, emb)
     ckpt = tmp_path / "work" / "checkpoints" / job.job_id / "state.json"
     reg = AdapterRegistry(cfg.adapters.registry)
-    cmd = [sys.executable, "-m", "daemon.cli", "worker", "--config", str(path)]
+    cmd = [sys.executable, "-m", "daemon.cli.main", "worker", "--config", str(path)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     repo = Path(__file__).resolve().parent.parent
 

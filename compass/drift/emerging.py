@@ -1,7 +1,7 @@
 """Emerging languages: when does the traffic of a language nobody serves deserve an adapter? (issue 12)
 
 A query whose language no configured adapter serves (compass/route/decision.py: not configured, or ``und``) is
-counted by the consumers as *unserved* (consumers/unserved.py), never put in a configured language's window. Over
+counted by the consumers as *unserved* (infra/unserved.py), never put in a configured language's window. Over
 the horizon ``daemon.emerging_horizon_s`` the daemon reads each unserved language's count and its share of all
 traffic (served + unserved) and this pure rule says whether to announce it (``language_emerging``):
 
@@ -15,7 +15,7 @@ traffic (served + unserved) and this pure rule says whether to announce it (``la
   * served   the language is configured now (its queries fill its window): any episode ends
   * undetermined  ``und`` never emerges: there is no language to serve (its share is still reported)
 
-State in, state and action out; the daemon (daemon/service.py ``check_unserved``) does the I/O.
+State in, state and action out; the daemon (daemon/scheduler/service.py ``check_unserved``) does the I/O.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ D_aux for the usage proxy E_t (§3.2), and the adapter's reference is the cluste
     n_ref(k) = n_eval(k) + n_aux,selected(k)          P_ref = n_ref / sum(n_ref)
 
 ``References`` computes it for the drift replay (in process, ``compass/drift/replay.py``, and through Kafka,
-``daemon/simulate_kafka.py``; one builder for both):
+``daemon/demo/simulate_kafka.py``; one builder for both):
 
   D_t      the stream's first ``reference_samples`` samples (the initial training data), fixed for the run;
   E_t      the usage part: the first ``reference_samples`` samples for the initial cycle, the monitor window

@@ -1,6 +1,6 @@
 """One language's drift lifecycle: state and one observation in, new state and an action out (pure).
 
-Everything that decides whether a language's adapter is stale lives here; the daemon (``daemon/service.py``)
+Everything that decides whether a language's adapter is stale lives here; the daemon (``daemon/scheduler/service.py``)
 reads an ``Observation`` from Redis, calls ``step``, writes the state (fenced) and dispatches the action, and the
 simulator (``compass/drift/replay.py``, behind ``compass simulate``) calls the same ``step`` on a replayed
 stream. One step, in order; the first rule that ends it names the check's outcome (``Step.check``):

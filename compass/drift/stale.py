@@ -1,6 +1,6 @@
 """The stale-cluster rule (paper §6.1): a share of the window the codebook no longer describes, past its level.
 
-Two shares are measured by the service (``daemon/stale.py``, ``daemon/farshare.py``): the noise-bucket share of
+Two shares are measured by the service (``daemon/scheduler/stale.py``, ``farshare.py``): the noise-bucket share of
 the window and the far share of recent points. Either past its level (``daemon.stale_noise_share``,
 ``daemon.stale_far_share``) means re-clustering, not an adapter update.
 """

@@ -18,7 +18,7 @@ rename, so there the files are written in place with ``manifest.json`` LAST, and
 manifest counts as incomplete: never listed, never promotable, overwritten by a retry. Single-object PUTs
 are atomic on S3/GCS/memory, so the pointer still switches from one version to the next with nothing between.
 
-Concurrency: one writer per language at a time; the daemon's per-language lease (daemon/lock.py) ensures it.
+Concurrency: one writer per language at a time; the daemon's per-language lease (infra/lock.py) ensures it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@
                                          (language_emerging), sample ids and how to start serving them, and
                                          ``error`` (null, or why they could not be read)
   GET  /v1/languages/{lang}              one language in full, with ``explanation``: the clusters driving JS
-                                         (daemon/explain.py)
+                                         (daemon/scheduler/explain.py)
   POST /v1/languages/{lang}/pause        stop checks acting on the language (all replicas)
   POST /v1/languages/{lang}/resume       un-pause; a stuck language is resumed on its next check (failures cleared)
   POST /v1/languages/{lang}/trigger      enqueue an adapter update now (reason ``manual``)
@@ -47,7 +47,7 @@ from daemon.api.serving import RouteRequest
 from daemon.api.status_page import status_router, unserved_status
 
 if TYPE_CHECKING:
-    from daemon.service import Daemon
+    from daemon.scheduler.service import Daemon
 
 TOKEN_ENV = "COMPASS_API_TOKEN"
 ROUTE_REFRESH_S = 10.0

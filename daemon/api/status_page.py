@@ -5,7 +5,7 @@ machines are offline) polls ``/v1/status`` and shows one card per language: JS(P
 theta (eq. 5, eq. 6) and the effective threshold of a calibrated detector, with trigger markers, the detector's
 mode, effective threshold and burn-in progress, the window's cluster proportions P_mon (eq. 4) against P_ref (eq. 3),
 the clusters driving JS with their labels (``explanation``),
-the adapter versions and promotions of the registry, and the events timeline (daemon/history.py). Above the cards,
+the adapter versions and promotions of the registry, and the events timeline (infra/history.py). Above the cards,
 a panel lists the unserved languages (``Daemon.describe_unserved``: queries and share over the horizon, emerged or
 not, sample ids, and how to start serving one).
 
@@ -24,11 +24,11 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
 from compass.registry import AdapterRegistry
-from daemon import history
-from daemon.reference import BadReference, get_reference
+from infra import history
+from infra.reference import BadReference, get_reference
 
 if TYPE_CHECKING:
-    from daemon.service import Daemon
+    from daemon.scheduler.service import Daemon
 
 log = logging.getLogger(__name__)
 POLL_S = 5.0  # how often the page asks for /v1/status

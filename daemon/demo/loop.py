@@ -152,7 +152,7 @@ class EventLog:
     """
 
     def __init__(self, cfg: ServiceConfig, say: Say):
-        from consumers.clients import kafka_consumer
+        from infra.clients import kafka_consumer
 
         self.events: list[dict[str, Any]] = []
         self.say = say
@@ -180,7 +180,7 @@ class EventLog:
         return self
 
     def _run(self) -> None:
-        from daemon.messages import BadMessage, decode_event
+        from infra.messages import BadMessage, decode_event
 
         while not self._stop.is_set():
             for msgs in self._consumer.poll(timeout_ms=300).values():
@@ -231,7 +231,7 @@ def describe_event(ev: dict[str, Any]) -> str:
 
 
 def _pct(x: Any) -> str:
-    from consumers.logs import human_pct
+    from infra.logs import human_pct
 
     return human_pct(x)  # 3 significant digits: -0.0423 -> "-4.23%"
 
@@ -248,8 +248,8 @@ def copy_reports(work_dir: Path, run_dir: Path, job_ids: set[str]) -> list[dict[
 
 
 def export_js(client: Any, languages: list[str], run_dir: Path, since: float) -> int:
-    """The daemon's JS readings of this run (daemon/history.py) as ``js.jsonl``."""
-    from daemon.history import js_history
+    """The daemon's JS readings of this run (infra/history.py) as ``js.jsonl``."""
+    from infra.history import js_history
 
     n = 0
     with (run_dir / "js.jsonl").open("w") as f:
@@ -299,11 +299,11 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
     from compass.corpora import chatterbot
     from compass.embed import make_embedder
     from compass.registry import AdapterRegistry
-    from consumers.clients import ensure_topics, redis_client
-    from consumers.codebook import CodebookStore
     from consumers.replay import replay, to_event
     from daemon.demo.scenario import build
-    from daemon.reference import set_reference
+    from infra.clients import ensure_topics, redis_client
+    from infra.codebook import CodebookStore
+    from infra.reference import set_reference
 
     phases: dict[str, float] = {}
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -396,7 +396,7 @@ def run_demo(base: ServiceConfig, settings: DemoSettings, say: Say, *, stack_up:
 
     say("[bold]5. start[/]: consumers, daemon, worker" + (" and the status page" if settings.http else ""))
     from consumers.monitor import Monitor
-    from daemon.service import Daemon
+    from daemon.scheduler.service import Daemon
     from daemon.worker import Worker
 
     monitor = Monitor(cfg, langs, embedder=make_embedder(cfg.embedder), group_id=f"compass-demo-monitor-{run_id}")

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from compass.config import KafkaConfig
-from daemon.messages import BadMessage, decode_event
+from infra.messages import BadMessage, decode_event
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer
@@ -90,7 +90,7 @@ class PromotionListener:
             _close(consumer)
 
     def _connect(self) -> KafkaConsumer | None:
-        from consumers.clients import kafka_consumer
+        from infra.clients import kafka_consumer
 
         try:
             consumer = kafka_consumer(self.cfg, self.group_id, [self.topic], auto_offset_reset="latest",

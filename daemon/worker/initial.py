@@ -55,7 +55,7 @@ def adapt_language(
     ctx = JobContext(config, languages, client, host or ModelHost(config, model, tokenizer),
                      embedder or make_embedder(config.embedder))
     if codebook is None and client is not None:
-        from consumers.codebook import CodebookNotFound, CodebookStore
+        from infra.codebook import CodebookNotFound, CodebookStore
 
         try:
             codebook = CodebookStore(config.consumer.codebook_dir, client, config.redis.key_prefix).load()

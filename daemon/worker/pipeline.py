@@ -36,9 +36,9 @@ from compass.config import LanguagesConfig, ServiceConfig
 from compass.data import read_records
 from compass.drift.explain import name_selection
 from compass.registry import AdapterManifest, AdapterRegistry, new_version
-from daemon.messages import Event, UpdateJob
-from daemon.reference import set_reference
 from daemon.worker.model import ModelHost, WorkerError, adapter_state, train_config
+from infra.messages import Event, UpdateJob
+from infra.reference import set_reference
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class JobContext:
 
 def _labels(ctx: JobContext, codebook: Any) -> dict | None:
     """The codebook's cluster labels, or None (none stored; a damaged file is logged, the job goes on)."""
-    from consumers.codebook import read_labels
+    from infra.codebook import read_labels
 
     if codebook is None:
         return None
@@ -130,7 +130,7 @@ def load_target(config: ServiceConfig, lang: str) -> list:
 
 def recent_texts(ctx: JobContext, lang: str, snapshot: dict[str, Any]) -> list[tuple[str, str]]:
     """The frozen window's queries (ids from the snapshot, texts from the recent list), oldest first."""
-    from consumers.window import WindowStore
+    from infra.window import WindowStore
 
     if not ctx.config.consumer.store_texts:
         raise WorkerError(f"{lang}: the recent window has query ids only (consumer.store_texts is false), and "
@@ -275,7 +275,7 @@ def run_job(
 ) -> dict[str, Any]:
     """Run one adapter_update job; returns its report (outcome promoted or rejected). Raises on failure
     (``Interrupted`` when asked to stop); the caller retries, dead-letters and writes failed reports."""
-    from consumers.codebook import CodebookStore
+    from infra.codebook import CodebookStore
 
     report = base_report(job.job_id, job.language, "update", job.reason, time.time())
     if job.kind != "adapter_update":

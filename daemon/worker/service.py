@@ -2,7 +2,7 @@
 
 Intake: each message of ``kafka.jobs_topic`` (group ``worker.group_id``) is decoded and added to the durable
 queue (daemon/worker/queue.py), or dead-lettered (``bad_job`` when malformed, ``internal_error`` when its handling
-raised); the jobs around it proceed (daemon/intake.py). Then the offsets are committed; a Kafka or Redis failure
+raised); the jobs around it proceed (infra/intake.py). Then the offsets are committed; a Kafka or Redis failure
 rewinds the poll and the run loop retries it. Jobs run from
 the queue under the language's in-progress lock ``{prefix}:{lang}:worker-lock`` (a Lease renewed by a heartbeat
 thread while training). A failed attempt waits ``retry_backoff_s``; after ``max_attempts`` the job is
@@ -25,15 +25,15 @@ import redis
 
 from compass.adapt import Interrupted
 from compass.config import LanguagesConfig, ServiceConfig
-from consumers.clients import REDIS_ERRORS
-from consumers.deadletter import DeadLetter, DeadLetterWriter
-from consumers.lease import Lease
-from daemon.intake import IsolatedIntake
-from daemon.messages import Event, UpdateJob, decode_job, encode
 from daemon.worker.metrics import WorkerMetrics
 from daemon.worker.model import ModelHost
 from daemon.worker.pipeline import JobContext, base_report, run_job, write_report
 from daemon.worker.queue import JobQueue, PendingJob
+from infra.clients import REDIS_ERRORS
+from infra.deadletter import DeadLetter, DeadLetterWriter
+from infra.intake import IsolatedIntake
+from infra.lease import Lease
+from infra.messages import Event, UpdateJob, decode_job, encode
 
 log = logging.getLogger(__name__)
 BAD_JOB, MAX_ATTEMPTS, NOT_AN_UPDATE = "bad_job", "max_attempts", "not_an_update"
@@ -74,7 +74,7 @@ class Worker:
                  model: Any = None, tokenizer: Any = None, embedder: Any = None, consumer: Any = None,
                  producer: Any = None):
         from compass.embed import make_embedder
-        from consumers.clients import kafka_consumer, kafka_producer, redis_client
+        from infra.clients import kafka_consumer, kafka_producer, redis_client
 
         self.config = config
         self.client = client or redis_client(config.redis)

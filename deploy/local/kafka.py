@@ -156,7 +156,7 @@ class KafkaService(LocalService):
         return logged and process.tcp_answers(broker_port(self.config))
 
     def probe(self) -> tuple[bool, str]:
-        from consumers.clients import kafka_admin  # imports kafka-python: only when probing
+        from infra.clients import kafka_admin  # imports kafka-python: only when probing
 
         try:
             admin = kafka_admin(self.config.kafka, bootstrap_timeout_ms=3000)

@@ -110,7 +110,7 @@ class RedisService(LocalService):
         return self.probe()[0]
 
     def probe(self) -> tuple[bool, str]:
-        from consumers.clients import redis_client  # imports redis-py: only when probing
+        from infra.clients import redis_client  # imports redis-py: only when probing
 
         try:
             client = redis_client(

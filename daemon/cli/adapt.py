@@ -1,0 +1,56 @@
+"""``compass adapt``: the initial adaptation of one language (§3.2.4), before any drift cycle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+CONFIG = typer.Option(None, "--config", "-c", help="service config YAML (default: configs/default.yaml)")
+LANGUAGES = typer.Option(None, "--languages", "-l", help="languages YAML (default: configs/languages.yaml)")
+
+
+def adapt(
+    target: str = typer.Option(..., "--target", "-t", help="language code, e.g. it"),
+    targets: Path | None = typer.Option(None, "--targets", help="D_t records file (default: "
+                                        "worker.targets_dir/<lang>.jsonl)"),
+    pool: Path | None = typer.Option(None, "--pool", help="pool D_aux records file (default: worker.pool)"),
+    proxy: Path | None = typer.Option(None, "--proxy", help="usage proxy E_t records file; without it: D_t only"),
+    config: Path | None = CONFIG,
+    languages: Path | None = LANGUAGES,
+) -> None:
+    """Train, register and promote the first adapter of a language from D_t (+ COMPASS selection with a proxy)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from compass.config import load_languages, load_service_config
+    from compass.errors import ServiceUnavailable
+    from daemon.worker import adapt_language
+    from daemon.worker.model import WorkerError
+
+    cfg = load_service_config(config)
+    langs = load_languages(languages)
+    if targets is None:
+        if cfg.worker.targets_dir is None:
+            raise WorkerError("--targets is needed when worker.targets_dir is not set")
+        targets = Path(cfg.worker.targets_dir) / f"{target}.jsonl"
+    client = None
+    try:
+        from infra.clients import redis_client
+
+        client = redis_client(cfg.redis)
+    except ServiceUnavailable as e:
+        typer.secho(f"warning: {e} P_ref is kept in the manifest only.", fg=typer.colors.YELLOW, err=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task(f"training {target}", total=None, info="")
+
+        def progress(ev: dict) -> None:
+            if ev["event"] == "step":
+                bar.update(task, completed=ev["step"], total=ev["total_steps"], info=f"loss {ev['loss']:.3f}")
+
+        report = adapt_language(cfg, langs, target, targets=targets, pool=pool or cfg.worker.pool, proxy=proxy,
+                                client=client, progress=progress)
+    typer.echo(json.dumps({k: report[k] for k in ("job_id", "language", "version", "outcome", "train", "p_ref")},
+                          indent=2))

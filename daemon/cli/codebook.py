@@ -1,0 +1,144 @@
+"""``compass codebook build|list|show``: fit a cluster codebook on records, publish it, inspect the versions.
+
+``build`` also labels each cluster (c-TF-IDF terms, representative texts unless ``codebook.store_examples`` is
+false) and stores the labels with the codebook (``labels.json``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Versioned cluster codebooks that the streaming monitor assigns queries with.",
+                  no_args_is_help=True)
+
+_CONFIG = typer.Option(None, "--config", "-c", help="service config YAML (default: configs/default.yaml)")
+
+
+class ClustererName(StrEnum):
+    kmeans = "kmeans"
+    hdbscan = "hdbscan"
+
+
+def _store(config: Path | None, need_redis: bool):
+    from compass.config import load_service_config
+    from compass.errors import ServiceUnavailable
+    from infra.clients import redis_client
+    from infra.codebook import CodebookStore
+
+    cfg = load_service_config(config)
+    try:
+        client = redis_client(cfg.redis)
+    except ServiceUnavailable:
+        if need_redis:
+            raise
+        client = None  # list/show still work from the files; nothing is marked current
+    return cfg, CodebookStore(cfg.consumer.codebook_dir, client, cfg.redis.key_prefix)
+
+
+@app.command()
+def build(
+    records: Path = typer.Argument(..., help="records file (.jsonl, .jsonl.gz or .parquet) with id, lang and text"),
+    clusterer: ClustererName = typer.Option(ClustererName.kmeans, "--clusterer", help="kmeans or hdbscan"),
+    k: int | None = typer.Option(
+        None, "--k", min=2, help="number of clusters (kmeans; default: chosen by silhouette over k_range)"
+    ),
+    seed: int = typer.Option(0, "--seed", help="random seed of the fit"),
+    lang: list[str] | None = typer.Option(
+        None, "--lang", "-l", help="fit on these languages only and scope the codebook to them (repeatable)"
+    ),
+    config: Path | None = _CONFIG,
+) -> None:
+    """Embed the records' texts, fit a clusterer, publish it as the current codebook and print its version."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from compass import langcodes
+    from compass.cluster import make_clusterer
+    from compass.cluster.labels import label_clusters
+    from compass.data import read_records
+    from compass.embed import make_embedder
+    from compass.errors import DataError
+
+    if k is not None and clusterer is not ClustererName.kmeans:
+        raise typer.BadParameter(f"--k {k} applies to kmeans only; hdbscan finds the number of clusters itself")
+    cfg, store = _store(config, need_redis=True)
+    rows = read_records(records)
+    scope = sorted({langcodes.normalize(code) for code in lang}) if lang else None
+    if scope:
+        rows = [r for r in rows if r.lang in scope]
+    if len(rows) < 2:
+        where = f" in languages {scope}" if scope else ""
+        raise DataError(str(records), [f"{len(rows)} record(s){where}; a codebook needs at least 2 texts to fit"])
+
+    texts = [r.text for r in rows]
+    embedder = make_embedder(cfg.embedder)
+    parts = []
+    try:
+        with tqdm(total=len(texts), unit="text", desc="embedding", file=sys.stderr) as bar:
+            for start in range(0, len(texts), cfg.embedder.batch_size):
+                chunk = texts[start : start + cfg.embedder.batch_size]
+                parts.append(embedder.encode(chunk))
+                bar.update(len(chunk))
+    finally:
+        close = getattr(embedder, "close", None)
+        if callable(close):
+            close()
+    X = np.concatenate(parts).astype(np.float32, copy=False)
+
+    params = {"n_clusters": k} if k is not None else {}
+    typer.echo(f"fitting {clusterer.value} on {len(X)} vectors (dim {X.shape[1]}) ...", err=True)
+    model = make_clusterer(clusterer.value, seed=seed, **params)
+    labels = np.asarray(model.fit_predict(X))
+    cb = cfg.codebook
+    named = label_clusters(texts, labels, int(model.n_clusters_), X=X, centroids=getattr(model, "centroids_", None),
+                           store_examples=cb.store_examples, min_docs=cb.label_min_docs, n_terms=cb.label_terms,
+                           n_examples=cb.examples)
+    codebook = store.publish(model, embedder.model_id, languages=scope, X_fit=X,  # X_fit: far-share calibration
+                             labels=named)
+
+    noise = int((labels < 0).sum())
+    typer.echo(f"published codebook {codebook.version}", err=True)
+    typer.echo(f"  {clusterer.value}: {codebook.n_clusters} clusters + noise bucket, {noise} of {len(X)} "
+               f"fit points noise; model {codebook.model_id}", err=True)
+    far = codebook.calibrated_distance(cfg.daemon.stale_distance_quantile)
+    if far is not None:
+        typer.echo(f"  'far' (stale clusters): cosine distance > {far:.4f} from every centroid "
+                   f"(quantile {cfg.daemon.stale_distance_quantile} of the fit points)", err=True)
+    for row in named["clusters"][:20]:
+        typer.echo(f"  cluster {row['cluster']:>3} ({row['size']} texts): {row['label'] or '-'}", err=True)
+    typer.echo(f"  {store.root / codebook.version}; current: {store.current_version()}", err=True)
+    typer.echo(codebook.version)  # stdout: the version alone, for scripts
+
+
+@app.command("list")
+def list_(config: Path | None = _CONFIG) -> None:
+    """The stored versions, oldest first; '*' marks the current one."""
+    _, store = _store(config, need_redis=False)
+    current = store.current_version()
+    versions = store.versions()
+    if not versions:
+        typer.echo(f"no codebooks in {store.root}; create one with `compass codebook build RECORDS`")
+        return
+    for version in versions:
+        meta = store.manifest(version)
+        created = datetime.fromtimestamp(meta["created_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        mark = "*" if version == current else " "
+        langs = ",".join(meta.get("languages") or []) or "all"
+        typer.echo(f"{mark} {version}  {meta['type']:<8} K={meta['n_clusters']:<4} langs={langs}  {created}Z  "
+                   f"{meta['model_id']}")
+
+
+@app.command()
+def show(
+    version: str | None = typer.Argument(None, help="a version (default: the current one)"),
+    config: Path | None = _CONFIG,
+) -> None:
+    """The manifest of one version as JSON, with whether it is current."""
+    _, store = _store(config, need_redis=version is None)
+    meta = store.manifest(version)
+    typer.echo(json.dumps({**meta, "current": meta["version"] == store.current_version()}, indent=2))

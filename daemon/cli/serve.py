@@ -1,0 +1,39 @@
+"""``compass serve``: the multi-adapter model server (§3.2.5) and its HTTP API on ``serving.host:port``.
+
+Loads ``model.path`` once, every enabled language's current adapter once, follows promotions on
+``compass.events`` (with a registry poll as fallback) and answers POST /v1/route and /v1/generate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from daemon.cli import verbosity
+
+CONFIG = typer.Option(None, "--config", "-c", help="service config YAML (default: configs/default.yaml)")
+LANGUAGES = typer.Option(None, "--languages", "-l", help="languages YAML (default: configs/languages.yaml)")
+POLL = typer.Option(30.0, "--poll", min=0.1, help="seconds between registry polls (fallback to Kafka events)")
+
+
+def serve(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, poll: float = POLL,
+          quiet: bool = verbosity.QUIET, verbose: bool = verbosity.VERBOSE) -> None:
+    """Serve language-routed generation over the base model and every language's current adapter."""
+    verbosity.apply(quiet, verbose)
+    import uvicorn
+
+    from compass.config import load_languages, load_service_config
+    from daemon.api.serving import create_serving_app
+    from daemon.serving import AdapterServer
+
+    cfg = load_service_config(config)
+    server = AdapterServer(cfg, load_languages(languages))
+    server.start_listener(poll_s=poll)
+    typer.echo(f"compass serve: {len(server.router.table)} adapter(s) loaded; http://{cfg.serving.host}:"
+               f"{cfg.serving.port}")
+    try:
+        uvicorn.run(create_serving_app(server), host=cfg.serving.host, port=cfg.serving.port,
+                    log_config=None, log_level=None)  # our logging: uvicorn.access at WARNING unless --verbose
+    finally:
+        server.close()
