@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from compass.config import KafkaConfig
 from compass.data import Record
 from consumers.events import SCHEMA_HEADER, SCHEMA_VERSION, QueryEvent, encode_event
 from infra.clients import kafka_producer
+from infra.settings import KafkaConfig
 
 
 def to_event(record: Record, run_id: str, with_lang: bool = False) -> QueryEvent:

@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 import yaml
 
-from compass.config import EmbedderConfig, LanguagesConfig, ServiceConfig
+from compass.embed.config import EmbedderConfig
+from compass.languages import LanguagesConfig
 from consumers.events import QueryEvent, encode_event
 from infra import deadletter as dl
+from infra.settings import ServiceConfig
 
 REPO = Path(__file__).resolve().parent.parent
 K = 6
@@ -59,7 +61,7 @@ def embedder_cfg(tmp_path_factory) -> EmbedderConfig:
 
 @pytest.fixture(scope="session")
 def embedder(embedder_cfg):
-    from compass.embed import make_embedder
+    from infra.embedders import make_embedder
 
     return make_embedder(embedder_cfg)
 
@@ -73,8 +75,8 @@ def languages() -> LanguagesConfig:
 
 @pytest.fixture(scope="session")
 def identifier(languages):
-    from compass.config import LangIdConfig
     from compass.langid import make_identifier
+    from compass.langid_config import LangIdConfig
 
     return make_identifier(LangIdConfig(), languages.enabled)
 
@@ -172,7 +174,7 @@ def cli(c: Path, lg: Path, *args: str, out: Any = subprocess.PIPE) -> subprocess
     """``compass consume`` in a subprocess; ``out``: a file for a process whose output nobody reads while it runs
     (a full pipe would block its logging)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPASS_")}
-    return subprocess.Popen([sys.executable, "-m", "daemon.cli.main", "consume", "-c", str(c), "-l", str(lg), *args],
+    return subprocess.Popen([sys.executable, "-m", "daemon.cli", "consume", "-c", str(c), "-l", str(lg), *args],
                             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -195,6 +197,7 @@ def stop(proc: subprocess.Popen) -> None:
 def test_window_counts_equal_ground_truth_and_rebuild(services, redis, topic_factory, tmp_path, corpus_events,
                                                       embedder, embedder_cfg, identifier, languages, fitted):
     from consumers.monitor import Monitor, NoCodebook
+    from consumers.rebuild import Rebuild
     from infra.window import WindowStore
 
     topic, dlq = topic_factory(1), topic_factory(1)
@@ -216,7 +219,7 @@ def test_window_counts_equal_ground_truth_and_rebuild(services, redis, topic_fac
     # Redis state lost: --rebuild re-reads the topic and gets the same windows back
     WindowStore(redis, cfg.redis.key_prefix).reset()
     assert window_counts(cfg, redis) == {}
-    with Monitor(cfg, languages, embedder=embedder, identifier=identifier, rebuild=True) as m:
+    with Rebuild(cfg, languages, embedder=embedder, identifier=identifier) as m:
         m.run()
     assert_windows_equal(window_counts(cfg, redis), want)
 
@@ -225,7 +228,7 @@ def test_window_counts_equal_ground_truth_and_rebuild(services, redis, topic_fac
     redis.flushdb()
     with pytest.raises(NoCodebook, match="run `compass consume --rebuild` to restore the newest stored codebook"):
         Monitor(cfg, languages, embedder=embedder, identifier=identifier)
-    with Monitor(cfg, languages, embedder=embedder, identifier=identifier, rebuild=True) as m:
+    with Rebuild(cfg, languages, embedder=embedder, identifier=identifier) as m:
         assert m.codebook_version == codebook.version
         m.run()
     assert_windows_equal(window_counts(cfg, redis), want)
@@ -249,17 +252,17 @@ def test_crash_between_write_and_commit_counts_once(services, redis, topic_facto
     batches = []
 
     def crash(reason="batch", **kw):  # the process dies after its Redis write, before the commit
-        if not m._pending:
+        if not m.checkpoint.pending:
             return {}
-        batches.append(dict(m._pending))
+        batches.append(dict(m.checkpoint.pending))
         if len(batches) == 3:
             raise Crash
-        return type(m)._commit_pending(m, reason, **kw)
+        return type(m.checkpoint).commit(m.checkpoint, reason, **kw)
 
-    m._commit_pending = crash
+    m.checkpoint.commit = crash
     with pytest.raises(Crash):
         m.run(burst=True)
-    m._pending.clear()  # a dead process runs no rebalance listener: nothing more is committed
+    m.checkpoint.pending.clear()  # a dead process runs no rebalance listener: nothing more is committed
     m.consumer.close(autocommit=False)
     m.redis.close()
     lo, hi = list(batches[-2].values())[0], list(batches[-1].values())[0]  # the batch written, not committed

@@ -26,8 +26,8 @@ SCHEMA = [("compass-schema", b"1")]
 
 
 def _setup(services, tmp_path, embedder, **consumer):
-    from compass.config import LangIdConfig
     from compass.langid import make_identifier
+    from compass.langid_config import LangIdConfig
 
     cfg = fuzz_config(services.config, tmp_path, uuid.uuid4().hex[:8], max_poll_records=64)
     cfg = cfg.model_copy(update={"consumer": cfg.consumer.model_copy(update={"max_message_bytes": 65536,
@@ -136,14 +136,14 @@ def test_a_batch_that_keeps_failing_is_handled_one_by_one_and_only_the_poison_is
     cfg, languages, identifier = _setup(services, tmp_path, embedder, max_batch_failures=3)
     _produce(cfg, [_ok(i) for i in range(5)])
     with Monitor(cfg, languages, embedder=embedder, identifier=identifier) as m:
-        route = m._route
+        route = m.pipeline.route
 
-        def failing(good, *args):  # a failure outside the isolated stages, before any write, for one message
-            if any(event.id == "ok2" for _, event in good):
+        def failing(queries, *args):  # a failure outside the isolated stages, before any write, for one message
+            if any(q.id == "ok2" for q in queries):
                 raise ValueError("cannot count ok2")
-            return route(good, *args)
+            return route(queries, *args)
 
-        m._route = failing
+        m.pipeline.route = failing
         stats = m.run(burst=True, retry_backoff_s=0.01)
         failed = m.metrics.failed_batches.labels("error")._value.get()
     assert (stats.applied, stats.dead_lettered, dict(stats.reasons), failed) == (4, 1, {"internal_error": 1}, 3)
