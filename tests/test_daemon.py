@@ -25,8 +25,8 @@ import yaml
 from kafka import KafkaConsumer, TopicPartition
 
 from compass.cluster import make_clusterer
-from compass.config import load_languages
-from daemon.scheduler import stale
+from compass.drift import stale
+from compass.languages import load_languages
 from daemon.scheduler.dispatch import Dispatcher, inbox_key
 from daemon.scheduler.reload import ReloadingLanguages
 from daemon.scheduler.service import Daemon
@@ -308,7 +308,7 @@ def test_codebook_mismatch_is_not_compared(make_daemon, redis, cfg, caplog):
     d = make_daemon()
     ref(redis, version="v0")
     fill(redis, "sw", [0, 0, 0, 0], version="v1")
-    with caplog.at_level(logging.WARNING, logger="daemon.scheduler.service"):
+    with caplog.at_level(logging.WARNING, logger="daemon.scheduler"):
         r = d.check("sw", T0)
         d.check("sw", T0 + 1)
     assert (r.state, r.js, r.fired) == ("codebook_mismatch", None, False)
@@ -503,8 +503,8 @@ def test_a_calibrated_threshold_is_learned_after_the_burn_in(make_daemon, redis,
 def test_the_sequential_detector_fires_on_a_shifted_window(make_daemon, redis, cfg, langs_path):
     """The daemon feeds the window's new cluster ids to the CUSUM: every check's outcome and statistic equal the
     pure lifecycle's on the same observations (the arithmetic is hand-checked in tests/test_lifecycle.py)."""
-    from compass.config import LanguagesConfig
     from compass.drift.lifecycle import DriftState, Observation, step
+    from compass.languages import LanguagesConfig
 
     langs_path.write_text(DETECTOR_LANGS)
     settings = LanguagesConfig.model_validate(yaml.safe_load(DETECTOR_LANGS)).get("yo")
@@ -636,11 +636,6 @@ def test_messages_round_trip_and_reject_bad_input():
 
 def test_stale_shares_hand_computed():
     assert stale.noise_share([3, 0, 1]) == 0.25 and stale.noise_share([0, 0, 0]) is None
-    centroids = [[0.0, 0.0], [10.0, 0.0]]
-    # nearest distances 1, 3, 0.5: one of three beyond radius 2
-    assert stale.far_share([[1.0, 0.0], [0.0, 3.0], [10.0, 0.5]], centroids, 2.0) == pytest.approx(1 / 3)
-    # training distances 1, 2, 3, 4: the median is 2.5
-    assert stale.calibrated_distance([[0, 1], [0, 2], [10, 3], [10, 4]], centroids, 0.5) == pytest.approx(2.5)
     reading = stale.assess(0.5, 0.1, 0.3, 0.3)
     assert reading.stale and reading.why == "noise share 0.500 > 0.3"
     assert not stale.assess(0.3, None, 0.3, 0.3).stale  # at the level is not past it
@@ -668,6 +663,9 @@ class FixedEmbedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
         return np.tile(self.vector, (len(texts), 1))
+
+    def close(self) -> None:
+        pass
 
 
 def calibration_rows() -> np.ndarray:
@@ -730,7 +728,7 @@ def test_far_share_unknown_never_crashes_a_check(make_daemon, redis, cfg, far_se
 
     # no calibration in the codebook: unknown, logged once, nothing embedded, not an error
     fill(redis, "sw", [0, 1, 0, 1], version=uncalibrated, n_buckets=4)
-    with caplog.at_level(logging.WARNING, logger="daemon.scheduler.service"):
+    with caplog.at_level(logging.WARNING, logger="daemon.scheduler"):
         states = [d.check("sw", T0 + i).state for i in range(2)]
     assert states == ["below_threshold", "below_threshold"] and d.status("sw").last_check["far_share"] is None
     assert sum("has no calibrated distance" in rec.getMessage() for rec in caplog.records) == 1
@@ -740,7 +738,7 @@ def test_far_share_unknown_never_crashes_a_check(make_daemon, redis, cfg, far_se
     caplog.clear()
     fill(redis, "sw", [0, 1, 0, 1], version="v1", n_buckets=3)
     ref(redis)
-    with caplog.at_level(logging.WARNING, logger="daemon.scheduler.service"):
+    with caplog.at_level(logging.WARNING, logger="daemon.scheduler"):
         assert [d.check("sw", T0 + 10 + i).state for i in range(2)] == ["below_threshold", "below_threshold"]
     assert sum("far share not measured: CodebookNotFound" in rec.getMessage() for rec in caplog.records) == 1
     assert far_errors(d) == 2.0
@@ -758,7 +756,7 @@ def test_far_share_unknown_never_crashes_a_check(make_daemon, redis, cfg, far_se
             raise ConnectionError("embedding service down")
 
     broken = make_daemon("daemon-c", config=config, embedder=Broken(FAR_VEC, model_id="fixed:test"))
-    other._release("yo")  # hand the language's lease over to daemon-c
+    other.release("yo")  # hand the language's lease over to daemon-c
     r = broken.check("yo", T0 + 1)
     assert r.state == "no_reference" and far_errors(broken, "yo") == 1.0
     assert broken.status("yo").last_check["far_share"] is None
@@ -773,7 +771,7 @@ def test_no_recent_texts_means_far_share_unknown(make_daemon, redis, cfg, far_se
     items = [Assignment(f"q{i}", b, "compass.queries", 0, next(_offsets), None) for i, b in enumerate([0, 1, 0, 1])]
     WindowStore(redis, store_texts=False).apply_batch({"sw": (4, items)}, version, 4)
     assert WindowStore(redis).recent("sw") == [("q0", None), ("q1", None), ("q2", None), ("q3", None)]
-    with caplog.at_level(logging.WARNING, logger="daemon.scheduler.service"):
+    with caplog.at_level(logging.WARNING, logger="daemon.scheduler"):
         assert [d.check("sw", T0 + i).state for i in range(2)] == ["no_reference", "no_reference"]
     assert sum("no recent texts" in rec.getMessage() for rec in caplog.records) == 1
     assert d.status("sw").last_check["far_share"] is None and embedder.calls == 0 and far_errors(d) == 0.0

@@ -42,13 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from compass.config import LanguagesConfig, ServiceConfig
 from compass.drift.eq3 import Pool
 from compass.drift.replay import batches, ready_threshold
 from compass.drift.scoring import make_row
 from compass.drift.simulate import SimulationConfig, Stream, SweepRow, assemble, fit_codebook, references_for
 from compass.langid import UND
+from compass.languages import LanguagesConfig
 from consumers.events import QueryEvent
+from infra.settings import ServiceConfig
 
 EVENT_WAIT_S = 60.0  # how long the daemon's events consumer may take to join, and a report to reach the inbox
 
@@ -94,10 +95,11 @@ def _run_config(service: ServiceConfig, run: str, codebook_dir: Path) -> Service
 
 def _cleanup(cfg: ServiceConfig, client: Any) -> None:
     from infra.clients import kafka_admin
+    from infra.keys import Keys
 
     k = cfg.kafka
     with contextlib.suppress(Exception):
-        keys = list(client.scan_iter(match=f"{cfg.redis.key_prefix}:*", count=1000))
+        keys = list(client.scan_iter(match=Keys(cfg.redis.key_prefix).everything(), count=1000))
         for i in range(0, len(keys), 500):
             client.delete(*keys[i:i + 500])
     with contextlib.suppress(Exception):

@@ -18,11 +18,11 @@ from typing import Any
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
-from compass.config import KafkaConfig
 from infra import history
 from infra.clients import kafka_consumer, kafka_producer
 from infra.deadletter import DeadLetterWriter
 from infra.intake import MAX_FAILURES, IsolatedIntake
+from infra.keys import Keys
 from infra.messages import (
     SCHEMA_HEADER,
     SCHEMA_VERSION,
@@ -33,6 +33,7 @@ from infra.messages import (
     decode_event,
     encode,
 )
+from infra.settings import KafkaConfig
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 10.0
@@ -41,7 +42,7 @@ BAD_EVENT = "bad_event"  # the dead-letter reason of a malformed event
 
 
 def inbox_key(lang: str, prefix: str) -> str:
-    return f"{prefix}:{{{lang}}}:inbox"
+    return Keys(prefix).inbox(lang)
 
 
 class Dispatcher:

@@ -1,29 +1,36 @@
 """The far share of a language's recent traffic (paper §6.1): the default ``FarShareFn`` of the drift daemon.
 
 ``RecentFarShare(lang, snapshot)`` embeds ``lang``'s recent texts (kept by the window store) and measures the
-share farther from every centroid of the window's codebook than its calibrated distance (daemon/scheduler/stale.py); the
-daemon compares it with ``daemon.stale_far_share`` through compass/drift/lifecycle.py's stale rule.
+share farther from every centroid of the window's codebook than its calibrated distance
+(``compass.drift.stale.share_beyond``); the daemon compares it with ``daemon.stale_far_share`` through
+compass/drift/lifecycle.py's stale rule.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
-from compass.config import ServiceConfig
+from compass.drift.stale import share_beyond
 from compass.embed.base import Embedder
-from daemon.scheduler import stale
 from infra.codebook import Codebook, CodebookStore
+from infra.settings import ServiceConfig
 from infra.window import WindowSnapshot, WindowStore
 
 log = logging.getLogger(__name__)
 
-# far share of a language's recent points: (lang, window snapshot) -> share in [0, 1], or None when unmeasured
-FarShareFn = Callable[[str, WindowSnapshot], float | None]
+
+class FarShareFn(Protocol):
+    """Measures the far share of a language's recent points; the daemon closes it when it stops."""
+
+    def __call__(self, lang: str, snap: WindowSnapshot) -> float | None:
+        """The share in [0, 1], or None when unmeasured."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class RecentFarShare:
@@ -32,7 +39,7 @@ class RecentFarShare:
     window's codebook than its calibrated distance (``daemon.stale_distance_quantile`` of the training distances,
     infra/codebook.py). None (unknown) when the window keeps no texts (``consumer.store_texts: false``) or the
     codebook has no calibration; each such reason is logged once per language. Other failures raise, for the
-    daemon to log and count. The embedder (``compass.embed.make_embedder``) is built on first use, once."""
+    daemon to log and count. The embedder (``infra.embedders.make_embedder``) is built on first use, once."""
 
     def __init__(self, config: ServiceConfig, windows: WindowStore, client: redis.Redis,
                  embedder: Embedder | None = None):
@@ -67,12 +74,11 @@ class RecentFarShare:
             embedder = self._embedder_()
             codebook.check_model(embedder.model_id)
             X = embedder.encode(texts)
-        return stale.share_beyond(codebook.nearest_distances(X), radius)
+        return share_beyond(codebook.nearest_distances(X), radius)
 
     def close(self) -> None:
-        close = getattr(self._embedder, "close", None)
-        if callable(close):
-            close()
+        if self._embedder is not None:  # built on first use: nothing to close before
+            self._embedder.close()
 
     def _load(self, version: str) -> Codebook:
         if self._codebook is None or self._codebook.version != version:
@@ -81,7 +87,7 @@ class RecentFarShare:
 
     def _embedder_(self) -> Embedder:
         if self._embedder is None:
-            from compass.embed import make_embedder
+            from infra.embedders import make_embedder
 
             self._embedder = make_embedder(self.embedder_config)
         return self._embedder

@@ -13,8 +13,8 @@ import signal
 import threading
 from pathlib import Path
 
-from compass.config import LanguagesConfig, load_languages
 from compass.errors import ConfigError
+from compass.languages import LanguagesConfig, load_languages
 
 log = logging.getLogger(__name__)
 

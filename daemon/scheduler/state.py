@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from compass.config import LanguagesConfig, LanguageSettings
 from compass.drift.lifecycle import DriftState, detector_mode
 from compass.drift.trigger import TriggerState
+from compass.languages import LanguagesConfig, LanguageSettings
 
 
 @dataclass

@@ -1,0 +1,79 @@
+"""Step 4 of a check, write: ``{prefix}:{lang}:status`` (scheduler/state.py) with the lease's fencing token.
+
+A newer lease holder wins: the write fails and the check hands the reports and operator requests it took back to
+the next check (``give_back``), this replica's or the newer holder's. A written check updates the language's
+gauges and, unless nothing was decided on the window (``UNMEASURED_STATES``), appends its reading to the JS history
+the status page draws (infra/history.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import redis
+
+from compass.drift.lifecycle import Step, detector_mode
+from compass.languages import LanguageSettings
+from daemon.scheduler.dispatch import requeue_inbox
+from daemon.scheduler.metrics import DaemonMetrics
+from daemon.scheduler.results import UNMEASURED_STATES, CheckResult, Reading
+from daemon.scheduler.state import LanguageStatus, effective_threshold
+from infra import history
+from infra.keys import Keys
+from infra.lock import LanguageLease
+
+log = logging.getLogger(__name__)
+
+
+class StatusWriter:
+    """Writes checks fenced and records them (metrics, history); hands back what a check did not act on."""
+
+    def __init__(self, client: redis.Redis, prefix: str, keys: Keys, owner: str,
+                 metrics: DaemonMetrics, history_cap: int):
+        self.client = client
+        self.prefix = prefix
+        self.keys = keys
+        self.owner = owner
+        self.metrics = metrics
+        self.history_cap = history_cap  # daemon.history_js_max
+
+    def write(self, lease: LanguageLease, token: int, st: LanguageStatus, result: CheckResult, out: Step,
+              settings: LanguageSettings, read: Reading) -> bool:
+        """Record the check in ``st.last_check`` and write ``st`` fenced; False when a newer holder has written."""
+        obs, snap = read.obs, read.snap
+        threshold = out.threshold if out.threshold is not None else effective_threshold(st.drift, settings, snap.size)
+        st.last_check = {"at": obs.now, "state": result.state, "js": result.js, "n_samples": result.n_samples,
+                         "theta": settings.theta, "detail": result.detail, "detector": detector_mode(settings),
+                         "statistic": out.statistic, "threshold": threshold, "noise_share": obs.noise_share,
+                         "far_share": obs.far_share, "size": snap.size, "codebook_version": snap.codebook_version}
+        if settings.quality_signal != "none":
+            st.last_check.update(quality=obs.quality, quality_alarm=st.drift.quality_alarm)
+        return lease.fenced_set("status", st.to_json(), token)
+
+    def finish(self, lang: str, st: LanguageStatus, result: CheckResult) -> CheckResult:
+        """Metrics and the status page's history of a written check."""
+        m, d = self.metrics, st.drift
+        m.updating.labels(lang).set(1 if d.phase == "updating" else 0)
+        m.stuck.labels(lang).set(1 if d.phase == "stuck" else 0)
+        m.failures.labels(lang).set(d.failures)
+        threshold = (st.last_check or {}).get("threshold")
+        if threshold is not None:
+            m.threshold.labels(lang).set(threshold)
+        if result.state not in UNMEASURED_STATES:
+            try:  # a failure there never changes the check's outcome
+                history.record_check(self.client, lang, st.last_check or {}, self.prefix, cap=self.history_cap)
+            except Exception as e:
+                log.warning("%s: JS history not recorded: %s", lang, e)
+                self.metrics.errors.labels(lang, "history").inc()
+        return result
+
+    def give_back(self, lang: str, read: Reading) -> None:
+        """Hand what a check took and did not act on (reports, a manual trigger, a resume) to the next check, this
+        replica's or the newer lease holder's."""
+        obs = read.obs
+        requeue_inbox(self.client, lang, self.prefix, read.drained)
+        for name, asked in (("force", obs.forced), ("resume", obs.resume)):
+            if asked:
+                self.client.set(self.keys.language(lang, name),
+                                json.dumps({"at": obs.now, "by": self.owner, "requeued": True}))
