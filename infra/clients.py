@@ -18,8 +18,8 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from compass.config import KafkaConfig, RedisConfig
-from compass.errors import ServiceUnavailable
+from infra.errors import ServiceUnavailable
+from infra.settings import KafkaConfig, RedisConfig
 
 # How long a client waits for its first broker metadata (kafka-python's default is 30 s).
 BOOTSTRAP_TIMEOUT_MS = 5000

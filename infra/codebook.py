@@ -34,7 +34,6 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,20 +41,17 @@ import numpy as np
 import redis
 
 from compass.cluster import Clusterer, load_clusterer
-from compass.cluster.base import NOISE
+from compass.cluster.codebook import Codebook, CodebookError, centroids_of, distance_quantiles, lineage_of
+from compass.cluster.codebook import EmbedderMismatch as EmbedderMismatch  # re-exported: the watcher's callers catch it
 from compass.errors import CompassError
-from infra.window import LUA_OLDER, VERSION_RE, lineage_of
+from infra.keys import Keys
+from infra.window import LUA_OLDER, VERSION_RE
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 _LANG = re.compile(r"^[a-z]{2,3}$")
 LABELS_FILE = "labels.json"
-QUANTILES = (0.90, 0.95, 0.99)  # the calibrated distances a manifest records, keyed "0.90", "0.95", "0.99"
-
-
-class CodebookError(CompassError, RuntimeError):
-    """A codebook cannot be published or loaded; the message names the version, the path and the fix."""
 
 
 class CodebookNotFound(CodebookError, LookupError):
@@ -64,68 +60,6 @@ class CodebookNotFound(CodebookError, LookupError):
 
 class CodebookVersionError(CompassError, ValueError):
     """A version string is malformed (only [A-Za-z0-9._-], starting with a letter or digit)."""
-
-
-class EmbedderMismatch(CompassError, ValueError):
-    """A codebook was fitted on another embedder's vectors than the ones it is asked to assign."""
-
-
-@dataclass(frozen=True)
-class Codebook:
-    version: str
-    clusterer: Clusterer
-    model_id: str  # the embedder whose vectors the clusterer was fitted on
-    languages: tuple[str, ...] | None  # language scope; None = every language
-    created_at: float  # unix seconds
-    parent: str | None  # the version this one was derived from (a revision's or a re-fit's origin)
-    distance_quantiles: dict[str, float] | None = None  # {"0.95": d, ...} of training distances; None: uncalibrated
-
-    @property
-    def lineage(self) -> str:
-        """The fit whose cluster ids this version keeps (itself for a fit): windows reset only when it changes."""
-        return lineage_of(self.version)
-
-    @property
-    def n_clusters(self) -> int:
-        return int(self.clusterer.n_clusters_)
-
-    @property
-    def n_buckets(self) -> int:
-        """Clusters plus one noise bucket, the last one: the layout of a monitor window's counts."""
-        return self.n_clusters + 1
-
-    def assign(self, X: np.ndarray) -> np.ndarray:
-        """Bucket ids (int64) of the rows of ``X``: the cluster id, or ``n_clusters`` for noise."""
-        labels = np.asarray(self.clusterer.predict(X), dtype=np.int64)
-        k = self.n_clusters
-        bad = (labels < NOISE) | (labels >= k)
-        if bad.any():
-            raise CodebookError(
-                f"codebook {self.version}: the clusterer answered label {int(labels[bad][0])}, outside "
-                f"[{NOISE}, {k}); the codebook's files are inconsistent: publish a new one"
-            )
-        return np.where(labels == NOISE, k, labels)
-
-    def nearest_distances(self, X: np.ndarray) -> np.ndarray:
-        """Cosine distance (float64) of each row of ``X`` to its nearest centroid; inf without centroids."""
-        return nearest_cosine_distances(X, _centroids(self.clusterer))
-
-    def calibrated_distance(self, quantile: float) -> float | None:
-        """The ``quantile`` of the training rows' nearest-centroid distances, or None when the manifest has no
-        such quantile (published without its training vectors, or ``quantile`` not among those recorded)."""
-        for key, value in (self.distance_quantiles or {}).items():
-            if abs(float(key) - quantile) < 1e-9:
-                return value
-        return None
-
-    def check_model(self, model_id: str) -> None:
-        """Raise ``EmbedderMismatch`` unless the codebook was fitted on vectors of ``model_id``."""
-        if model_id != self.model_id:
-            raise EmbedderMismatch(
-                f"codebook {self.version} was fitted on embedder {self.model_id!r} but the vectors come from "
-                f"{model_id!r}; clusters of one embedder mean nothing in another's space: configure the same "
-                "embedder, or build a codebook for this one (compass codebook build)"
-            )
 
 
 # KEYS: pointer. ARGV: new version, new lineage, expected parent ('' = a new fit).
@@ -150,7 +84,7 @@ class CodebookStore:
         self.root = Path(root)
         self.client = client
         self.prefix = prefix
-        self.pointer_key = f"{prefix}:codebook:current"
+        self.pointer_key = Keys(prefix).codebook_current()
         self._pointer = client.register_script(_POINTER_LUA) if client is not None else None
 
     # ------------------------------------------------------------------ write
@@ -188,7 +122,7 @@ class CodebookStore:
             "parent": parent,
             "n_clusters": int(clusterer.n_clusters_),
             "dim": _dim(clusterer),
-            "distance_quantiles": None if X_fit is None else distance_quantiles(X_fit, _centroids(clusterer)),
+            "distance_quantiles": None if X_fit is None else distance_quantiles(X_fit, centroids_of(clusterer)),
         }
         if labels is not None:
             _check_labels("(new)", "labels", labels, int(clusterer.n_clusters_))
@@ -438,44 +372,6 @@ def _check_labels(version: str, where: str, doc: object, n_clusters: int | None)
         )
 
 
-def nearest_cosine_distances(X: np.ndarray, centroids: np.ndarray, batch: int = 8192) -> np.ndarray:
-    """``1 - max_k cos(x, c_k)`` (float64, in [0, 2]) of each row of ``X``; inf for every row without centroids.
-    Rows are normalised here, so it is the cosine distance whatever their norm (a zero row is at distance 1)."""
-    X = np.asarray(X)
-    C = np.asarray(centroids, dtype=np.float64)
-    if X.ndim != 2 or C.ndim != 2 or (len(C) and X.shape[1] != C.shape[1]):
-        raise CodebookError(
-            f"vectors of shape {X.shape} do not match centroids of shape {C.shape}; pass (n, dim) rows of the "
-            "embedder the codebook was fitted with"
-        )
-    if len(C) == 0:
-        return np.full(len(X), np.inf)
-    C = C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
-    out = np.empty(len(X), dtype=np.float64)
-    for s in range(0, len(X), batch):
-        rows = np.asarray(X[s : s + batch], dtype=np.float64)
-        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-        out[s : s + batch] = 1.0 - (rows @ C.T).max(axis=1)
-    return np.clip(out, 0.0, 2.0)  # round-off just below 0 for a row equal to a centroid
-
-
-def distance_quantiles(X_fit: np.ndarray, centroids: np.ndarray) -> dict[str, float] | None:
-    """``{"0.90": d, "0.95": d, "0.99": d}``: quantiles (numpy's linear) of the training rows' nearest-centroid
-    cosine distances; None when there are no centroids (e.g. HDBSCAN found only noise)."""
-    X_fit = np.asarray(X_fit)
-    if X_fit.ndim != 2 or len(X_fit) == 0:
-        raise CodebookError(
-            f"X_fit: got an array of shape {X_fit.shape}; pass the (n, dim) vectors the clusterer was fitted on "
-            "(n >= 1), or None to publish without a calibrated distance"
-        )
-    if not np.isfinite(X_fit).all():
-        raise CodebookError("X_fit: contains NaN or inf; pass the finite vectors the clusterer was fitted on")
-    if np.asarray(centroids).ndim != 2 or len(centroids) == 0:
-        return None
-    d = nearest_cosine_distances(X_fit, centroids)
-    return {f"{q:.2f}": float(v) for q, v in zip(QUANTILES, np.quantile(d, QUANTILES), strict=True)}
-
-
 def _check_quantiles(version: str, path: Path, value: object) -> dict[str, float] | None:
     if value is None:
         return None
@@ -496,11 +392,6 @@ def _is_quantile(key: str) -> bool:
         return 0.0 < float(key) < 1.0
     except ValueError:
         return False
-
-
-def _centroids(clusterer: Clusterer) -> np.ndarray:
-    centroids = getattr(clusterer, "centroids_", None)
-    return np.asarray(centroids) if centroids is not None and np.ndim(centroids) == 2 else np.zeros((0, 0))
 
 
 def _check_languages(languages: Sequence[str] | None) -> tuple[str, ...] | None:

@@ -1,9 +1,10 @@
 """An OpenAI-compatible embeddings endpoint: POST {url}/embeddings with {"model", "input": [...]}.
 
 Texts go in batches of ``batch_size``. Connection errors, timeouts, HTTP 429 and 5xx are retried up to
-``max_retries`` times with exponential back-off and jitter, honouring a Retry-After header; any other 4xx
-fails at once, since sending the same request again cannot help. The bearer token lives only in the
-client's headers: it is never logged, put in a repr, or echoed back in an error message.
+``max_retries`` times with the project's retry policy (``infra/retry.py``: exponential back-off with jitter,
+honouring a Retry-After header); any other 4xx fails at once, since sending the same request again cannot help. The
+bearer token lives only in the client's headers: it is never logged, put in a repr, or echoed back in an error
+message.
 
 ``dim`` is learned from the first response; reading it earlier sends one probe request.
 """
@@ -11,18 +12,18 @@ client's headers: it is never logged, put in a repr, or echoed back in an error 
 from __future__ import annotations
 
 import base64
-import email.utils
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 import numpy as np
+import tenacity
 
 from compass.embed.base import check_texts, empty, l2_normalize
 from compass.errors import EmbedderError, EmbedderUnavailable
+from infra.retry import parse_retry_after, retrying
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +32,12 @@ _SNIPPET = 300
 
 
 class _Retryable(Exception):
-    """A failed attempt worth repeating; ``retry_after`` is the server's requested wait, if any."""
+    """A failed attempt worth repeating; ``retry_after_s`` is the server's requested wait, if any (the hint
+    ``infra.retry`` honours)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None):
+    def __init__(self, reason: str, retry_after_s: float | None = None):
         super().__init__(reason)
-        self.retry_after = retry_after
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+        self.retry_after_s = retry_after_s
 
 
 class HttpEmbedder:
@@ -116,36 +103,32 @@ class HttpEmbedder:
         token = self._client.headers.get("Authorization", "").removeprefix("Bearer ")
         return text.replace(token, "***") if token else text
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        # Jitter (a random 50-100% of an exponential ceiling) keeps many clients from retrying in step.
-        delay = random.uniform(0.5, 1.0) * min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.backoff_max_s))
-        return delay
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning(
+            "embeddings %s: %s; retry %d/%d in %.2fs",
+            self.endpoint, error, state.attempt_number, self.max_retries, delay,
+        )
 
     def _embed_batch(self, batch: list[str]) -> np.ndarray:
         payload: dict[str, Any] = {"input": batch, "encoding_format": "float"}
         if self.model:
             payload["model"] = self.model
-        last, retry_after = "", None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                delay = self._backoff(attempt - 1, retry_after)
-                log.warning(
-                    "embeddings %s: %s; retry %d/%d in %.2fs",
-                    self.endpoint, last, attempt, self.max_retries, delay,
-                )
-                self._sleep(delay)
-            retry_after = None
-            try:
-                return self._attempt(payload, batch)
-            except _Retryable as e:
-                last, retry_after = str(e), e.retry_after
-        raise EmbedderUnavailable(
-            f"embeddings endpoint {self.endpoint} failed after {self.max_retries + 1} attempt(s); "
-            f"last error: {last}. Check that the server is running and reachable, or raise "
-            "embedder.timeout_s / embedder.max_retries"
+        # Jitter "half" (a random 50-100% of the exponential ceiling) keeps many clients from retrying in step;
+        # a Retry-After hint raises the wait to at most backoff_max_s.
+        policy = retrying(
+            on=_Retryable, attempts=self.max_retries + 1, base_s=self.backoff_base_s, max_s=self.backoff_max_s,
+            jitter="half", sleep=self._sleep, before_sleep=self._log_retry,
         )
+        try:
+            return policy(self._attempt, payload, batch)
+        except _Retryable as e:
+            raise EmbedderUnavailable(
+                f"embeddings endpoint {self.endpoint} failed after {self.max_retries + 1} attempt(s); "
+                f"last error: {e}. Check that the server is running and reachable, or raise "
+                "embedder.timeout_s / embedder.max_retries"
+            ) from None
 
     def _attempt(self, payload: dict[str, Any], batch: list[str]) -> np.ndarray:
         self.requests_sent += 1
@@ -163,7 +146,7 @@ class HttpEmbedder:
             )
         if status in _RETRY_STATUS:
             raise _Retryable(
-                f"HTTP {status}: {self._snippet(resp)}", _retry_after(resp.headers.get("Retry-After"))
+                f"HTTP {status}: {self._snippet(resp)}", parse_retry_after(resp.headers.get("Retry-After"))
             )
         if status >= 400:
             raise EmbedderError(

@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from compass.errors import CompassError
+from infra.keys import Keys
 from infra.messages import Event
 
 JS_MAX = 2000  # readings kept per language: ~33 h at the default 60 s check interval
@@ -37,11 +38,11 @@ class HistoryError(CompassError, ValueError):
 
 
 def js_key(lang: str, prefix: str = "compass") -> str:
-    return f"{prefix}:{{{lang}}}:history:js"
+    return Keys(prefix).history_js(lang)
 
 
 def events_key(lang: str, prefix: str = "compass") -> str:
-    return f"{prefix}:{{{lang}}}:history:events"
+    return Keys(prefix).history_events(lang)
 
 
 def _cap(cap: Any, name: str) -> int:
@@ -109,13 +110,6 @@ def queue_event(pipe: redis.client.Pipeline, event: Event, prefix: str = "compas
     key = events_key(event.language, prefix)
     pipe.lpush(key, json.dumps(event.to_json(), ensure_ascii=False))
     pipe.ltrim(key, 0, cap - 1)
-
-
-def record_event(client: redis.Redis, event: Event, prefix: str = "compass", cap: int = EVENTS_MAX) -> None:
-    """Put ``event`` at the head of its language's timeline, keeping the newest ``cap``."""
-    with client.pipeline(transaction=True) as pipe:
-        queue_event(pipe, event, prefix, cap)
-        pipe.execute()
 
 
 def _rows(raw: list[bytes]) -> list[dict[str, Any]]:

@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 import kafka.errors
 
-from compass.errors import CompassError, ServiceUnavailable
+from compass.errors import CompassError
 from infra.clients import REDIS_ERRORS
 from infra.deadletter import DeadLetterError
+from infra.errors import ServiceUnavailable
 from infra.window import StaleCodebookError, WindowStateError
 
 T = TypeVar("T")

@@ -7,11 +7,9 @@ per-language lease (infra/lock.py) and the consumers' codebook-revision publishe
 
 from __future__ import annotations
 
-import re
-
 import redis
 
-_HASH_TAG = re.compile(r"\{[^}]+\}")  # Redis Cluster hashes only the first non-empty {...} of a key
+from infra.keys import fence
 
 # KEYS[1] lease, KEYS[2] fence counter; ARGV[1] owner, ARGV[2] ttl ms -> fencing token or false
 _ACQUIRE = """
@@ -46,9 +44,8 @@ class Lease:
         self.key = key
         self.owner = owner
         self.ttl_ms = ttl_ms
-        # one script touches lease and fence: on Redis Cluster both must hash to one slot. A key with a hash tag
-        # keeps it in "key:fence"; an untagged key's own name becomes the fence's tag (same slot as the key).
-        self._fence_key = f"{key}:fence" if _HASH_TAG.search(key) else f"{{{key}}}:fence"
+        # one script touches lease and fence: on Redis Cluster both must hash to one slot (infra/keys.py fence)
+        self._fence_key = fence(key)
         self.token: int | None = None  # fencing token of the current hold
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import redis
 
+from infra.keys import Keys, fence
 from infra.lease import Lease
 
 # KEYS[1] guarded key, KEYS[2] its last-writer token; ARGV[1] token, ARGV[2] value -> 1 if written
@@ -28,8 +29,8 @@ class LanguageLease(Lease):
     """The lease of one language held by ``owner`` (e.g. ``hostname:pid``)."""
 
     def __init__(self, client: redis.Redis, lang: str, owner: str, ttl_ms: int = 30_000, prefix: str = "compass"):
-        self._tag = f"{prefix}:{{{lang}}}"
-        super().__init__(client, f"{self._tag}:lease", owner, ttl_ms)
+        self._keys = Keys(prefix)
+        super().__init__(client, self._keys.lease(lang), owner, ttl_ms)
         self.lang = lang
         self._fenced_set = client.register_script(_FENCED_SET)
 
@@ -38,5 +39,5 @@ class LanguageLease(Lease):
         token = self.token if token is None else token
         if token is None:
             return False
-        key = f"{self._tag}:{name}"
-        return bool(self._fenced_set(keys=[key, f"{key}:fence"], args=[token, value]))
+        key = self._keys.language(self.lang, name)
+        return bool(self._fenced_set(keys=[key, fence(key)], args=[token, value]))

@@ -22,6 +22,7 @@ import redis
 
 from compass.drift import reference_distribution
 from compass.errors import CompassError
+from infra.keys import Keys
 
 
 class BadReference(CompassError, ValueError):
@@ -43,7 +44,7 @@ class Reference:
 
 
 def reference_key(lang: str, prefix: str = "compass") -> str:
-    return f"{prefix}:{{{lang}}}:ref"
+    return Keys(prefix).reference(lang)
 
 
 def _probs_from(counts: Sequence[float] | np.ndarray | None, probs: Sequence[float] | np.ndarray | None) -> list[float]:

@@ -17,7 +17,7 @@ is 2-3 letters, so the tag never collides with a language's ``{ll}``):
                                              newest last; expires ``samples_ttl_s`` after the last write
   {prefix}:{unserved}:emerging        string the daemon's episodes (compass/drift/emerging.py), JSON, written
                                              fenced (``...:emerging:fence``) under the daemon's lease
-                                             ``{prefix}:{unserved}:lease`` (daemon/scheduler/service.py check_unserved)
+                                             ``{prefix}:{unserved}:lease`` (daemon/scheduler/unserved.py)
 
 Exactly once, like infra/window.py: one Lua call per batch compares each message's offset with ``offsets``
 (a re-delivered message is a duplicate and skipped), then increments, pushes the samples and records the new
@@ -35,9 +35,10 @@ from dataclasses import dataclass
 
 import redis
 
+from infra.keys import UNSERVED, Keys
 from infra.window import _LANG, _PREFIX, _TOPIC, MAX_OFFSET, WindowInputError, _is_int, _pairs, _text
 
-TAG = "unserved"
+TAG = UNSERVED  # the hash tag of every key here (infra/keys.py)
 SERVED_FIELD = "_served"  # the served count of a bucket (never a language code: those are 2-3 letters)
 _ID_MAX = 256  # a sample id longer than this is cut (ids are for looking queries up, not for storage)
 
@@ -182,6 +183,7 @@ class UnservedStore:
             raise WindowInputError("UnservedStore: " + "; ".join(problems))
         self.client = client
         self.prefix = prefix
+        self._keys = Keys(prefix)
         self.bucket_s, self.retention_s = int(bucket_s), int(retention_s)
         self.samples_max, self.samples_ttl_s = int(samples_max), int(samples_ttl_s)
         self._apply = client.register_script(_APPLY_LUA)
@@ -190,13 +192,13 @@ class UnservedStore:
     # ------------------------------------------------------------------ keys
 
     def key(self, name: str) -> str:
-        return f"{self.prefix}:{{{TAG}}}:{name}"
+        return self._keys.unserved(name)
 
     def bucket_key(self, bucket: int) -> str:
-        return self.key(f"bucket:{bucket}")
+        return self._keys.unserved_bucket(bucket)
 
     def samples_key(self, lang: str) -> str:
-        return self.key(f"samples:{lang}")
+        return self._keys.unserved_samples(lang)
 
     def bucket_of(self, at_ms: int) -> int:
         return int(at_ms) // (1000 * self.bucket_s)

@@ -45,14 +45,16 @@ import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
+from compass.cluster.codebook import lineage_of
 from compass.errors import CompassError
+from infra.keys import PREFIX as _PREFIX
+from infra.keys import WINDOW_KINDS, Keys
 
 _LANG = re.compile(r"^[a-z]{2,3}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # no path traversal; a non-empty lineage
-_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]+$")  # no glob characters: languages() scans with it
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's topic alphabet; never contains ':'
 MAX_OFFSET = 2**53  # offsets are compared as Lua numbers (doubles): exact below 2**53
-KINDS = ("window", "counts", "offsets", "recent", "meta", "quality", "ids")
+KINDS = WINDOW_KINDS  # the order of the scripts' KEYS
 QUALITY_MAX = 100_000  # unread quality scores kept per language (the daemon pops them every check)
 
 
@@ -335,6 +337,7 @@ class WindowStore:
             raise WindowInputError(f"recent_ttl_s must be an integer >= 1 (seconds); got {recent_ttl_s!r}")
         self.client = client
         self.prefix = prefix
+        self._keys = Keys(prefix)
         self.store_texts = store_texts
         self.recent_max = recent_max
         self.recent_ttl_s = recent_ttl_s
@@ -352,7 +355,7 @@ class WindowStore:
     def keys(self, lang: str) -> dict[str, str]:
         """Every key of ``lang`` by kind; all carry the hash tag ``{lang}`` (one Redis Cluster slot)."""
         _check_lang(lang)
-        return {kind: f"{self.prefix}:{{{lang}}}:{kind}" for kind in KINDS}
+        return self._keys.window(lang)
 
     # ------------------------------------------------------------------ writes
 
@@ -468,12 +471,10 @@ class WindowStore:
 
     def languages(self) -> list[str]:
         """Languages that have a window (a meta hash), sorted."""
-        pattern = f"{self.prefix}:{{*}}:meta"
         found = set()
-        for key in self.client.scan_iter(match=pattern, count=1000):
-            name = _text(key)
-            lang = name[len(self.prefix) + 2 : -len("}:meta")]
-            if _LANG.match(lang):
+        for key in self.client.scan_iter(match=self._keys.every_language("meta"), count=1000):
+            lang = self._keys.language_of(_text(key), "meta")
+            if lang is not None and _LANG.match(lang):
                 found.add(lang)
         return sorted(found)
 
@@ -523,11 +524,6 @@ class WindowStore:
         if int(reply[0]) < 0:
             raise StaleCodebookError(version, {lang: _text(reply[1])})
         return _apply_result(reply)
-
-
-def lineage_of(version: str) -> str:
-    """The fit a codebook version descends from: ``L`` for ``L`` and for its revisions ``L.R``."""
-    return version.split(".", 1)[0]
 
 
 def _apply_result(reply: list) -> ApplyResult:
