@@ -109,11 +109,6 @@ def normalize(value: str) -> str:
     raise ValueError(f"language code {value!r} cannot be mapped; use e.g. 'en' or 'sw'")
 
 
-def is_known(code: str) -> bool:
-    """True for codes in the table (and ``und``); unknown but well-formed codes are still usable."""
-    return code in LANGUAGES or code == UNDETERMINED
-
-
 def name(code: str) -> str:
     """English name of a code, or the code itself when it is not in the table."""
     return LANGUAGES.get(code, (code, code))[1]

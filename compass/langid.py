@@ -35,8 +35,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from compass import langcodes
-from compass.config import LangIdConfig
 from compass.errors import LanguageIdError
+from compass.langid_config import LangIdConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,20 @@ class LanguageIdentifier(Protocol):
     def identify_batch(self, texts: Iterable[str]) -> list[Identification]: ...
 
 
-def make_identifier(cfg: LangIdConfig, languages: Sequence[str] | None = None) -> LanguageIdentifier:
+def make_identifier(cfg: LangIdConfig, languages: Sequence[str]) -> LanguageIdentifier:
     """Build the configured backend over the full model.
 
-    ``languages`` are the configured languages (codes in any form ``langcodes.normalize`` accepts; default: the
-    enabled languages of ``configs/languages.yaml``); they only break near-ties (``cfg.configured_tie_margin``).
-    A configured language the backend cannot identify raises ``LanguageIdError`` naming it: its queries could
-    never reach its adapter.
+    ``languages`` are the configured languages (codes in any form ``langcodes.normalize`` accepts; the caller
+    passes what it loaded, e.g. ``load_languages(path).enabled``, or ``()`` for none); they only break
+    near-ties (``cfg.configured_tie_margin``). A configured language the backend cannot identify raises
+    ``LanguageIdError`` naming it: its queries could never reach its adapter.
     """
     if languages is None:
-        from compass.config import load_languages
-
-        languages = load_languages().enabled
+        # an explicit None once meant "read configs/languages.yaml"; the method reads no config file itself
+        raise LanguageIdError(
+            "make_identifier needs the configured languages: pass languages=load_languages(path).enabled "
+            "(compass.languages), or languages=() for none"
+        )
     configured = _normalize_all(languages)
     if cfg.backend == "fasttext":
         if cfg.model_path is None:

@@ -6,10 +6,11 @@ names the field, the value received and the fix.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from compass import params
 from compass.errors import CompassError
+from compass.params import check_int, check_real
 
 # §4.3: "We target modules in the attention and feedforward layers"; these are the llama/qwen/mistral names.
 LLAMA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -20,16 +21,8 @@ class AdaptError(CompassError, ValueError):
 
 
 def bad_param(name: str, owner: str, expected: str, got: object) -> AdaptError:
-    """The project's error sentence: "The 'x' parameter of y must be z. Got v instead."."""
-    return AdaptError(f"The {name!r} parameter of {owner} must be {expected}. Got {got!r} instead.")
-
-
-def _is_real(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """The project's error sentence (compass/params.py) as an AdaptError."""
+    return params.bad_param(name, owner, expected, got, AdaptError)
 
 
 @dataclass(frozen=True)
@@ -55,13 +48,10 @@ class TrainConfig:
     seed: int = 0  # shuffling, validation split and dropout
 
     def __post_init__(self) -> None:
-        owner = "TrainConfig"
+        owner, err = "TrainConfig", AdaptError
         for name in ("rank", "alpha", "max_epochs", "patience", "batch_size", "max_length"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                raise bad_param(name, owner, "an int >= 1", v)
-        if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise bad_param("dropout", owner, "a float in [0, 1)", self.dropout)
+            check_int(name, owner, getattr(self, name), 1, err)
+        check_real("dropout", owner, self.dropout, ge=0.0, lt=1.0, error=err)
         tm = self.target_modules
         if isinstance(tm, str):
             if tm != "all-linear":
@@ -70,21 +60,18 @@ class TrainConfig:
             raise bad_param(
                 "target_modules", owner, "a non-empty tuple of module names (e.g. ('q_proj', 'v_proj'))", tm
             )
-        if not _is_real(self.lr) or self.lr <= 0:
-            raise bad_param("lr", owner, "a float > 0 (the paper uses 2e-4 or 1e-4)", self.lr)
+        check_real("lr", owner, self.lr, gt=0.0, must="a float > 0 (the paper uses 2e-4 or 1e-4)", error=err)
         b = self.betas
-        if not isinstance(b, tuple | list) or len(b) != 2 or not all(_is_real(x) and 0.0 <= x < 1.0 for x in b):
+        if not isinstance(b, tuple | list) or len(b) != 2 or not all(
+            params.is_number(x) and 0.0 <= x < 1.0 for x in b
+        ):
             raise bad_param("betas", owner, "a pair of floats in [0, 1), e.g. (0.9, 0.999)", b)
-        if not _is_real(self.weight_decay) or self.weight_decay < 0:
-            raise bad_param("weight_decay", owner, "a float >= 0", self.weight_decay)
-        if not _is_real(self.grad_clip) or self.grad_clip <= 0:
-            raise bad_param("grad_clip", owner, "a float > 0 (max gradient norm)", self.grad_clip)
-        if not _is_real(self.warmup_ratio) or not 0.0 <= self.warmup_ratio < 1.0:
-            raise bad_param("warmup_ratio", owner, "a float in [0, 1)", self.warmup_ratio)
-        if not _is_real(self.val_fraction) or not 0.0 <= self.val_fraction < 1.0:
-            raise bad_param("val_fraction", owner, "a float in [0, 1) (0 turns early stopping off)", self.val_fraction)
-        if not _is_int(self.seed):
-            raise bad_param("seed", owner, "an int", self.seed)
+        check_real("weight_decay", owner, self.weight_decay, ge=0.0, error=err)
+        check_real("grad_clip", owner, self.grad_clip, gt=0.0, must="a float > 0 (max gradient norm)", error=err)
+        check_real("warmup_ratio", owner, self.warmup_ratio, ge=0.0, lt=1.0, error=err)
+        check_real("val_fraction", owner, self.val_fraction, ge=0.0, lt=1.0,
+                   must="a float in [0, 1) (0 turns early stopping off)", error=err)
+        check_int("seed", owner, self.seed, None, err)
 
 
 @dataclass(frozen=True)
@@ -97,10 +84,8 @@ class ECDAConfig:
     anchor_fraction: float = 0.05  # |B_anchor| = round(anchor_fraction * n_total)
 
     def __post_init__(self) -> None:
-        owner = "ECDAConfig"
-        if not _is_real(self.beta) or self.beta < 0:
-            raise bad_param("beta", owner, "a float >= 0 (App. D.4 default 0.1)", self.beta)
-        if not _is_real(self.lam) or self.lam < 0:
-            raise bad_param("lam", owner, "a float >= 0 (App. D.4 default 2)", self.lam)
-        if not _is_real(self.anchor_fraction) or not 0.0 < self.anchor_fraction <= 1.0:
-            raise bad_param("anchor_fraction", owner, "a float in (0, 1] (App. D.3 default 0.05)", self.anchor_fraction)
+        owner, err = "ECDAConfig", AdaptError
+        check_real("beta", owner, self.beta, ge=0.0, must="a float >= 0 (App. D.4 default 0.1)", error=err)
+        check_real("lam", owner, self.lam, ge=0.0, must="a float >= 0 (App. D.4 default 2)", error=err)
+        check_real("anchor_fraction", owner, self.anchor_fraction, gt=0.0, le=1.0,
+                   must="a float in (0, 1] (App. D.3 default 0.05)", error=err)

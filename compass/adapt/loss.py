@@ -8,7 +8,6 @@ L_EWC is ``compass.adapt.ewc.ewc_penalty`` (the lambda/2 factor lives there).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -55,7 +54,3 @@ def ecda_loss(task_loss: Tensor, anchor_loss: Tensor | None, ewc: Tensor | None,
     if ewc is not None:
         total = total + ewc
     return total
-
-
-def zero_like(t: Tensor) -> Tensor:
-    return torch.zeros((), dtype=t.dtype, device=t.device)

@@ -6,18 +6,16 @@ back without pickle. X is float32 (n, d) with unit-norm rows. See base.py for th
 """
 
 from compass.cluster.agglomerative import AgglomerativeClusterer, AgglomerativeConfig
-from compass.cluster.base import (
-    NOISE,
-    Clusterer,
+from compass.cluster.base import NOISE, Clusterer
+from compass.cluster.butina import ButinaClusterer, ButinaConfig
+from compass.cluster.errors import (
     ClusterError,
     ClusterInputError,
     ClusterLoadError,
     ClusterNotFittedError,
     ClusterParamError,
-    load_clusterer,
-    make_clusterer,
 )
-from compass.cluster.butina import ButinaClusterer, ButinaConfig
+from compass.cluster.factory import load_clusterer, make_clusterer
 from compass.cluster.hdbscan_ import HDBSCANClusterer, HDBSCANConfig
 from compass.cluster.kmeans import KMeansClusterer, KMeansConfig
 

@@ -19,17 +19,17 @@ from scipy.cluster.hierarchy import fcluster, linkage
 
 from compass.cluster.base import (
     BaseClusterer,
-    ClusterInputError,
     check_int,
     check_int_seq,
     compact_labels,
     cosine_silhouette,
     fit_sample,
-    nearest_centroid,
     normalised_means,
     param_error,
     silhouette_precomputed,
 )
+from compass.cluster.errors import ClusterInputError
+from compass.cluster.nearest import nearest_centroid
 
 OWNER = "AgglomerativeClusterer"
 
@@ -46,13 +46,13 @@ class AgglomerativeConfig:
 
     def __post_init__(self) -> None:
         if self.n_clusters is not None:
-            check_int(OWNER, "n_clusters", self.n_clusters, 1)
-        self.k_range = check_int_seq(OWNER, "k_range", self.k_range, 2)
-        check_int(OWNER, "max_fit_samples", self.max_fit_samples, 2)
-        check_int(OWNER, "silhouette_sample", self.silhouette_sample, 3)
-        check_int(OWNER, "seed", self.seed, 0)
+            check_int("n_clusters", OWNER, self.n_clusters, 1)
+        self.k_range = check_int_seq("k_range", OWNER, self.k_range, 2)
+        check_int("max_fit_samples", OWNER, self.max_fit_samples, 2)
+        check_int("silhouette_sample", OWNER, self.silhouette_sample, 3)
+        check_int("seed", OWNER, self.seed, 0)
         if self.n_clusters is not None and self.n_clusters > self.max_fit_samples:
-            raise param_error(OWNER, "n_clusters", f"<= max_fit_samples ({self.max_fit_samples})", self.n_clusters)
+            raise param_error("n_clusters", OWNER, f"<= max_fit_samples ({self.max_fit_samples})", self.n_clusters)
 
 
 class AgglomerativeClusterer(BaseClusterer):

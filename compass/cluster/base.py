@@ -7,8 +7,8 @@ members, so "nearest centroid" is a max inner product. ``predict`` on the rows o
 own partition for the rows they were fitted on (dendrogram cut, HDBSCAN tree, Butina claims), so a point on a
 border may be labelled differently by ``predict``.
 
-Persistence never uses pickle: a directory holding ``manifest.json`` (type, params, format version) and
-``.npy`` arrays read back with ``np.load(allow_pickle=False)``.
+Errors live in errors.py, the on-disk format in persist.py, nearest-centroid assignment in nearest.py and the
+registry (``make_clusterer``, ``load_clusterer``) in factory.py.
 """
 
 from __future__ import annotations
@@ -18,36 +18,14 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-import faiss
 import numpy as np
 
-from compass import __version__
-from compass.errors import CompassError
+from compass import params
+from compass.cluster.errors import ClusterInputError, ClusterLoadError, ClusterNotFittedError, ClusterParamError
+from compass.cluster.nearest import NOISE, nearest_centroid
+from compass.cluster.persist import write_dir
 
-NOISE = -1
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 NORM_TOL = 1e-3  # float32 embeddings land within ~1e-6 of unit norm; anything further was never normalised
-
-
-class ClusterError(CompassError):
-    """Root of the clustering errors."""
-
-
-class ClusterInputError(ClusterError, ValueError):
-    """X is not a non-empty, finite, 2-D array of unit-norm rows (of the fitted dimension)."""
-
-
-class ClusterParamError(ClusterError, ValueError):
-    """A clusterer parameter is invalid, alone or with the others."""
-
-
-class ClusterNotFittedError(ClusterError, RuntimeError):
-    """predict/save/update was called before fit."""
-
-
-class ClusterLoadError(ClusterError, ValueError):
-    """A saved clusterer directory is missing, malformed, of another format version, or does not reproduce."""
 
 
 @runtime_checkable
@@ -110,27 +88,25 @@ def check_X(X: Any, owner: str, dim: int | None = None, what: str = "X") -> np.n
     return arr
 
 
-def param_error(owner: str, param: str, must: str, got: Any) -> ClusterParamError:
-    return ClusterParamError(f"The {param!r} parameter of {owner} must be {must}. Got {got!r} instead.")
+def param_error(name: str, owner: str, must: str, got: Any) -> ClusterParamError:
+    """The project's error sentence (compass/params.py) as a ClusterParamError."""
+    return params.bad_param(name, owner, must, got, ClusterParamError)
 
 
-def check_int(owner: str, param: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise param_error(owner, param, f"an int >= {minimum}", value)
+def check_int(name: str, owner: str, value: Any, minimum: int) -> int:
+    """``value`` when it is an int (numpy ints too: grids often come from np.arange) >= minimum."""
+    return params.check_int(name, owner, value, minimum, ClusterParamError, allow_numpy=True)
 
 
-def check_int_seq(owner: str, param: str, value: Any, minimum: int) -> tuple[int, ...]:
+def check_int_seq(name: str, owner: str, value: Any, minimum: int) -> tuple[int, ...]:
     """A non-empty sequence of ints >= minimum, as a sorted tuple without duplicates."""
+    must = f"a non-empty sequence of ints >= {minimum} (e.g. range(10, 121, 5))"
     try:
         items = list(value)
     except TypeError:
-        must = f"a non-empty sequence of ints >= {minimum} (e.g. range(10, 121, 5))"
-        raise param_error(owner, param, must, value) from None
-    ok = bool(items) and all(
-        not isinstance(v, bool) and isinstance(v, int | np.integer) and v >= minimum for v in items
-    )
-    if not ok:
-        raise param_error(owner, param, f"a non-empty sequence of ints >= {minimum} (e.g. range(10, 121, 5))", value)
+        raise param_error(name, owner, must, value) from None
+    if not items or not all(params.is_int(v, allow_numpy=True) and v >= minimum for v in items):
+        raise param_error(name, owner, must, value)
     return tuple(sorted({int(v) for v in items}))
 
 
@@ -152,22 +128,6 @@ def normalised_means(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     # An empty cluster or members cancelling exactly would divide by zero; callers drop empty clusters first.
     return (sums / np.where(norms == 0, 1.0, norms)).astype(np.float32)
-
-
-def nearest_centroid(X: np.ndarray, centroids: np.ndarray, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """(labels int64, cosine similarity float32) of each row's nearest centroid, by exact inner product (faiss)."""
-    n = X.shape[0]
-    if centroids.shape[0] == 0:
-        return np.full(n, NOISE, dtype=np.int64), np.full(n, -np.inf, dtype=np.float32)
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    labels = np.empty(n, dtype=np.int64)
-    sims = np.empty(n, dtype=np.float32)
-    for s in range(0, n, batch):
-        D, Idx = index.search(X[s : s + batch], 1)
-        labels[s : s + batch] = Idx[:, 0]
-        sims[s : s + batch] = D[:, 0]
-    return labels, sims
 
 
 def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -198,94 +158,6 @@ def silhouette_precomputed(D: np.ndarray, labels: np.ndarray) -> float:
     if n_labels < 2 or n_labels > labels.size - 1:
         return -1.0
     return float(silhouette_score(D, labels, metric="precomputed"))
-
-
-# ---------------------------------------------------------------------------------------------- persistence
-
-
-def write_dir(
-    path: str | Path, kind: str, params: dict[str, Any], state: dict[str, Any], arrays: dict[str, np.ndarray]
-) -> None:
-    """Write ``manifest.json`` and one ``<name>.npy`` per array (numeric dtypes only, so no pickle is ever needed)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    for name, arr in arrays.items():
-        arr = np.asarray(arr)
-        assert arr.dtype.kind in "fiub", f"{name}: {arr.dtype} would need pickle"
-        np.save(path / f"{name}.npy", arr, allow_pickle=False)
-    manifest = {
-        "type": kind,
-        "format_version": FORMAT_VERSION,
-        "compass_version": __version__,
-        "params": params,
-        "state": state,
-        "arrays": sorted(arrays),
-    }
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    f = path / MANIFEST
-    if not f.is_file():
-        raise ClusterLoadError(f"{path}: no {MANIFEST}; pass the directory a clusterer's save() wrote.")
-    try:
-        manifest = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ClusterLoadError(f"{f}: not valid JSON ({e}); save the clusterer again.") from None
-    for key in ("type", "format_version", "params", "state", "arrays"):
-        if key not in manifest:
-            raise ClusterLoadError(f"{f}: missing key {key!r}; save the clusterer again.")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise ClusterLoadError(
-            f"{f}: format_version {manifest['format_version']!r}, this compass reads {FORMAT_VERSION}; "
-            "refit and save with this version."
-        )
-    return manifest
-
-
-def read_arrays(path: str | Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
-    path = Path(path)
-    out = {}
-    for name in manifest["arrays"]:
-        f = path / f"{name}.npy"
-        try:
-            out[name] = np.load(f, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise ClusterLoadError(f"{f}: cannot be read without pickle ({e}); save the clusterer again.") from None
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- factory
-
-
-def _registry() -> dict[str, type]:
-    # Imported here: the implementations import this module.
-    from compass.cluster.agglomerative import AgglomerativeClusterer
-    from compass.cluster.butina import ButinaClusterer
-    from compass.cluster.hdbscan_ import HDBSCANClusterer
-    from compass.cluster.kmeans import KMeansClusterer
-
-    return {c.name: c for c in (KMeansClusterer, HDBSCANClusterer, AgglomerativeClusterer, ButinaClusterer)}
-
-
-def make_clusterer(name: str, seed: int = 0, **params: Any) -> Clusterer:
-    """A new, unfitted clusterer: ``name`` is kmeans | hdbscan | agglomerative | butina; params go to its config."""
-    reg = _registry()
-    if name not in reg:
-        raise ClusterParamError(
-            f"The 'name' parameter of make_clusterer must be one of {sorted(reg)}. Got {name!r} instead."
-        )
-    return reg[name](seed=seed, **params)
-
-
-def load_clusterer(path: str | Path) -> Clusterer:
-    """The clusterer ``save(path)`` wrote, ready to predict (dispatches on manifest["type"])."""
-    manifest = read_manifest(path)
-    reg = _registry()
-    if manifest["type"] not in reg:
-        raise ClusterLoadError(f"{path}: unknown clusterer type {manifest['type']!r}; expected one of {sorted(reg)}.")
-    return reg[manifest["type"]]._from_saved(path, manifest, read_arrays(path, manifest))
 
 
 # ---------------------------------------------------------------------------------------------- shared behaviour
@@ -359,9 +231,9 @@ class BaseClusterer:
 
     def save(self, path: str | Path) -> None:
         self._check_fitted("save")
-        params = json.loads(json.dumps(dataclasses.asdict(self.config)))  # tuples become lists, as on load
+        saved = json.loads(json.dumps(dataclasses.asdict(self.config)))  # tuples become lists, as on load
         state = {"n_clusters": self.n_clusters_, "dim": self.dim_, **self._state()}
-        write_dir(path, self.name, params, state, self._arrays())
+        write_dir(path, self.name, saved, state, self._arrays())
 
     @classmethod
     def _from_saved(cls, path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> BaseClusterer:

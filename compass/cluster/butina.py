@@ -29,13 +29,13 @@ import numpy as np
 from compass.cluster.base import (
     NOISE,
     BaseClusterer,
-    ClusterInputError,
-    ClusterLoadError,
     check_int,
-    nearest_centroid,
     normalised_means,
     param_error,
 )
+from compass.cluster.errors import ClusterInputError, ClusterLoadError, ClusterParamError
+from compass.cluster.nearest import nearest_centroid
+from compass.params import check_real
 
 OWNER = "ButinaClusterer"
 
@@ -61,27 +61,23 @@ class ButinaConfig:
         try:
             lo, hi = (float(v) for v in self.threshold_range)
         except (TypeError, ValueError):
-            raise param_error(OWNER, "threshold_range", "a pair (low, high) with -1 <= low < high <= 1",
+            raise param_error("threshold_range", OWNER, "a pair (low, high) with -1 <= low < high <= 1",
                               self.threshold_range) from None
         if not -1.0 <= lo < hi <= 1.0:
-            raise param_error(OWNER, "threshold_range", "a pair (low, high) with -1 <= low < high <= 1",
+            raise param_error("threshold_range", OWNER, "a pair (low, high) with -1 <= low < high <= 1",
                               self.threshold_range)
         self.threshold_range = (lo, hi)
+        err = ClusterParamError
         if self.threshold is not None:
-            if isinstance(self.threshold, bool) or not isinstance(self.threshold, int | float) \
-                    or not -1.0 <= self.threshold <= 1.0:
-                raise param_error(OWNER, "threshold", "a cosine similarity in [-1, 1] or None", self.threshold)
-            self.threshold = float(self.threshold)
-        if isinstance(self.min_assigned, bool) or not isinstance(self.min_assigned, int | float) \
-                or not 0.0 <= self.min_assigned <= 1.0:
-            raise param_error(OWNER, "min_assigned", "a fraction in [0, 1]", self.min_assigned)
-        self.min_assigned = float(self.min_assigned)
-        check_int(OWNER, "max_search_steps", self.max_search_steps, 0)
-        if isinstance(self.tol, bool) or not isinstance(self.tol, int | float) or not self.tol > 0:
-            raise param_error(OWNER, "tol", "a float > 0", self.tol)
-        check_int(OWNER, "max_fit_samples", self.max_fit_samples, 1)
-        check_int(OWNER, "max_neighbour_pairs", self.max_neighbour_pairs, 1)
-        check_int(OWNER, "seed", self.seed, 0)
+            self.threshold = check_real("threshold", OWNER, self.threshold, ge=-1.0, le=1.0,
+                                        must="a cosine similarity in [-1, 1] or None", error=err)
+        self.min_assigned = check_real("min_assigned", OWNER, self.min_assigned, ge=0.0, le=1.0,
+                                       must="a fraction in [0, 1]", error=err)
+        check_int("max_search_steps", OWNER, self.max_search_steps, 0)
+        check_real("tol", OWNER, self.tol, gt=0.0, finite=False, error=err)
+        check_int("max_fit_samples", OWNER, self.max_fit_samples, 1)
+        check_int("max_neighbour_pairs", OWNER, self.max_neighbour_pairs, 1)
+        check_int("seed", OWNER, self.seed, 0)
 
 
 class NeighbourLists:

@@ -37,13 +37,13 @@ from hdbscan.prediction import PredictionData
 from compass.cluster.base import (
     NOISE,
     BaseClusterer,
-    ClusterInputError,
-    ClusterLoadError,
     check_int,
     check_int_seq,
     normalised_means,
     param_error,
 )
+from compass.cluster.errors import ClusterInputError, ClusterLoadError, ClusterParamError
+from compass.params import check_choice, check_real
 
 OWNER = "HDBSCANClusterer"
 ALGORITHMS = ("generic", "best", "prims_kdtree", "prims_balltree", "boruvka_kdtree", "boruvka_balltree")
@@ -65,19 +65,16 @@ class HDBSCANConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the row sample (HDBSCAN itself is deterministic)."})
 
     def __post_init__(self) -> None:
-        self.min_cluster_sizes = check_int_seq(OWNER, "min_cluster_sizes", self.min_cluster_sizes, 2)
-        self.min_samples = check_int_seq(OWNER, "min_samples", self.min_samples, 1)
-        if isinstance(self.noise_penalty, bool) or not isinstance(self.noise_penalty, int | float) \
-                or not self.noise_penalty >= 0:
-            raise param_error(OWNER, "noise_penalty", "a float >= 0", self.noise_penalty)
-        self.noise_penalty = float(self.noise_penalty)
-        check_int(OWNER, "max_fit_samples", self.max_fit_samples, 2)
-        if self.algorithm not in ALGORITHMS:
-            raise param_error(OWNER, "algorithm", f"one of {ALGORITHMS}", self.algorithm)
-        check_int(OWNER, "seed", self.seed, 0)
+        self.min_cluster_sizes = check_int_seq("min_cluster_sizes", OWNER, self.min_cluster_sizes, 2)
+        self.min_samples = check_int_seq("min_samples", OWNER, self.min_samples, 1)
+        self.noise_penalty = check_real("noise_penalty", OWNER, self.noise_penalty, ge=0.0, finite=False,
+                                        error=ClusterParamError)
+        check_int("max_fit_samples", OWNER, self.max_fit_samples, 2)
+        check_choice("algorithm", OWNER, self.algorithm, ALGORITHMS, ClusterParamError, must=f"one of {ALGORITHMS}")
+        check_int("seed", OWNER, self.seed, 0)
         if min(self.min_cluster_sizes) > self.max_fit_samples or min(self.min_samples) >= self.max_fit_samples:
             raise param_error(
-                OWNER, "max_fit_samples", "above the smallest min_cluster_size and min_samples of the grid",
+                "max_fit_samples", OWNER, "above the smallest min_cluster_size and min_samples of the grid",
                 self.max_fit_samples,
             )
 

@@ -21,18 +21,18 @@ import numpy as np
 
 from compass.cluster.base import (
     BaseClusterer,
-    ClusterInputError,
-    ClusterParamError,
     check_int,
     check_int_seq,
     check_X,
     compact_labels,
     cosine_silhouette,
     fit_sample,
-    nearest_centroid,
     param_error,
     silhouette_precomputed,
 )
+from compass.cluster.errors import ClusterInputError, ClusterParamError
+from compass.cluster.nearest import nearest_centroid
+from compass.params import check_real
 
 OWNER = "KMeansClusterer"
 
@@ -53,19 +53,19 @@ class KMeansConfig:
 
     def __post_init__(self) -> None:
         if self.n_clusters is not None:
-            check_int(OWNER, "n_clusters", self.n_clusters, 1)
-        self.k_range = check_int_seq(OWNER, "k_range", self.k_range, 2)
-        check_int(OWNER, "n_init", self.n_init, 1)
-        check_int(OWNER, "max_iter", self.max_iter, 1)
-        check_int(OWNER, "silhouette_sample", self.silhouette_sample, 3)
-        check_int(OWNER, "search_max_samples", self.search_max_samples, 3)
-        check_int(OWNER, "max_fit_samples", self.max_fit_samples, 1)
-        check_int(OWNER, "seed", self.seed, 0)
+            check_int("n_clusters", OWNER, self.n_clusters, 1)
+        self.k_range = check_int_seq("k_range", OWNER, self.k_range, 2)
+        check_int("n_init", OWNER, self.n_init, 1)
+        check_int("max_iter", OWNER, self.max_iter, 1)
+        check_int("silhouette_sample", OWNER, self.silhouette_sample, 3)
+        check_int("search_max_samples", OWNER, self.search_max_samples, 3)
+        check_int("max_fit_samples", OWNER, self.max_fit_samples, 1)
+        check_int("seed", OWNER, self.seed, 0)
         if self.n_clusters is not None and self.n_clusters > self.max_fit_samples:
-            raise param_error(OWNER, "n_clusters", f"<= max_fit_samples ({self.max_fit_samples})", self.n_clusters)
+            raise param_error("n_clusters", OWNER, f"<= max_fit_samples ({self.max_fit_samples})", self.n_clusters)
         if self.n_clusters is None and min(self.k_range) >= min(self.silhouette_sample, self.search_max_samples):
             raise param_error(
-                OWNER, "k_range", "below silhouette_sample and search_max_samples (the silhouette needs K < rows)",
+                "k_range", OWNER, "below silhouette_sample and search_max_samples (the silhouette needs K < rows)",
                 self.k_range,
             )
 
@@ -164,10 +164,7 @@ class KMeansClusterer(BaseClusterer):
         """
         self._check_fitted("update")
         X = check_X(X_batch, f"{OWNER}.update", dim=self.dim_, what="X_batch")
-        if isinstance(eta, bool) or not isinstance(eta, int | float | np.floating) or not 0.0 < float(eta) <= 1.0:
-            raise ClusterParamError(
-                f"The 'eta' parameter of {OWNER}.update must be a float in (0, 1]. Got {eta!r} instead."
-            )
+        eta = check_real("eta", f"{OWNER}.update", eta, gt=0.0, le=1.0, error=ClusterParamError)
         labels, _ = nearest_centroid(X, self.centroids_)
         K = self.n_clusters_
         counts = np.bincount(labels, minlength=K)

@@ -18,8 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from compass.config import CACHE_ROOT
 from compass.errors import CompassError
+from compass.paths import CACHE_ROOT
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from compass.errors import CompassError
+from compass.params import check_int
 
 THETA_FLOOR = 1e-4  # bits; LanguageSettings.theta must be > 0, and a null that is all 0 (one bucket) gives 0
 THETA_CEIL = 1.0  # JS in bits never exceeds 1
@@ -71,12 +72,6 @@ def _reference(p_ref: ArrayLike) -> np.ndarray:
     return p / total
 
 
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise CalibrationError(f"{name}: got {value!r}; must be an integer >= 1")
-    return int(value)
-
-
 def js_rows(p_ref: np.ndarray, q_rows: np.ndarray) -> np.ndarray:
     """JS(p_ref || q) in bits (eq. 5) for each row q of ``q_rows`` (probabilities), exact at zero entries."""
     m = 0.5 * (p_ref[None, :] + q_rows)
@@ -89,8 +84,8 @@ def js_rows(p_ref: np.ndarray, q_rows: np.ndarray) -> np.ndarray:
 def null_js_samples(p_ref: ArrayLike, window_size: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """``n_boot`` draws of JS(P_ref || P_mon) where P_mon is a window of ``window_size`` queries drawn from P_ref."""
     p = _reference(p_ref)
-    n = _positive_int("window_size", window_size)
-    b = _positive_int("n_boot", n_boot)
+    n = check_int("window_size", "null_js_samples", window_size, 1, CalibrationError, allow_numpy=True)
+    b = check_int("n_boot", "null_js_samples", n_boot, 1, CalibrationError, allow_numpy=True)
     counts = rng.multinomial(n, p, size=b).astype(np.float64)
     return js_rows(p, counts / n)
 
@@ -98,7 +93,7 @@ def null_js_samples(p_ref: ArrayLike, window_size: int, n_boot: int, rng: np.ran
 def per_check_alpha(false_alarms_per_10k: float, check_every: int) -> float:
     """The per-check false-alarm probability that spends F alarms per 10,000 queries with a check every N."""
     f = float(false_alarms_per_10k)
-    n = _positive_int("check_every", check_every)
+    n = check_int("check_every", "per_check_alpha", check_every, 1, CalibrationError, allow_numpy=True)
     if not math.isfinite(f) or f <= 0:
         raise CalibrationError(f"false_alarms_per_10k: got {false_alarms_per_10k!r}; must be > 0, e.g. 1.0")
     alpha = f * n / 10_000

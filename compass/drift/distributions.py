@@ -1,5 +1,6 @@
 """Cluster distributions compared by the drift trigger (paper §3.3.2).
 
+P_ref (eq. 3) is built here; P_mon (eq. 4) is never materialised: ``js_divergence`` normalises the window counts.
 Both are vectors over the same buckets: the K clusters of the codebook the adapter was trained with, plus
 the noise bucket at index K when the clusterer has one. Comparing vectors of different lengths means the
 codebook changed under the adapter, which is an error, not drift.
@@ -35,10 +36,3 @@ def reference_distribution(n_eval: np.ndarray, n_aux_selected: np.ndarray) -> np
         raise DistributionError("n_eval + n_aux_selected is all zeros; the cycle had no data to form P_ref")
     return total / total.sum()
 
-
-def monitor_distribution(window_counts: np.ndarray) -> np.ndarray:
-    """P_mon (eq. 4): cluster proportions of the language's recent window W_recent."""
-    c = _counts("window_counts", window_counts)
-    if c.sum() == 0:
-        raise DistributionError("the window is empty; P_mon needs at least one assigned query")
-    return c / c.sum()

@@ -15,7 +15,7 @@ traffic (served + unserved) and this pure rule says whether to announce it (``la
   * served   the language is configured now (its queries fill its window): any episode ends
   * undetermined  ``und`` never emerges: there is no language to serve (its share is still reported)
 
-State in, state and action out; the daemon (daemon/scheduler/service.py ``check_unserved``) does the I/O.
+State in, state and action out; the daemon (daemon/scheduler/unserved.py) does the I/O.
 """
 
 from __future__ import annotations

@@ -24,32 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from compass.embed import l2_normalize
 
+if TYPE_CHECKING:  # compass.cluster loads faiss and hdbscan: only when a codebook is fitted
+    from compass.cluster.codebook import Codebook
+
 REFERENCE_MODES = ("eq3", "window")
-
-
-@dataclass
-class Codebook:
-    """The fitted clusterer and the number of buckets P_ref and P_mon are counted over (K + the noise bucket)."""
-
-    clusterer: Any
-    n_buckets: int
-
-    @property
-    def centroids(self) -> np.ndarray:
-        return np.asarray(self.clusterer.centroids_, dtype=np.float32)
-
-    def assign(self, x: np.ndarray) -> np.ndarray:
-        labels = np.asarray(self.clusterer.predict(x), dtype=np.int64)
-        return np.where(labels < 0, self.n_buckets - 1, labels)  # NOISE (-1) counts in the last bucket
-
-    def counts(self, labels: np.ndarray) -> np.ndarray:
-        return np.bincount(labels, minlength=self.n_buckets).astype(np.float64)
+SIMULATED = "simulated"  # the version of an in-memory codebook: never published, one lineage per run
 
 
 def fit_codebook(embeddings: np.ndarray, n_clusters: int, seed: int = 0, fit_on: str = "pool",
@@ -57,6 +42,7 @@ def fit_codebook(embeddings: np.ndarray, n_clusters: int, seed: int = 0, fit_on:
     """Seeded k-means on the stream's distinct rows (``fit_on="pool"``) or on its first ``reference_samples``
     rows (``"reference"``)."""
     from compass.cluster import make_clusterer
+    from compass.cluster.codebook import Codebook
 
     x = np.asarray(embeddings, dtype=np.float32)
     x = x[:reference_samples] if fit_on == "reference" else x
@@ -66,7 +52,7 @@ def fit_codebook(embeddings: np.ndarray, n_clusters: int, seed: int = 0, fit_on:
                          f"distinct rows; use n_clusters <= {len(x)}")
     clusterer = make_clusterer("kmeans", seed=seed, n_clusters=n_clusters)
     clusterer.fit_predict(x)
-    return Codebook(clusterer, int(clusterer.n_clusters_) + 1)
+    return Codebook(SIMULATED, clusterer)
 
 
 @dataclass(frozen=True)
@@ -159,4 +145,4 @@ def probs(counts: Sequence[float] | np.ndarray) -> np.ndarray:
     return c / c.sum()
 
 
-__all__ = ["REFERENCE_MODES", "Codebook", "Pool", "References", "fit_codebook", "probs", "stream_pool"]
+__all__ = ["REFERENCE_MODES", "SIMULATED", "Pool", "References", "fit_codebook", "probs", "stream_pool"]

@@ -41,13 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from compass.config import LanguageSettings
 from compass.divergence import js_divergence
 from compass.drift.calibrated import UPPER_Z, BurnIn, JsThreshold, calibrate_js, dispersion
 from compass.drift.quality import combine
 from compass.drift.sequential import Cusum
 from compass.drift.stale import assess
 from compass.drift.trigger import Decision, TriggerState, cooling, guard
+from compass.languages import LanguageSettings
 
 PHASES = ("idle", "settling", "updating", "stuck")
 ACTIONS = ("none", "settle", "update", "recluster", "stuck")

@@ -10,7 +10,7 @@ score carried in an event's ``meta``) with one of river's change detectors:
                     (``mode`` "up", "down" or "both").
 
 Keyword parameters go to the river detector unchanged. ``combine`` joins the JS trigger with it by the language's
-``combine`` rule (``compass.config.LanguageSettings``):
+``combine`` rule (``compass.languages.LanguageSettings``):
 
   ``js_only``  JS alone decides (the paper's trigger; the quality signal is only observed);
   ``any``      either signal fires;

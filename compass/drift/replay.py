@@ -19,14 +19,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compass.config import LanguageSettings
 from compass.drift import lifecycle
-from compass.drift.eq3 import Codebook, References, probs
+from compass.drift.eq3 import References, probs
 from compass.drift.lifecycle import DriftState, Limits, Observation, Report
+from compass.languages import LanguageSettings
+
+if TYPE_CHECKING:
+    from compass.cluster.codebook import Codebook
 
 
 @dataclass

@@ -37,13 +37,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import ValidationError
 
-from compass.config import LanguageSettings
-from compass.drift.eq3 import REFERENCE_MODES, Codebook, Pool, References, stream_pool
+from compass.drift.eq3 import REFERENCE_MODES, Pool, References, stream_pool
 from compass.drift.eq3 import fit_codebook as _fit_codebook
 from compass.drift.replay import replay
 from compass.drift.scoring import (
@@ -64,6 +63,10 @@ from compass.drift.stream import (
     transitions,
     write_stream,
 )
+from compass.languages import LanguageSettings
+
+if TYPE_CHECKING:
+    from compass.cluster.codebook import Codebook
 
 DEFAULT_THETAS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30)
 
@@ -291,7 +294,7 @@ class SimulationReport:
                 "rows": [r.to_dict() for r in self.rows]}
 
 
-__all__ = ["BASELINES", "CHATTERBOT_PERIODS", "DEFAULT_THETAS", "DETECTORS", "LIFECYCLE_DETECTORS", "Codebook",
+__all__ = ["BASELINES", "CHATTERBOT_PERIODS", "DEFAULT_THETAS", "DETECTORS", "LIFECYCLE_DETECTORS",
            "Pool", "References", "SimulationConfig", "SimulationReport", "Stream", "SweepRow", "assemble",
            "baseline_row", "build_chatterbot_stream", "detector_label", "fit_codebook", "make_row",
            "read_pool", "read_stream", "references_for", "score", "simulate", "stream_pool", "transitions",

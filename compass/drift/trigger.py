@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from compass.config import LanguageSettings
+from compass.languages import LanguageSettings
 
 
 @dataclass(frozen=True)

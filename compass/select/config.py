@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from compass import params
 from compass.errors import CompassError
+from compass.params import check_choice, check_int, check_real
 
 # compass      COMPASS-S: stochastic rounding of quotas, items drawn ∝ eq. 1 scores (seeded). The default.
 # compass-d    COMPASS-D: largest-remainder quotas, arg max of eq. 1 scores (stable tie-break by row).
@@ -33,16 +34,8 @@ class SelectionError(CompassError, ValueError):
 
 
 def bad_param(name: str, owner: str, expected: str, got: object) -> SelectionError:
-    """The project's error sentence: "The 'x' parameter of y must be z. Got v instead."."""
-    return SelectionError(f"The {name!r} parameter of {owner} must be {expected}. Got {got!r} instead.")
-
-
-def _is_real(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """The project's error sentence (compass/params.py) as a SelectionError."""
+    return params.bad_param(name, owner, expected, got, SelectionError)
 
 
 @dataclass(frozen=True)
@@ -99,31 +92,22 @@ class SelectionConfig:
     )
 
     def __post_init__(self) -> None:
-        own = "SelectionConfig"
-        if not _is_real(self.budget) or not 0 < self.budget <= 10:
-            raise bad_param("budget", own, "a float in (0, 10]", self.budget)
-        if self.method not in METHODS:
-            raise bad_param("method", own, f"one of {', '.join(METHODS)}", self.method)
-        if not _is_int(self.seed) or self.seed < 0:
-            raise bad_param("seed", own, "an int >= 0", self.seed)
-        if not _is_real(self.eps) or self.eps <= 0:
-            raise bad_param("eps", own, "a finite float > 0 (the paper uses 1.0)", self.eps)
-        if self.tau_sim is not None and (not _is_real(self.tau_sim) or not -1 < self.tau_sim < 1):
-            raise bad_param("tau_sim", own, "None (calibrate) or a float in (-1, 1)", self.tau_sim)
-        if not _is_real(self.delta) or self.delta < 0:
-            raise bad_param("delta", own, "a finite float >= 0", self.delta)
-        if not _is_real(self.score_floor) or not 0 < self.score_floor < 1:
-            raise bad_param("score_floor", own, "a float in (0, 1)", self.score_floor)
-        if not _is_int(self.max_repeats) or self.max_repeats < 1:
-            raise bad_param("max_repeats", own, "an int >= 1", self.max_repeats)
-        if not _is_real(self.decay) or not 0 < self.decay <= 1:
-            raise bad_param("decay", own, "a float in (0, 1]", self.decay)
-        if self.boundary not in BOUNDARY_MODES:
-            raise bad_param("boundary", own, f"one of {', '.join(BOUNDARY_MODES)}", self.boundary)
+        own, err = "SelectionConfig", SelectionError
+        check_real("budget", own, self.budget, gt=0, le=10, error=err)
+        check_choice("method", own, self.method, METHODS, err)
+        check_int("seed", own, self.seed, 0, err)
+        check_real("eps", own, self.eps, gt=0, must="a finite float > 0 (the paper uses 1.0)", error=err)
+        if self.tau_sim is not None:
+            check_real("tau_sim", own, self.tau_sim, gt=-1, lt=1, must="None (calibrate) or a float in (-1, 1)",
+                       error=err)
+        check_real("delta", own, self.delta, ge=0, must="a finite float >= 0", error=err)
+        check_real("score_floor", own, self.score_floor, gt=0, lt=1, error=err)
+        check_int("max_repeats", own, self.max_repeats, 1, err)
+        check_real("decay", own, self.decay, gt=0, le=1, error=err)
+        check_choice("boundary", own, self.boundary, BOUNDARY_MODES, err)
         if not isinstance(self.sample_noise, bool):
             raise bad_param("sample_noise", own, "a bool", self.sample_noise)
-        if not _is_int(self.langsim_k) or self.langsim_k < 1:
-            raise bad_param("langsim_k", own, "an int >= 1", self.langsim_k)
+        check_int("langsim_k", own, self.langsim_k, 1, err)
         # Cross-field: a threshold without a penalty has no effect; say so rather than silently ignore it.
         if self.tau_sim is not None and self.delta == 0:
             warnings.warn("SelectionConfig: tau_sim is set but delta=0, so the neighbours are unused.", stacklevel=3)

@@ -35,10 +35,6 @@ class ClusterStats:
     def n_clusters(self) -> int:
         return len(self.n_t) - 1
 
-    @property
-    def noise_index(self) -> int:
-        return len(self.n_t) - 1
-
 
 def buckets(labels: np.ndarray, n_clusters: int, name: str = "labels") -> np.ndarray:
     """Map labels in [0, K) ∪ {NOISE} to bucket indices in [0, K]; NOISE -> K."""
