@@ -10,9 +10,10 @@ setup:
 demo: setup
 	$(BIN)/compass demo
 
+# -n 2: two pytest-xdist workers, each with a private Kafka + Redis stack (tests/conftest.py); a file runs on one worker
 test: setup
 	$(BIN)/ruff check .
-	HF_HUB_OFFLINE=1 $(BIN)/pytest
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2
 
 lint:
 	$(BIN)/ruff check .

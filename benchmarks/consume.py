@@ -42,8 +42,8 @@ def _peak_rss_mb() -> float:
 
 
 def _embed_worker(texts_path: str, batch: int) -> dict:
-    from compass.config import EmbedderConfig
-    from compass.embed import make_embedder
+    from compass.embed.config import EmbedderConfig
+    from infra.embedders import make_embedder
 
     texts = json.loads(Path(texts_path).read_text())
     emb = make_embedder(EmbedderConfig(cache=False))
@@ -56,8 +56,9 @@ def _embed_worker(texts_path: str, batch: int) -> dict:
 
 
 def _consume_worker(config_path: str, languages_path: str) -> dict:
-    from compass.config import ServiceConfig, load_languages
+    from compass.languages import load_languages
     from consumers.monitor import Monitor
+    from infra.settings import ServiceConfig
 
     cfg = ServiceConfig.model_validate(json.loads(Path(config_path).read_text()))
     with Monitor(cfg, load_languages(languages_path)) as m:
@@ -135,11 +136,14 @@ def main() -> None:
         print(json.dumps(res))
         return
 
-    from compass.config import EmbedderConfig, load_languages, load_service_config
+    from compass.embed.config import EmbedderConfig
+    from compass.languages import load_languages
     from consumers.replay import replay
     from deploy.local.stack import Stack
     from infra.clients import ensure_topics, kafka_admin, redis_client
     from infra.codebook import CodebookStore
+    from infra.keys import Keys
+    from infra.settings import load_service_config
 
     langs = load_languages()
     tmp = Path(tempfile.mkdtemp(prefix="compass-bench-"))
@@ -172,7 +176,7 @@ def main() -> None:
         alone_per_s = alone["n"] / alone["secs"]
 
         from compass.cluster import make_clusterer
-        from compass.embed import make_embedder
+        from infra.embedders import make_embedder
 
         emb = make_embedder(EmbedderConfig(cache=False))
         X = emb.encode([e.text for e in events[:400]])
@@ -198,7 +202,7 @@ def main() -> None:
             admin.delete_topics([topic, dlq], raise_errors=False)
             admin.close()
             rc = redis_client(cfg.redis)
-            keys = list(rc.scan_iter(match=f"compass-bench-{run}*"))
+            keys = list(rc.scan_iter(match=Keys(cfg.redis.key_prefix).everything()))
             if keys:
                 rc.delete(*keys)
         finally:

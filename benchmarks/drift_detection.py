@@ -75,10 +75,10 @@ def embed_stream(stream: Any, embedder: Any) -> np.ndarray:
 
 def run(langs: list[str], seeds: list[int], theta: float, budget: float, settle: int,
         burn_in: int | None) -> list[dict[str, Any]]:
-    from compass.config import load_service_config
     from compass.drift.scoring import score
     from compass.drift.simulate import SimulationConfig, build_chatterbot_stream, simulate
-    from compass.embed import make_embedder
+    from infra.embedders import make_embedder
+    from infra.settings import load_service_config
 
     embedder = make_embedder(load_service_config(None).embedder)
     cfg = SimulationConfig(thetas=(theta,), detectors=DETECTORS, false_alarm_every=budget, guard_theta=theta,
@@ -98,9 +98,7 @@ def run(langs: list[str], seeds: list[int], theta: float, budget: float, settle:
                              else list(r.delays))  # the baselines have no detection of their own
             out.append({"lang": lang, "seed": seed, "stream": kind, "n_samples": len(stream),
                         "replay_s": time.perf_counter() - t0, **r.to_dict(), "detection_delays": detect_delays})
-    close = getattr(embedder, "close", None)
-    if callable(close):
-        close()
+    embedder.close()
     return out
 
 

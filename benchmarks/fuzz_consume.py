@@ -305,7 +305,7 @@ def fuzz_config(base: Any, tmp: Path, run: str, *, max_poll_records: int, embedd
 
 
 def fuzz_languages(n: int) -> Any:
-    from compass.config import LanguagesConfig
+    from compass.languages import LanguagesConfig
 
     spec = {lang: {"window_size": max(100, n), "min_samples": 1} for lang in LANGS}
     spec["ru"] = {"enabled": False}
@@ -337,9 +337,11 @@ def main() -> None:
     ap.add_argument("--redis", help="a running Redis, redis://host:port/db")
     args = ap.parse_args()
 
-    from compass.config import EmbedderConfig, LangIdConfig, load_service_config
+    from compass.embed.config import EmbedderConfig
     from compass.langid import make_identifier
+    from compass.langid_config import LangIdConfig
     from deploy.local.stack import Stack
+    from infra.settings import load_service_config
 
     tmp = Path(tempfile.mkdtemp(prefix="compass-fuzz-"))
     env = {"COMPASS_KAFKA_BOOTSTRAP": args.bootstrap, "COMPASS_REDIS_URL": args.redis} if args.bootstrap else {}
@@ -355,7 +357,7 @@ def main() -> None:
         if args.fake_embedder:
             embedder = HashEmbedder()
         else:
-            from compass.embed import make_embedder
+            from infra.embedders import make_embedder
 
             embedder = make_embedder(EmbedderConfig(cache=False))
         cfg = fuzz_config(base, tmp, run, max_poll_records=args.max_poll_records)

@@ -42,8 +42,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from compass.config import LangIdConfig, load_languages  # noqa: E402
 from compass.langid import UND, Identification, _label_code, _py3langid_base, make_identifier  # noqa: E402
+from compass.langid_config import LangIdConfig  # noqa: E402
+from compass.languages import load_languages  # noqa: E402
 
 
 class RestrictedIdentifier:

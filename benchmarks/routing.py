@@ -49,12 +49,14 @@ def main() -> None:
     from test_serving import register  # the tests' seeded tiny adapters
     from tinylm import make_tiny_lm
 
-    from compass.config import LangIdConfig, ServiceConfig, load_languages
     from compass.corpora import chatterbot
     from compass.langid import make_identifier
+    from compass.langid_config import LangIdConfig
+    from compass.languages import load_languages
     from compass.registry import AdapterRegistry
     from compass.route import Router
     from daemon.serving import AdapterServer
+    from infra.settings import ServiceConfig
 
     torch.set_num_threads(1)
     rng = random.Random(args.seed)

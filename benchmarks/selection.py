@@ -130,8 +130,8 @@ def embed_texts(texts: list[str]) -> np.ndarray:
     """Embeddings of ``texts`` (float32, L2-normalised) with the configured embedder, cached on disk."""
     from tqdm import tqdm
 
-    from compass.config import load_service_config
-    from compass.embed import make_embedder
+    from infra.embedders import make_embedder
+    from infra.settings import load_service_config
 
     cfg = load_service_config().embedder
     embedder = make_embedder(cfg)
@@ -143,9 +143,7 @@ def embed_texts(texts: list[str]) -> np.ndarray:
                 parts.append(embedder.encode(texts[start : start + step]))
                 bar.update(len(texts[start : start + step]))
     finally:
-        close = getattr(embedder, "close", None)
-        if callable(close):
-            close()
+        embedder.close()
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 

@@ -4,6 +4,10 @@ Services: real Kafka and Redis. With COMPASS_KAFKA_BOOTSTRAP and COMPASS_REDIS_U
 those servers (point them at scratch servers: the ``redis`` fixture flushes its db); otherwise the
 session starts its own stack once (deploy.local.stack, free ports, a tmp state dir) and stops it at the
 end. Tests that use ``services`` are marked ``services`` automatically (``-m 'not services'`` skips them).
+
+Parallel runs (``pytest -n 2``, pytest-xdist): every worker is a session of its own, so each starts its own
+stack (own ports, own state dir) and flushes only its own Redis. On servers from the environment, worker gwN
+uses Redis db ``db + N`` instead; topics are unique per test either way (``topic_factory``).
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from dataclasses import dataclass
 import pytest
 from redis import Redis
 
-from compass.config import ServiceConfig, load_service_config
-from deploy.local.process import free_ports
 from deploy.local.stack import Stack
+from infra.errors import StackError
+from infra.settings import ServiceConfig, load_service_config
 
 ENV_KAFKA, ENV_REDIS = "COMPASS_KAFKA_BOOTSTRAP", "COMPASS_REDIS_URL"
 
@@ -32,23 +36,42 @@ class Services:
     stack: Stack | None  # the session's own stack; None when the servers came from the environment
 
 
-def session_stack_config(state_dir) -> ServiceConfig:
-    """The shipped configuration moved to ``state_dir`` and to free ports."""
-    base = load_service_config(env={})
-    kafka_port, controller_port, redis_port = free_ports(3)
-    return base.model_copy(
-        update={
-            "state_dir": state_dir,
-            "kafka": base.kafka.model_copy(update={"bootstrap_servers": (f"127.0.0.1:{kafka_port}",)}),
-            "redis": base.redis.model_copy(update={"port": redis_port}),
-            "stack": base.stack.model_copy(update={"kafka_controller_port": controller_port}),
-        }
-    )
-
-
 def _services(config: ServiceConfig, stack: Stack | None) -> Services:
     r = config.redis
     return Services(config, ",".join(config.kafka.bootstrap_servers), f"redis://{r.address}/{r.db}", stack)
+
+
+def xdist_worker_index() -> int:
+    """N for the pytest-xdist worker gwN; 0 in a run without workers."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
+def worker_config(config: ServiceConfig, index: int) -> ServiceConfig:
+    """``config`` for worker ``index`` on shared servers: Redis db ``db + index``, so that one worker's flushdb
+    never empties another's keys (a Redis Cluster has db 0 only: it cannot be shared this way)."""
+    if index == 0:
+        return config
+    r = config.redis
+    if r.cluster or r.db + index > 15:
+        raise pytest.UsageError(f"parallel worker gw{index} needs a Redis db of its own but redis.db is {r.db}"
+                                f"{' on a Redis Cluster' if r.cluster else ''}; run without -n against these "
+                                "servers, or leave COMPASS_REDIS_URL unset to give each worker a private stack")
+    return config.model_copy(update={"redis": r.model_copy(update={"db": r.db + index})})
+
+
+def start_session_stack(tmp_path_factory: pytest.TempPathFactory, tries: int = 3) -> Stack:
+    """A running private stack; a port that another process (e.g. the other xdist worker's stack) took between
+    ``free_ports`` and the server's bind fails the start, so it is retried on new ports."""
+    for attempt in range(1, tries + 1):
+        stack = Stack.on_free_ports(load_service_config(env={}), tmp_path_factory.mktemp("stack"))
+        try:
+            stack.up()
+            return stack
+        except StackError:
+            stack.down()
+            if attempt == tries:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
@@ -58,11 +81,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         raise pytest.UsageError(f"{given[0]} is set but not {({ENV_KAFKA, ENV_REDIS} - set(given)).pop()}; set both "
                                 "to test against running servers, or neither to start a private stack")
     if len(given) == 2:
-        yield _services(load_service_config(), None)
+        yield _services(worker_config(load_service_config(), xdist_worker_index()), None)
         return
-    stack = Stack(session_stack_config(tmp_path_factory.mktemp("stack")))
+    stack = start_session_stack(tmp_path_factory)
     try:
-        stack.up()
         yield _services(stack.config, stack)
     finally:
         stack.down()
@@ -124,7 +146,7 @@ def make_daemon(services: Services, topic_factory: Callable[..., str], redis: Re
     ``section_updates`` replace whole ServiceConfig sections (e.g. ``adapters=...``)."""
     import yaml
 
-    from compass.config import LanguagesConfig
+    from compass.languages import LanguagesConfig
     from daemon.scheduler.service import Daemon
 
     made = []

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from compass.drift.emerging import how_to_serve
 from daemon.api.app import TOKEN_ENV, create_app
-from daemon.cli.main import app as cli_app
+from daemon.cli import app as cli_app
 from daemon.scheduler.dispatch import inbox_key
 from infra.messages import Event, encode
 from infra.reference import get_reference, set_reference
@@ -109,7 +109,7 @@ def test_ref_cli_sets_and_shows_the_reference(services, redis):
 
 def test_route_on_the_daemon_app(make_daemon, tmp_path):
     # no adapter promoted yet: an enabled language routes to the base model; bad input is a 422 naming the field
-    from compass.config import AdaptersConfig
+    from compass.adapt_settings import AdaptersConfig
 
     d = make_daemon(LANGS, "route", adapters=AdaptersConfig(registry=str(tmp_path / "adapters")))
     client = TestClient(create_app(d))

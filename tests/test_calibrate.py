@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from compass.config import load_languages
 from compass.divergence import js_divergence
 from compass.drift.calibrate import (
     THETA_FLOOR,
@@ -18,7 +17,8 @@ from compass.drift.calibrate import (
     propose_theta,
     theta_from_null,
 )
-from daemon.cli.main import app
+from compass.languages import load_languages
+from daemon.cli import app
 
 P = [0.5, 0.3, 0.2, 0.0]
 

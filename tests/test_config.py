@@ -11,19 +11,10 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from compass import langcodes
-from compass.config import (
-    DEFAULT_CONFIG,
-    DEFAULT_LANGUAGES,
-    EmbedderConfig,
-    LanguagesConfig,
-    LanguageSettings,
-    RedisConfig,
-    ServiceConfig,
-    check_file,
-    load_languages,
-    load_service_config,
-)
+from compass.embed.config import EmbedderConfig
 from compass.errors import ConfigError
+from compass.languages import DEFAULT_LANGUAGES, LanguagesConfig, LanguageSettings, load_languages
+from infra.settings import DEFAULT_CONFIG, RedisConfig, ServiceConfig, check_file, load_service_config
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

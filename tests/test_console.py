@@ -22,10 +22,10 @@ from httpserve import serve
 from typer.testing import CliRunner
 
 from daemon.api.app import create_app
+from daemon.cli import app as cli_app
 from daemon.cli.demo import update_line
-from daemon.cli.main import app as cli_app
 from daemon.cli.status import DaemonUnreachable, fetch, rows, unserved_rows
-from infra.history import record_event
+from infra.history import queue_event
 from infra.logs import OWN, THIRD_PARTY, PlainFormatter, configure_logging, human, human_pct, verbosity_level
 from infra.messages import Event
 from infra.reference import set_reference
@@ -66,7 +66,9 @@ def drifted(make_daemon, redis):
     WindowStore(redis).apply_batch({"sw": (4, items)}, "v1", 3)
     assert daemon.check("sw").state == "drift"
     at = time.time()
-    record_event(redis, Event("drift_detected", "sw", at, None, {"js": 0.311}), daemon.prefix)
+    with redis.pipeline(transaction=True) as pipe:
+        queue_event(pipe, Event("drift_detected", "sw", at, None, {"js": 0.311}), daemon.prefix)
+        pipe.execute()
     now_ms = int(at * 1000)
     traffic = [Traffic(f"{lang}-{i}", lang, served, "compass.queries", 0, n * 10 + i, now_ms)
                for n, (lang, served, count) in enumerate((("sw", True, 8), ("ca", False, 3)))
@@ -101,7 +103,7 @@ def test_status_command_prints_the_rows_and_names_a_dead_url(drifted):
         fetch(client, dead)
     assert str(info.value).startswith(f"no compass daemon answers at {dead} (ConnectError: ")
     assert str(info.value).endswith("start it with `compass daemon` or point --url at its http.host:http.port")
-    p = subprocess.run([sys.executable, "-m", "daemon.cli.main", "status", "--url", dead], cwd=ROOT, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "daemon.cli", "status", "--url", dead], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.startswith(f"error: no compass daemon answers at {dead}"), p.stderr
 
@@ -125,14 +127,18 @@ def test_status_watch_refreshes_in_a_tmux_pane(drifted, redis):
         raise AssertionError(f"{line!r} not shown in the pane:\n" + "\n".join(pane()))
 
     with served(create_app(daemon)) as url:
-        cmd = f"{sys.executable} -m daemon.cli.main status --watch --interval 0.3 --url {url}"
+        cmd = f"{sys.executable} -m daemon.cli status --watch --interval 0.3 --url {url}"
+        # without COLUMNS/LINES (pytest-xdist sets 80x24 in its workers): rich must size to the 200-column pane
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
         subprocess.run([*tmux, "new-session", "-d", "-s", "status", "-x", "200", "-y", "40", "-c", str(ROOT), cmd],
-                       check=True, env={**os.environ, "TERM": "xterm-256color"})
+                       check=True, env={**env, "TERM": "xterm-256color"})
         try:
             shown = wait_for(" ".join(expected_rows(clock)[0]))
             assert " ".join(expected_rows(clock)[1]) in shown and "ca 3 27.3% few" in shown
             at = time.time()  # a new event: the same pane shows it on a refresh
-            record_event(redis, Event("update_finished", "sw", at, None, {"outcome": "promoted"}), daemon.prefix)
+            with redis.pipeline(transaction=True) as pipe:
+                queue_event(pipe, Event("update_finished", "sw", at, None, {"outcome": "promoted"}), daemon.prefix)
+                pipe.execute()
             row = (*expected_rows(clock)[0][:-1], f"update_finished at {time.strftime('%H:%M:%S', time.localtime(at))}")
             shown = wait_for(" ".join(row))
             assert sum(line.startswith("sw ") for line in shown) == 1  # redrawn in place, not appended
@@ -145,7 +151,7 @@ def test_status_watch_refreshes_in_a_tmux_pane(drifted, redis):
 
 def test_a_command_starts_without_faiss_info_lines(tmp_path):
     # codebook build imports faiss (compass.cluster) before it reads anything; it then fails: no such file
-    p = subprocess.run([sys.executable, "-m", "daemon.cli.main", "codebook", "build", str(tmp_path / "none.jsonl")],
+    p = subprocess.run([sys.executable, "-m", "daemon.cli", "codebook", "build", str(tmp_path / "none.jsonl")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 2 and p.stderr.startswith("error: "), p.stderr
     assert "faiss.loader" not in p.stdout + p.stderr
@@ -217,7 +223,7 @@ def test_demo_summary_rounds_the_nlls():
 
 
 def test_demo_events_show_changes_at_three_significant_digits():
-    from daemon.demo.loop import describe_event
+    from daemon.demo.events import describe_event
 
     at = 1_700_000_000.0
     ev = {"type": "adapter_promoted", "language": "it", "at": at,

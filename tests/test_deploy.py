@@ -12,9 +12,11 @@ import pytest
 import typer.main
 import yaml
 
-from compass.config import REPO_ROOT, SECRET_ENV, load_languages, load_service_config
+from compass.languages import load_languages
+from compass.paths import REPO_ROOT
 from daemon.api.app import TOKEN_ENV
-from daemon.cli.main import app
+from daemon.cli import app
+from infra.settings import SECRET_ENV, load_service_config
 
 DEPLOY = REPO_ROOT / "deploy"
 K8S, COMPOSE, SYSTEMD = DEPLOY / "k8s", DEPLOY / "compose", DEPLOY / "systemd"
@@ -128,7 +130,7 @@ def _deploy_texts() -> dict[str, str]:
 
 
 def test_only_env_vars_compass_reads() -> None:
-    source = (REPO_ROOT / "compass" / "config.py").read_text()
+    source = (REPO_ROOT / "infra" / "settings" / "service.py").read_text()  # the env overlay
     read = set(re.findall(r'env\.get\("(COMPASS_[A-Z_]+)"\)', source)) | set(SECRET_ENV.values()) | {TOKEN_ENV}
     assert {"COMPASS_KAFKA_BOOTSTRAP", "COMPASS_REDIS_URL", "COMPASS_STATE_DIR"} <= read
     for name, text in _deploy_texts().items():

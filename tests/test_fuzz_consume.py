@@ -23,8 +23,8 @@ from benchmarks.fuzz_consume import (  # noqa: E402 - the harness lives with the
 
 
 def test_fuzzed_stream_is_applied_or_dead_lettered_exactly(services, redis, tmp_path):
-    from compass.config import LangIdConfig
     from compass.langid import make_identifier
+    from compass.langid_config import LangIdConfig
     from infra.clients import kafka_admin
 
     n = 3000

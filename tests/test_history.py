@@ -10,7 +10,7 @@ import pytest
 
 from infra import history
 from infra.clients import kafka_producer
-from infra.history import HistoryError, js_history, record_check, record_event, timeline
+from infra.history import HistoryError, js_history, queue_event, record_check, timeline
 from infra.messages import Event, encode
 from infra.reference import set_reference
 from infra.window import Assignment, WindowStore
@@ -75,9 +75,11 @@ def test_bad_cap_and_limit(redis):
 
 def test_timeline_keeps_the_newest_cap_newest_first(redis):
     evs = [Event("update_started" if i % 2 else "drift_detected", "it", T0 + i, f"job-{i}", {"i": i}) for i in range(6)]
-    for ev in evs:
-        record_event(redis, ev, "cp", cap=4)
-    record_event(redis, Event("drift_detected", "es", T0, "job-es"), "cp", cap=4)
+    with redis.pipeline(transaction=True) as pipe:
+        for ev in evs:
+            queue_event(pipe, ev, "cp", cap=4)
+        queue_event(pipe, Event("drift_detected", "es", T0, "job-es"), "cp", cap=4)
+        pipe.execute()
     want = [ev.to_json() for ev in reversed(evs[2:])]
     assert timeline(redis, "it", "cp") == want
     assert [e["job_id"] for e in timeline(redis, "it", "cp", limit=2)] == ["job-5", "job-4"]

@@ -269,7 +269,7 @@ def test_job_intake_fuzz(services, topic_factory, redis, tmp_path):
             decode_job(value)
     produce(cfg, cfg.kafka.jobs_topic, messages)
 
-    from compass.config import LanguagesConfig
+    from compass.languages import LanguagesConfig
 
     w = Worker(cfg, LanguagesConfig(), client=redis, model=torch.nn.Linear(1, 1), tokenizer=object(),
                embedder=_Stub())

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from compass import langcodes
-from compass.config import DEFAULT_CONFIG, LangIdConfig, check_file, load_languages, load_service_config
 from compass.errors import LanguageIdError
 from compass.langid import FastTextIdentifier, Identification, LanguageIdentifier, _GroupedScorer, make_identifier
+from compass.langid_config import LangIdConfig
+from compass.languages import load_languages
+from infra.settings import DEFAULT_CONFIG, check_file, load_service_config
 
 # Hand-written natural sentences, one per language (8+ words each).
 SENTENCES = {
@@ -138,7 +140,7 @@ def test_language_id_labels_fold_onto_compass_codes(label, code):
 
 @pytest.fixture(scope="module")
 def identifier() -> LanguageIdentifier:
-    return make_identifier(LangIdConfig())  # the default config over configs/languages.yaml's enabled languages
+    return make_identifier(LangIdConfig(), CONFIGURED)  # the default config over the shipped enabled languages
 
 
 @pytest.mark.parametrize("lang", sorted(SENTENCES))
@@ -205,8 +207,16 @@ def test_invalid_configured_code_is_named():
         make_identifier(LangIdConfig(), languages=["en", "x!"])
 
 
+def test_languages_are_passed_never_read_from_a_hidden_default():
+    # the method reads no config file itself: None names the argument and the fix instead of loading the YAML
+    with pytest.raises(LanguageIdError, match=r"needs the configured languages: pass languages=load_languages"):
+        make_identifier(LangIdConfig(), None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        make_identifier(LangIdConfig())  # type: ignore[call-arg]
+
+
 def test_below_threshold_is_und_with_the_best_confidence():
-    strict = make_identifier(LangIdConfig(min_confidence=0.99))
+    strict = make_identifier(LangIdConfig(min_confidence=0.99), CONFIGURED)
     russian = strict.identify(SENTENCES["ru"])  # ru 0.81, bg/mk share the rest
     assert russian.lang == "und"
     assert round(russian.confidence, 2) == 0.81

@@ -9,9 +9,9 @@ from collections import Counter, defaultdict
 import yaml
 from typer.testing import CliRunner
 
-from compass.config import load_languages
 from compass.corpora import chatterbot
 from compass.langid import make_identifier
+from compass.languages import load_languages
 from daemon.cli.langid_demo import _sample
 
 

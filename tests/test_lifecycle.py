@@ -16,12 +16,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from compass.config import LanguageSettings
 from compass.drift.calibrate import js_rows
 from compass.drift.calibrated import BurnIn, calibrate_js, dispersion
 from compass.drift.lifecycle import DriftState, Limits, Observation, Report, step
 from compass.drift.sequential import Cusum
 from compass.drift.trigger import TriggerState
+from compass.languages import LanguageSettings
 
 JS_DRIFT = 0.5 * (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25)) + 0.5 * math.log2(1 / 0.75)
 REF = np.array([0.5, 0.5, 0.0])

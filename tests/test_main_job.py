@@ -12,8 +12,9 @@ from tinylm import make_tiny_lm
 from compass.corpora import chatterbot
 from compass.registry import AdapterRegistry
 from compass.route import Router
-from daemon.demo.loop import PREFIX, DemoSettings, run_demo
+from daemon.demo.loop import run_demo
 from daemon.demo.scenario import build
+from daemon.demo.settings import PREFIX, DemoSettings
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +59,11 @@ def test_planted_shift_gives_one_update_and_a_promotion(services, tmp_path, tiny
     assert result.report is not None and result.report.is_file()
 
     # routing: configured languages reach their adapters, others the base model (§3.2.5)
-    from compass.config import load_languages
     from compass.langid import make_identifier
+    from compass.languages import load_languages
 
     langs = load_languages(tmp_path / "state" / "demo" / "languages.yaml")
-    router = Router(make_identifier(cfg.langid, None), registry, langs.enabled)
+    router = Router(make_identifier(cfg.langid, langs.enabled), registry, langs.enabled)
     router.refresh()
     it = router.route("Che cosa è l'intelligenza artificiale? Mi piacerebbe saperne di più sui computer.")
     es = router.route("¿Qué es la inteligencia artificial? Me gustaría saber más sobre las computadoras.")

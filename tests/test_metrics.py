@@ -25,7 +25,7 @@ from compass.registry import AdapterRegistry
 from consumers.metrics import ConsumerMetrics
 from daemon.api.app import create_app
 from daemon.api.serving import create_serving_app
-from daemon.scheduler.service import DaemonMetrics
+from daemon.scheduler.metrics import DaemonMetrics
 from daemon.serving.metrics import ServingMetrics
 from daemon.worker.metrics import WorkerMetrics
 from infra.reference import set_reference

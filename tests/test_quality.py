@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from compass.config import LanguagesConfig, LanguageSettings, format_validation_error
 from compass.drift.quality import QualitySignal, QualitySignalError, combine
+from compass.languages import LanguagesConfig, LanguageSettings
+from compass.validation import format_validation_error
 
 CHANGE_AT = 1000
 

@@ -19,11 +19,11 @@ import redis
 from redis.cluster import RedisCluster, key_slot
 
 from compass.cluster import make_clusterer
-from compass.config import RedisConfig
-from compass.errors import ServiceUnavailable
 from deploy.local.process import free_ports, log_tail, tcp_answers
 from infra.clients import redis_client
 from infra.codebook import CodebookStore
+from infra.errors import ServiceUnavailable
+from infra.settings import RedisConfig
 from infra.window import ApplyResult, Assignment, WindowStore
 
 TOPIC = "compass.queries"
@@ -290,7 +290,7 @@ def test_daemon_and_worker_intake_end_to_end_on_the_cluster(cluster, services, t
     from `updating` through the inbox, status and history keys of that language's own master."""
     import json
 
-    from compass.config import LanguagesConfig
+    from compass.languages import LanguagesConfig
     from daemon.scheduler.service import Daemon
     from daemon.worker.service import Worker, lock_key
     from infra.clients import kafka_producer

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from compass.registry import AdapterManifest, AdapterRegistry, RegistryError, new_version
-from daemon.cli.main import app
+from daemon.cli import app
 
 
 def _manifest(version: str, lang: str = "sw", **kw) -> AdapterManifest:

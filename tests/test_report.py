@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from compass.report import load_run, render_html, render_report, write_report
 from compass.report.render import fmt_rel
-from daemon.cli.main import app
+from daemon.cli import app
 from infra.messages import Event
 
 T = 1732270000.0

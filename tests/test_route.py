@@ -11,10 +11,12 @@ import torch
 from test_langid import SENTENCES as LANGID_SENTENCES
 from test_langid import UNCONFIGURED, UNCONFIGURED_CASES
 
-from compass.config import LangIdConfig, LanguagesConfig, ServiceConfig, load_languages
 from compass.langid import Identification, make_identifier
+from compass.langid_config import LangIdConfig
+from compass.languages import LanguagesConfig, load_languages
 from compass.registry import AdapterManifest, AdapterRegistry
 from compass.route import RouteDecision, RouteError, Router, RouteTarget
+from infra.settings import ServiceConfig
 
 LANGS = ["de", "en", "es", "fr", "it"]
 SENTENCES = {
@@ -184,7 +186,7 @@ def test_bad_language_list_is_refused(identifier):
 def test_cli_prints_decisions(tmp_path, reg):
     from typer.testing import CliRunner
 
-    from daemon.cli.main import app
+    from daemon.cli import app
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"adapters:\n  registry: {tmp_path / 'adapters'}\n")

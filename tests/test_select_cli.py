@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from compass.data import Record, read_records, write_records
-from daemon.cli.main import app
+from daemon.cli import app
 
 DIM = 8
 

@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from compass.config import KafkaConfig, RedisConfig
-from compass.errors import ServiceUnavailable
 from deploy.local.process import free_ports
 from infra.clients import kafka_admin, kafka_consumer, kafka_producer, redis_client
+from infra.errors import ServiceUnavailable
+from infra.settings import KafkaConfig, RedisConfig
 
 N_MESSAGES = 60
 PARTITIONS = 3

@@ -16,11 +16,11 @@ from test_route import LANGS, SENTENCES
 from tinylm import make_tiny_lm
 
 from compass.adapt import TrainConfig, add_language_adapter, load_base, load_tokenizer
-from compass.config import ServiceConfig
 from compass.registry import AdapterManifest, AdapterRegistry
 from daemon.api.serving import create_serving_app
 from daemon.serving import AdapterServer
 from infra.messages import Event
+from infra.settings import ServiceConfig
 
 PASS = {"outcome": "pass", "reasons": ["test"]}
 N_NEW = 6
@@ -266,11 +266,13 @@ def test_http_limits_on_the_serving_app():
     # a stub server: the limits act before any endpoint, so no model is needed
     from types import SimpleNamespace
 
-    from compass.config import HttpConfig, ServiceConfig
+    from infra.settings import HttpConfig, ServiceConfig
 
     server = SimpleNamespace(cfg=ServiceConfig(http=HttpConfig(max_body_bytes=4096)),
                              ready=lambda: {"model": "ok"})
     client = TestClient(create_serving_app(server))
+    r = client.get("/metrics")  # a server without metrics: an empty exposition
+    assert r.status_code == 200 and r.text == ""
     for path in ("/v1/route", "/v1/generate"):
         r = client.post(path, json={"text": "x" * 5000})  # {"text":"x...x"}: 5011 bytes
         assert r.status_code == 413

@@ -20,7 +20,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from compass.config import LanguageSettings
 from compass.data import Record
 from compass.divergence import js_divergence
 from compass.drift.replay import replay
@@ -39,8 +38,9 @@ from compass.drift.simulate import (
     simulate,
     write_stream,
 )
-from compass.embed import l2_normalize
+from compass.embed import Embedder, l2_normalize
 from compass.errors import DataError
+from compass.languages import LanguageSettings
 
 P1, P2 = np.array([50, 50, 0]), np.array([20, 20, 60])
 SHIFT, N, INC, WINDOW = 600, 1000, 100, 200
@@ -316,7 +316,7 @@ def test_chatterbot_stream_has_five_periods_of_disjoint_groups_and_t5_returns_wi
     assert s == build_chatterbot_stream("it", seed=3, period_samples=40, records=_records())  # seeded
 
 
-class _TopicEmbedder:
+class _TopicEmbedder(Embedder):
     """'topic i' -> a seeded random direction per topic plus small noise (cosine-separated topics)."""
 
     dim = 16
@@ -375,7 +375,7 @@ def test_chatterbot_stream_names_the_missing_categories():
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-class _BlobEmbedder:
+class _BlobEmbedder(Embedder):
     """Texts 'a.. / b.. / c..' onto the planted blobs (the CLI's embedder seam)."""
 
     def encode(self, texts: list[str]) -> np.ndarray:

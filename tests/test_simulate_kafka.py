@@ -20,7 +20,7 @@ import typer
 from typer.testing import CliRunner
 
 from compass.drift.simulate import SimulationConfig, Stream, simulate, write_stream
-from compass.embed import l2_normalize
+from compass.embed import Embedder, l2_normalize
 from daemon.demo.simulate_kafka import (
     SimulationSetupError,
     check_supported,
@@ -33,7 +33,7 @@ SHIFT, N, INC, WINDOW = 600, 1000, 100, 200
 CENTERS = np.eye(3, 8, dtype=np.float32)
 
 
-class BlobEmbedder:
+class BlobEmbedder(Embedder):
     """"b:i" -> blob b's centre plus N(0, 0.01) noise seeded by i, unit norm."""
 
     dim = 8

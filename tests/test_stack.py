@@ -16,14 +16,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from compass.config import KafkaConfig, RedisConfig, ServiceConfig, StackConfig
-from compass.errors import ConfigError, StackError
+from compass.errors import ConfigError
 from daemon.cli.stack import app as stack_cli
 from deploy.local import maven
 from deploy.local.process import PidFile, free_ports
 from deploy.local.service import no_progress
 from deploy.local.stack import Stack
 from infra.clients import kafka_admin, redis_client
+from infra.errors import StackError
+from infra.settings import KafkaConfig, RedisConfig, ServiceConfig, StackConfig
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from httpserve import serve
 from compass.drift.emerging import EmergingState, how_to_serve, states_to_json
 from compass.registry import AdapterManifest, AdapterRegistry
 from daemon.api.app import create_app
-from infra.history import record_check, record_event
+from infra.history import queue_event, record_check
 from infra.messages import Event
 from infra.reference import set_reference
 from infra.unserved import Traffic, UnservedStore
@@ -67,9 +67,11 @@ def recorded(daemon, redis):
                           AdapterManifest(language="it", version=v, base_model_id="tiny", codebook_version="v1",
                                           parent=parent))
     reg.promote("it", "va", {"outcome": "pass"})
-    record_event(redis, Event("drift_detected", "it", T0 + 720, "it-job-1", {"js": 0.2, "theta": 0.15}), daemon.prefix)
-    record_event(redis, Event("adapter_rejected", "it", T0 + 900, "it-job-1",
-                              {"adapter_version": "vb", "reasons": ["retention +7% > margin 5%"]}), daemon.prefix)
+    with redis.pipeline(transaction=True) as pipe:
+        queue_event(pipe, Event("drift_detected", "it", T0 + 720, "it-job-1", {"js": 0.2, "theta": 0.15}), daemon.prefix)
+        queue_event(pipe, Event("adapter_rejected", "it", T0 + 900, "it-job-1",
+                                {"adapter_version": "vb", "reasons": ["retention +7% > margin 5%"]}), daemon.prefix)
+        pipe.execute()
     return reg
 
 

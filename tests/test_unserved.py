@@ -13,7 +13,6 @@ import uuid
 import pytest
 import yaml
 
-from compass.config import EmbedderConfig, LangIdConfig, LanguagesConfig, ServiceConfig
 from compass.drift.emerging import (
     EmergingError,
     EmergingSettings,
@@ -25,7 +24,11 @@ from compass.drift.emerging import (
     states_from_json,
     states_to_json,
 )
+from compass.embed.config import EmbedderConfig
+from compass.langid_config import LangIdConfig
+from compass.languages import LanguagesConfig
 from consumers.events import QueryEvent, encode_event
+from infra.settings import ServiceConfig
 from infra.unserved import Traffic, UnservedStore
 from infra.window import WindowInputError
 
@@ -175,11 +178,11 @@ def _events(cfg: ServiceConfig):
 def test_unserved_stream_keeps_windows_clean_counts_exactly_and_emerges_once(services, redis, topic_factory,
                                                                               tmp_path):
     from compass.cluster import make_clusterer
-    from compass.embed import make_embedder
     from compass.langid import make_identifier
     from consumers.monitor import Monitor
     from daemon.scheduler.service import Daemon
     from infra.codebook import CodebookStore
+    from infra.embedders import make_embedder
     from infra.window import WindowStore
 
     base = services.config
@@ -232,17 +235,17 @@ def test_unserved_stream_keeps_windows_clean_counts_exactly_and_emerges_once(ser
             pass
 
         def crash(reason="batch", **kw):
-            if not m._pending:
+            if not m.checkpoint.pending:
                 return {}
-            written.append({tp.partition: o for tp, o in m._pending.items()})
+            written.append({tp.partition: o for tp, o in m.checkpoint.pending.items()})
             if len(written) == 3:
                 raise Crash
-            return type(m)._commit_pending(m, reason, **kw)
+            return type(m.checkpoint).commit(m.checkpoint, reason, **kw)
 
-        m._commit_pending = crash
+        m.checkpoint.commit = crash
         with pytest.raises(Crash):
             m.run(burst=True)
-        m._pending.clear()
+        m.checkpoint.pending.clear()
         m.consumer.close(autocommit=False)
         m.redis.close()
         lo, hi = written[1][0] - len(phase1), written[2][0] - len(phase1)  # the written, uncommitted batch

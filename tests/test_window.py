@@ -334,7 +334,7 @@ def test_state_survives_a_redis_restart_with_aof(services):
 def test_quality_scores_are_pushed_once_in_order(redis, monkeypatch):
     store = WindowStore(redis)
     key = store.keys("en")["quality"]
-    assert key == "compass:{en}:quality"  # where the daemon's quality signal pops them (daemon/scheduler/service.py)
+    assert key == "compass:{en}:quality"  # where the daemon's quality signal pops them (daemon/scheduler/quality.py)
     batch = [Assignment("q0", 0, TOPIC, 0, 0, quality=0.5), Assignment("q1", 1, TOPIC, 0, 1),
              Assignment("q2", 1, TOPIC, 0, 2, quality=-3), Assignment("q3", 2, TOPIC, 0, 3, quality=1e-20)]
     store.apply("en", 10, "v1", 4, batch)

@@ -22,16 +22,10 @@ from test_update import ALL_TEXTS, HashEmbedder, corpus
 from tinylm import make_tiny_lm
 
 from compass.adapt import load_base
+from compass.adapt_settings import AdaptersConfig, GateSettings, ModelConfig, TrainSettings
 from compass.cluster import make_clusterer
-from compass.config import (
-    AdaptersConfig,
-    GateSettings,
-    LanguagesConfig,
-    ModelConfig,
-    TrainSettings,
-    WorkerConfig,
-)
 from compass.data import Record, write_records
+from compass.languages import LanguagesConfig
 from compass.registry import AdapterRegistry
 from daemon.scheduler.dispatch import Dispatcher
 from daemon.worker import Worker, adapt_language
@@ -41,6 +35,7 @@ from infra.codebook import CodebookStore
 from infra.deadletter import REASON_HEADER
 from infra.messages import UpdateJob, decode_event
 from infra.reference import get_reference
+from infra.settings import WorkerConfig
 
 LANGS = LanguagesConfig()
 TRAIN = TrainSettings(rank=2, alpha=4, target_modules=["q_proj", "v_proj"], lr=5e-3, max_epochs=2, batch_size=4,
@@ -76,7 +71,7 @@ def make_env(tmp_path, services, redis, topic_factory, lm_dir, embedder, n_targe
         "worker": WorkerConfig(**wcfg),
     })
     if embedder is None:
-        from compass.embed import make_embedder
+        from infra.embedders import make_embedder
 
         embedder = make_embedder(cfg.embedder)
     X = embedder.encode(list(dict.fromkeys(target_texts + corpus("food", 12, "es") + corpus("tech", 12, "es")
@@ -309,7 +304,7 @@ def test_sigterm_checkpoints_sigkill_leaves_the_registry_consistent_and_a_third_
     job, _ = send_job(cfg, redis, cb, emb)
     ckpt = tmp_path / "work" / "checkpoints" / job.job_id / "state.json"
     reg = AdapterRegistry(cfg.adapters.registry)
-    cmd = [sys.executable, "-m", "daemon.cli.main", "worker", "--config", str(path)]
+    cmd = [sys.executable, "-m", "daemon.cli", "worker", "--config", str(path)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     repo = Path(__file__).resolve().parent.parent
 

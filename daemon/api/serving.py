@@ -21,10 +21,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compass.config import HttpConfig
 from compass.route import RouteError
 from compass.route.router import normalize_lang
 from daemon.api.limits import MSG_MAX, install_limits
+from infra.settings import HttpConfig
 
 if TYPE_CHECKING:
     from daemon.serving import AdapterServer
@@ -64,6 +64,15 @@ class GenerateRequest(_Body):
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="tokens to generate, in [1, 4096]")
 
 
+class _NoMetrics:
+    """The metrics of a stand-in server that keeps none: an empty registry."""
+
+    registry = CollectorRegistry()
+
+
+_NO_METRICS = _NoMetrics()
+
+
 def create_serving_app(server: AdapterServer) -> FastAPI:
     """The API over one ``AdapterServer`` (sync endpoints: FastAPI runs them in its thread pool)."""
     app = FastAPI(title="compass serving", version="1",
@@ -83,9 +92,8 @@ def create_serving_app(server: AdapterServer) -> FastAPI:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        m = getattr(server, "metrics", None)  # a stand-in server may have none: an empty exposition
-        return Response(generate_latest(m.registry if m is not None else CollectorRegistry()),
-                        media_type=CONTENT_TYPE_LATEST)
+        m = getattr(server, "metrics", _NO_METRICS)  # a stand-in server may have none: an empty exposition
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/route")
     def route(body: RouteRequest) -> dict[str, Any]:

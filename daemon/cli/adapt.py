@@ -23,10 +23,11 @@ def adapt(
     """Train, register and promote the first adapter of a language from D_t (+ COMPASS selection with a proxy)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from compass.config import load_languages, load_service_config
-    from compass.errors import ServiceUnavailable
+    from compass.languages import load_languages
     from daemon.worker import adapt_language
     from daemon.worker.model import WorkerError
+    from infra.errors import ServiceUnavailable
+    from infra.settings import load_service_config
 
     cfg = load_service_config(config)
     langs = load_languages(languages)

@@ -23,7 +23,7 @@ def _registry(registry: str | None, config: Path | None):
     from compass.registry import AdapterRegistry
 
     if registry is None:
-        from compass.config import load_service_config
+        from infra.settings import load_service_config
 
         registry = load_service_config(config).adapters.registry
     return AdapterRegistry(registry)

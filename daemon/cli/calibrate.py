@@ -44,9 +44,10 @@ def _counts(value: str) -> list[float]:
 
 def _reference_probs(lang: str, config: Path | None) -> tuple[list[float], str, list[int]]:
     """P_ref, where it came from, and the language's recorded window (bucket ids, oldest first) from Redis."""
-    from compass.config import load_service_config
     from infra.clients import redis_client
+    from infra.keys import Keys
     from infra.reference import get_reference
+    from infra.settings import load_service_config
 
     cfg = load_service_config(config)
     client = redis_client(cfg.redis)
@@ -55,7 +56,7 @@ def _reference_probs(lang: str, config: Path | None) -> tuple[list[float], str, 
         typer.echo(f"{lang}: no P_ref in Redis; set one with `compass ref set {lang} --counts ...` or pass --counts",
                    err=True)
         raise typer.Exit(1)
-    window = [int(b) for b in client.lrange(f"{cfg.redis.key_prefix}:{{{lang}}}:window", 0, -1)]
+    window = [int(b) for b in client.lrange(Keys(cfg.redis.key_prefix).window(lang)["window"], 0, -1)]
     return ref.probs, f"P_ref of adapter {ref.adapter_version} (codebook {ref.codebook_version})", window
 
 
@@ -142,8 +143,8 @@ def calibrate(
 ) -> None:
     """Propose theta for LANG from a bootstrap of its no-drift JS; writes a suggestion file, never languages.yaml."""
     from compass import langcodes
-    from compass.config import DEFAULT_LANGUAGES, load_languages
     from compass.drift.calibrate import CalibrationError, propose_theta
+    from compass.languages import DEFAULT_LANGUAGES, load_languages
 
     lang = langcodes.normalize(lang)
     languages = languages or DEFAULT_LANGUAGES

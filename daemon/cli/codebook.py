@@ -25,10 +25,10 @@ class ClustererName(StrEnum):
 
 
 def _store(config: Path | None, need_redis: bool):
-    from compass.config import load_service_config
-    from compass.errors import ServiceUnavailable
     from infra.clients import redis_client
     from infra.codebook import CodebookStore
+    from infra.errors import ServiceUnavailable
+    from infra.settings import load_service_config
 
     cfg = load_service_config(config)
     try:
@@ -61,8 +61,8 @@ def build(
     from compass.cluster import make_clusterer
     from compass.cluster.labels import label_clusters
     from compass.data import read_records
-    from compass.embed import make_embedder
     from compass.errors import DataError
+    from infra.embedders import make_embedder
 
     if k is not None and clusterer is not ClustererName.kmeans:
         raise typer.BadParameter(f"--k {k} applies to kmeans only; hdbscan finds the number of clusters itself")
@@ -85,9 +85,7 @@ def build(
                 parts.append(embedder.encode(chunk))
                 bar.update(len(chunk))
     finally:
-        close = getattr(embedder, "close", None)
-        if callable(close):
-            close()
+        embedder.close()
     X = np.concatenate(parts).astype(np.float32, copy=False)
 
     params = {"n_clusters": k} if k is not None else {}

@@ -19,7 +19,7 @@ def check(
     files: list[Path] = typer.Argument(..., help="YAML files: a service config or languages.yaml"),
 ) -> None:
     """Validate each FILE; exit 1 if any has problems."""
-    from compass.config import check_file
+    from infra.settings import check_file
 
     failed = False
     for path in files:

@@ -65,9 +65,11 @@ def consume(
 def _run_worker(config: Path | None, languages: Path | None, topic: str | None, group: str | None, burst: bool,
                 max_messages: int | None, rebuild: bool, offset_reset: str, worker_index: int,
                 embedder_threads: int | None = None) -> int:
-    from compass.config import load_languages, load_service_config
+    from compass.languages import load_languages
     from consumers.metrics import ConsumerMetrics
     from consumers.monitor import Monitor
+    from consumers.rebuild import Rebuild
+    from infra.settings import load_service_config
 
     cfg = load_service_config(config)
     if embedder_threads and not cfg.embedder.threads:
@@ -84,8 +86,9 @@ def _run_worker(config: Path | None, languages: Path | None, topic: str | None, 
     metrics = ConsumerMetrics()
     port = cfg.consumer.metrics_port
     metrics.serve(port + worker_index if port else 0)
-    monitor = Monitor(cfg, langs, topic=topic, group_id=group, auto_offset_reset=offset_reset, rebuild=rebuild,
-                      metrics=metrics, worker_index=worker_index)
+    path = Rebuild if rebuild else Monitor  # a rebuild is its own path (consumers/rebuild.py)
+    monitor = path(cfg, langs, topic=topic, group_id=group, auto_offset_reset=offset_reset, metrics=metrics,
+                   worker_index=worker_index)
     try:
         stats = monitor.run(stop, burst=burst, max_messages=max_messages)
     finally:
@@ -113,7 +116,7 @@ def _supervise(workers: int) -> int:
     # N processes each running an OpenMP embedder on every core oversubscribe the CPU (spin-waiting threads
     # slowed 2 workers on 2 cores ~5x in benchmarks/consume.py): unless embedder.threads is set, split the cores.
     threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [subprocess.Popen([sys.executable, "-m", "daemon.cli.main", *out, "--worker-index", str(i),
+    procs = [subprocess.Popen([sys.executable, "-m", "daemon.cli", *out, "--worker-index", str(i),
                                "--embedder-threads", str(threads)]) for i in range(workers)]
     log.info("workers started", extra={"pids": [p.pid for p in procs]})
 

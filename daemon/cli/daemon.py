@@ -25,11 +25,12 @@ def daemon(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, int
     verbosity.apply(quiet, verbose)
     import uvicorn
 
-    from compass.config import DEFAULT_LANGUAGES, load_service_config
+    from compass.languages import DEFAULT_LANGUAGES
     from daemon.api import create_app
     from daemon.scheduler.reload import ReloadingLanguages
     from daemon.scheduler.service import Daemon
     from infra.clients import ensure_topics
+    from infra.settings import load_service_config
 
     cfg = load_service_config(config)
     if interval is not None and cfg.daemon.lease_ttl_ms <= interval * 1000:

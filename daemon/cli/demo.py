@@ -30,9 +30,10 @@ def demo(
 ) -> None:
     """Run the main job end to end: drift, trigger, reselection, ECDA update, gate, promotion; then a report."""
     verbosity.apply(quiet, verbose)
-    from compass.config import load_service_config
     from daemon.cli.stack import up as stack_up
-    from daemon.demo.loop import DemoSettings, run_demo
+    from daemon.demo.loop import run_demo
+    from daemon.demo.settings import DemoSettings
+    from infra.settings import load_service_config
 
     console = Console(soft_wrap=True)
     cfg = load_service_config(config)

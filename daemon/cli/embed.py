@@ -24,10 +24,11 @@ def embed(
     import numpy as np
     from tqdm import tqdm
 
-    from compass.config import load_service_config
     from compass.data import read_records
-    from compass.embed import CachedEmbedder, make_embedder
+    from compass.embed import CachedEmbedder
     from compass.errors import DataError
+    from infra.embedders import make_embedder
+    from infra.settings import load_service_config
 
     if output.suffix != ".npy":
         problem = f"output must end in .npy (got suffix {output.suffix!r}); e.g. {output}.npy"
@@ -51,9 +52,7 @@ def embed(
                 parts.append(embedder.encode(chunk))
                 bar.update(len(chunk))
     finally:
-        close = getattr(embedder, "close", None)
-        if callable(close):
-            close()
+        embedder.close()
     vectors = np.concatenate(parts, axis=0).astype(np.float32, copy=False)
 
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -23,10 +23,10 @@ def explain(
 ) -> None:
     """The clusters that contribute most to LANG's drift: share in P_ref vs the window, JS term, label, example."""
     from compass import langcodes
-    from compass.config import load_service_config
     from daemon.scheduler.explain import LabelCache, explain_window
     from infra.clients import redis_client
     from infra.reference import get_reference
+    from infra.settings import load_service_config
     from infra.window import WindowStore
 
     cfg = load_service_config(config)

@@ -56,15 +56,16 @@ def langid_demo(
     stack: bool = typer.Option(True, help="start the local stack first; --no-stack uses running servers"),
 ) -> None:
     """Replay real multilingual queries through Kafka, identify and embed them, print per-language counts."""
-    from compass.config import load_languages, load_service_config
     from compass.corpora import chatterbot
-    from compass.embed import make_embedder
     from compass.langid import make_identifier
+    from compass.languages import load_languages
     from consumers.enrich import enrich
     from consumers.events import BadEvent, decode_event
     from consumers.replay import replay, to_event
     from daemon.cli.stack import up as stack_up
     from infra.clients import ensure_topics, kafka_consumer
+    from infra.embedders import make_embedder
+    from infra.settings import load_service_config
 
     console = Console(soft_wrap=True)
     cfg = load_service_config(config)

@@ -13,8 +13,8 @@ CONFIG = typer.Option(None, "--config", "-c", help="service config YAML (default
 
 
 def _client(config: Path | None):
-    from compass.config import load_service_config
     from infra.clients import redis_client
+    from infra.settings import load_service_config
 
     cfg = load_service_config(config)
     return redis_client(cfg.redis), cfg.redis.key_prefix

@@ -21,8 +21,9 @@ def route(
     languages: Path | None = LANGUAGES,
 ) -> None:
     """Print the routing decision of each TEXT: language, confidence, adapter version, kind and why."""
-    from compass.config import load_languages, load_service_config
+    from compass.languages import load_languages
     from compass.route import Router
+    from infra.settings import load_service_config
 
     router = Router.from_config(load_service_config(config), load_languages(languages))
     decisions = [router.route(t, lang) for t in texts]

@@ -117,8 +117,8 @@ def _embed(texts_by_part: dict[str, list[str]], config: Path | None) -> dict[str
     import numpy as np
     from tqdm import tqdm
 
-    from compass.config import load_service_config
-    from compass.embed import make_embedder
+    from infra.embedders import make_embedder
+    from infra.settings import load_service_config
 
     cfg = load_service_config(config).embedder
     embedder = make_embedder(cfg)
@@ -133,9 +133,7 @@ def _embed(texts_by_part: dict[str, list[str]], config: Path | None) -> dict[str
                     bar.update(len(chunks[-1]))
                 out[part] = np.concatenate(chunks).astype(np.float32, copy=False)
     finally:
-        close = getattr(embedder, "close", None)
-        if callable(close):
-            close()
+        embedder.close()
     return out
 
 

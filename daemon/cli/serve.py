@@ -23,9 +23,10 @@ def serve(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, poll
     verbosity.apply(quiet, verbose)
     import uvicorn
 
-    from compass.config import load_languages, load_service_config
+    from compass.languages import load_languages
     from daemon.api.serving import create_serving_app
     from daemon.serving import AdapterServer
+    from infra.settings import load_service_config
 
     cfg = load_service_config(config)
     server = AdapterServer(cfg, load_languages(languages))

@@ -47,8 +47,8 @@ _FROM_LANGUAGES = {"thetas": "--thetas (theta)", "window_size": "--window-size (
 
 def _embedder(config: Path | None) -> Any:
     """The configured embedder (a seam: tests replace it with a fake)."""
-    from compass.config import load_service_config
-    from compass.embed import make_embedder
+    from infra.embedders import make_embedder
+    from infra.settings import load_service_config
 
     return make_embedder(load_service_config(config).embedder)
 
@@ -58,7 +58,7 @@ def _services(config: Path | None, stack: bool, console: Console) -> Iterator[An
     """The service config whose Kafka and Redis the through-Kafka run uses: a temporary stack's with ``stack``."""
     import tempfile
 
-    from compass.config import load_service_config
+    from infra.settings import load_service_config
 
     base = load_service_config(config)
     if not stack:
@@ -98,12 +98,6 @@ def _check_reachable(cfg: Any) -> None:
                                  param_hint="--through-kafka") from None
 
 
-def _close(embedder: Any) -> None:
-    close = getattr(embedder, "close", None)
-    if callable(close):
-        close()
-
-
 def _floats(value: str, flag: str, what: str) -> tuple[Any, ...]:
     try:
         return tuple(float(x) for x in value.split(",") if x.strip())
@@ -141,8 +135,8 @@ def _configs(codes: list[str], languages: Path | None, common: dict[str, Any], f
     if given:
         raise typer.BadParameter(f"{', '.join(given)} come(s) from the languages file; drop the flag(s) or edit "
                                  f"{languages}", param_hint="--languages")
-    from compass.config import load_languages
     from compass.errors import ConfigError
+    from compass.languages import load_languages
 
     try:
         cfg = load_languages(languages)
@@ -309,7 +303,7 @@ def simulate(
     embedder = _embedder(config)
     reports = []
     with contextlib.ExitStack() as scope:
-        scope.callback(_close, embedder)
+        scope.callback(embedder.close)
         service = scope.enter_context(_services(config, stack, console)) if through_kafka else None
         aux = None
         if pool_rows is not None:

@@ -25,8 +25,8 @@ CONFIG = typer.Option(None, "--config", help="service config YAML (default: conf
 
 
 def _stack(config: Path | None, console: Console):
-    from compass.config import load_service_config
     from deploy.local.stack import Stack
+    from infra.settings import load_service_config
 
     return Stack(load_service_config(config), progress=console.status)
 

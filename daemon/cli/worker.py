@@ -24,9 +24,10 @@ def worker(config: Path | None = CONFIG, languages: Path | None = LANGUAGES, onc
            max_jobs: int | None = MAX_JOBS, quiet: bool = verbosity.QUIET, verbose: bool = verbosity.VERBOSE) -> None:
     """Run adapter update jobs from compass.jobs: retrain, gate, promote, report on compass.events."""
     verbosity.apply(quiet, verbose)
-    from compass.config import load_languages, load_service_config
+    from compass.languages import load_languages
     from daemon.worker import Worker
     from infra.clients import ensure_topics
+    from infra.settings import load_service_config
 
     cfg = load_service_config(config)
     langs = load_languages(languages)

@@ -17,8 +17,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from compass.config import KafkaConfig
 from infra.messages import BadMessage, decode_event
+from infra.settings import KafkaConfig
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer

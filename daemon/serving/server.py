@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from compass.config import LanguagesConfig, ServiceConfig
 from compass.errors import CompassError
+from compass.languages import LanguagesConfig
 from compass.route import RouteDecision, RouteError, Router, RouteTarget
 from daemon.serving.adapters import AdapterLoadError, adapter_name, load_into
 from daemon.serving.metrics import ServingMetrics
+from infra.settings import ServiceConfig
 
 if TYPE_CHECKING:
     from compass.registry import AdapterRegistry
@@ -65,6 +65,22 @@ class Generation:
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "language": self.language, "adapter_version": self.adapter_version,
                 "kind": self.kind, "reason": self.reason}
+
+
+class _NoListener:
+    """The listener of a server that does not follow promotions (start_listener was not called)."""
+
+    state = "off"
+
+    def stop(self) -> None:
+        pass
+
+
+NO_LISTENER = _NoListener()
+
+
+def _ignore_decisions(decisions: list[RouteDecision]) -> None:
+    pass
 
 
 class AdapterServer:
@@ -107,12 +123,12 @@ class AdapterServer:
         self._table_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        self.listener: PromotionListener | None = None
+        self.listener: PromotionListener | _NoListener = NO_LISTENER
         self.load_errors = 0
         self.metrics = ServingMetrics()
         self.metrics.adapters_loaded.set_function(lambda: len(self._loaded))
         # Test/diagnostic hook: called with the decisions of a request after routing, before generation.
-        self.on_routed: Callable[[list[RouteDecision]], None] | None = None
+        self.on_routed: Callable[[list[RouteDecision]], None] = _ignore_decisions
         if sync:
             self.sync()
 
@@ -237,8 +253,7 @@ class AdapterServer:
         for d in decisions:
             self.metrics.requests.labels(d.language, d.kind).inc()
         try:
-            if self.on_routed is not None:
-                self.on_routed(decisions)
+            self.on_routed(decisions)
             out: list[Any] = [None] * len(texts)
             groups: dict[str | None, list[int]] = {}
             for i, name in enumerate(names):
@@ -247,10 +262,8 @@ class AdapterServer:
             for name, idx in groups.items():
                 for s in range(0, len(idx), step):
                     chunk = idx[s:s + step]
-                    started = time.perf_counter()
-                    results = run(name, [texts[i] for i in chunk])
-                    self.metrics.batch_seconds.labels(decisions[chunk[0]].language).observe(
-                        time.perf_counter() - started)
+                    with self.metrics.batch_seconds.labels(decisions[chunk[0]].language).time():
+                        results = run(name, [texts[i] for i in chunk])
                     for i, res in zip(chunk, results, strict=True):
                         out[i] = res
             return decisions, out
@@ -307,7 +320,7 @@ class AdapterServer:
         """Follow promotions on ``compass.events`` (and poll the registry every ``poll_s`` as a fallback)."""
         from daemon.serving.listener import PromotionListener
 
-        if self.listener is None:
+        if self.listener is NO_LISTENER:
             self.listener = PromotionListener(self, self.cfg.kafka, self.cfg.serving.events_group_id,
                                               poll_s=poll_s, topic=topic)
             self.listener.start()
@@ -315,10 +328,8 @@ class AdapterServer:
 
     def ready(self) -> dict[str, str]:
         """Readiness checks: the model is loaded; promotions come from Kafka or (degraded) the registry poll."""
-        events = "off" if self.listener is None else self.listener.state
-        return {"model": "ok", "events": events, "adapters": str(len(self.router.table))}
+        return {"model": "ok", "events": self.listener.state, "adapters": str(len(self.router.table))}
 
     def close(self) -> None:
-        if self.listener is not None:
-            self.listener.stop()
-            self.listener = None
+        self.listener.stop()
+        self.listener = NO_LISTENER

@@ -16,10 +16,11 @@ from typing import Any
 
 import redis
 
-from compass.config import LanguagesConfig, ServiceConfig
 from compass.data import read_records
+from compass.languages import LanguagesConfig
 from daemon.worker.model import ModelHost
 from daemon.worker.pipeline import JobContext, base_report, train_and_register, write_report
+from infra.settings import ServiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def adapt_language(
     host: ModelHost | None = None,
 ) -> dict[str, Any]:
     """Train, register and promote the first adapter of ``lang``; returns its job report (kind "initial")."""
-    from compass.embed import make_embedder
+    from infra.embedders import make_embedder
 
     job_id = f"{lang}-initial-{int(time.time() * 1000)}-{uuid.uuid4().hex[:4]}"
     ctx = JobContext(config, languages, client, host or ModelHost(config, model, tokenizer),

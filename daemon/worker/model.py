@@ -15,8 +15,9 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
 from compass.adapt import TrainConfig, add_language_adapter, load_base, load_tokenizer, resolve_device
-from compass.config import ServiceConfig, TrainSettings
+from compass.adapt_settings import TrainSettings
 from compass.errors import CompassError
+from infra.settings import ServiceConfig
 
 log = logging.getLogger(__name__)
 # peft injects adapter layers into the base model in place: a base model handed to a second host (the demo runs

@@ -32,13 +32,14 @@ from compass.adapt.update import (
     read_anchors,
     train_update,
 )
-from compass.config import LanguagesConfig, ServiceConfig
 from compass.data import read_records
 from compass.drift.explain import name_selection
+from compass.languages import LanguagesConfig
 from compass.registry import AdapterManifest, AdapterRegistry, new_version
 from daemon.worker.model import ModelHost, WorkerError, adapter_state, train_config
 from infra.messages import Event, UpdateJob
 from infra.reference import set_reference
+from infra.settings import ServiceConfig
 
 log = logging.getLogger(__name__)
 

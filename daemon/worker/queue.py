@@ -6,6 +6,14 @@ Redis Cluster keeps them in one slot and MULTI works)::
 
   {prefix}:{worker}:pending         hash   job_id -> JSON {job, attempts, next_try_at, source, enqueued_at}
   {prefix}:{worker}:done:<job_id>   string outcome, expires after ``done_ttl_s`` (redelivery de-duplication)
+
+Why not arq or rq: their producers enqueue through their own API, while our jobs arrive on Kafka and the queue
+only has to bridge "offset committed" to "job finished"; a job (minutes to hours of training on a model loaded
+once per process, see ModelHost) must run in the worker's own thread, not in an rq fork or an arq asyncio task
+with a job timeout, and it checkpoints and stays pending on SIGTERM instead of being retried as failed. One job
+per language across workers comes from the fenced, heartbeated Lease ``{prefix}:{ll}:worker-lock``, which
+neither library has (arq de-duplicates by job id only); the dead letter after ``max_attempts`` goes to a Kafka
+topic; and neither library keeps its keys in one hash tag, which a Redis Cluster needs for MULTI.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+
+from infra.keys import Keys
 
 DONE_TTL_S = 7 * 86400
 
@@ -41,13 +51,13 @@ class PendingJob:
 class JobQueue:
     def __init__(self, client: redis.Redis, prefix: str = "compass", done_ttl_s: int = DONE_TTL_S):
         self.client = client
-        self.pending_key = f"{prefix}:{{worker}}:pending"
-        self._done = f"{prefix}:{{worker}}:done:"
+        self._keys = Keys(prefix)
+        self.pending_key = self._keys.worker_pending()
         self.done_ttl_s = done_ttl_s
 
     def add(self, job_id: str, job: dict[str, Any], source: dict[str, Any] | None = None) -> bool:
         """Queue a job unless it is pending or done already; True when it was added."""
-        if self.client.exists(self._done + job_id):
+        if self.client.exists(self._keys.worker_done(job_id)):
             return False
         entry = PendingJob(job_id, job, enqueued_at=time.time(), source=dict(source or {}))
         return bool(self.client.hsetnx(self.pending_key, job_id, entry.to_json()))
@@ -66,7 +76,7 @@ class JobQueue:
         return [e for e in self.pending() if e.next_try_at <= now]
 
     def is_done(self, job_id: str) -> bool:
-        return bool(self.client.exists(self._done + job_id))
+        return bool(self.client.exists(self._keys.worker_done(job_id)))
 
     def failed(self, entry: PendingJob, error: str, backoff_s: float) -> PendingJob:
         """Record a failed attempt: attempts + 1, tried again after ``backoff_s``."""
@@ -84,5 +94,5 @@ class JobQueue:
         """Remove from pending and remember as done (atomically)."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hdel(self.pending_key, job_id)
-            pipe.set(self._done + job_id, outcome, ex=self.done_ttl_s)
+            pipe.set(self._keys.worker_done(job_id), outcome, ex=self.done_ttl_s)
             pipe.execute()

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from compass.adapt import Interrupted
-from compass.config import LanguagesConfig, ServiceConfig
+from compass.languages import LanguagesConfig
 from daemon.worker.metrics import WorkerMetrics
 from daemon.worker.model import ModelHost
 from daemon.worker.pipeline import JobContext, base_report, run_job, write_report
@@ -32,15 +32,17 @@ from daemon.worker.queue import JobQueue, PendingJob
 from infra.clients import REDIS_ERRORS
 from infra.deadletter import DeadLetter, DeadLetterWriter
 from infra.intake import IsolatedIntake
+from infra.keys import Keys
 from infra.lease import Lease
 from infra.messages import Event, UpdateJob, decode_job, encode
+from infra.settings import ServiceConfig
 
 log = logging.getLogger(__name__)
 BAD_JOB, MAX_ATTEMPTS, NOT_AN_UPDATE = "bad_job", "max_attempts", "not_an_update"
 
 
 def lock_key(lang: str, prefix: str) -> str:
-    return f"{prefix}:{{{lang}}}:worker-lock"
+    return Keys(prefix).worker_lock(lang)
 
 
 class _Heartbeat:
@@ -73,8 +75,8 @@ class Worker:
     def __init__(self, config: ServiceConfig, languages: LanguagesConfig, client: redis.Redis | None = None,
                  model: Any = None, tokenizer: Any = None, embedder: Any = None, consumer: Any = None,
                  producer: Any = None):
-        from compass.embed import make_embedder
         from infra.clients import kafka_consumer, kafka_producer, redis_client
+        from infra.embedders import make_embedder
 
         self.config = config
         self.client = client or redis_client(config.redis)
@@ -178,18 +180,16 @@ class Worker:
     def _attempt(self, entry: PendingJob, job: UpdateJob, lease: Lease) -> bool:
         attempt = entry.attempts + 1
         self.emit(Event("update_started", job.language, time.time(), job.job_id, {"attempt": attempt}))
-        started = time.perf_counter()
         try:
-            with _Heartbeat(lease):
+            # an interrupted attempt is timed too: it ran until the worker was told to stop
+            with _Heartbeat(lease), self.metrics.job_seconds.labels(job.kind).time():
                 report = run_job(self.ctx, job, should_stop=self.stop_event.is_set)
         except Interrupted as e:
             log.info("%s: job %s interrupted (%s); it stays pending", job.language, job.job_id, e)
             return False
         except Exception as e:  # any failure of the pipeline is retried, never fatal to the worker
-            self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
             self.metrics.attempt_failures.labels(job.language, job.kind).inc()
             return self._failed(entry, job, e, final=job.kind != "adapter_update")  # recluster: not ours, no retry
-        self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
         self.metrics.jobs.labels(job.language, job.kind, report["outcome"]).inc()
         self.queue.finish(job.job_id, report["outcome"])
         self.emit(Event("update_finished", job.language, time.time(), job.job_id,

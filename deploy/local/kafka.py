@@ -14,10 +14,11 @@ from string import Template
 
 import psutil
 
-from compass.config import ServiceConfig
-from compass.errors import ConfigError, ServiceUnavailable, StackError
+from compass.errors import ConfigError
 from deploy.local import maven, process
 from deploy.local.service import LocalService, Progress
+from infra.errors import ServiceUnavailable, StackError
+from infra.settings import ServiceConfig
 
 HERE = Path(__file__).resolve().parent
 POM = HERE.parent / "kafka" / "pom.xml"

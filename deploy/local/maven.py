@@ -12,8 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
-from compass.errors import StackError
 from deploy.local import process
+from infra.errors import StackError
 
 
 def cached_classpath(pom: Path, repo: Path) -> str | None:

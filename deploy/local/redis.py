@@ -16,10 +16,11 @@ import psutil
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from compass.config import ServiceConfig
-from compass.errors import ConfigError, ServiceUnavailable, StackError
+from compass.errors import ConfigError
 from deploy.local import process
 from deploy.local.service import LocalService, Progress
+from infra.errors import ServiceUnavailable, StackError
+from infra.settings import ServiceConfig
 
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import psutil
 
-from compass.config import ServiceConfig
-from compass.errors import StackError
 from deploy.local import process
+from infra.errors import StackError
+from infra.settings import ServiceConfig
 
 # Shows a long step to the user (the CLI passes a rich spinner); the default shows nothing.
 Progress = Callable[[str], AbstractContextManager[object]]

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from compass.config import ServiceConfig
 from compass.errors import ConfigError
 from deploy.local.kafka import KafkaService
 from deploy.local.redis import RedisService
@@ -25,6 +24,7 @@ from deploy.local.service import (
     StopResult,
     no_progress,
 )
+from infra.settings import ServiceConfig
 
 __all__ = ["SERVICE_NAMES", "ServiceName", "ServiceStatus", "Stack", "StartResult", "StopResult"]
 
