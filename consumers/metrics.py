@@ -39,7 +39,7 @@ class ConsumerMetrics:
             registry=r,
         )
         self.window_fill = Gauge(
-            "compass_window_fill", "queries in the language's monitor window / window_size", ["lang"], registry=r,
+            "compass_consumer_window_fill_ratio", "queries in the language's monitor window / window_size", ["lang"], registry=r,
         )
         self.unserved = Counter(
             "compass_consumer_unserved", "queries of a language no configured adapter serves (und: undetermined), "
@@ -59,7 +59,7 @@ class ConsumerMetrics:
             ["lang"], registry=r,
         )
         self.revisions = Counter(
-            "compass_codebook_revisions", "centroid revisions published by this worker (eq. 2)", registry=r,
+            "compass_consumer_codebook_revisions", "centroid revisions published by this worker (eq. 2)", registry=r,
         )
 
     def serve(self, port: int) -> None:

@@ -137,7 +137,7 @@ def test_consumer_metrics_endpoint_serves_its_registry():
     port = free_port()
     m.serve(port)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert 'compass_window_fill{lang="sw"} 0.25' in text
+    assert 'compass_consumer_window_fill_ratio{lang="sw"} 0.25' in text
     assert 'compass_consumer_dead_letters_total{reason="bad_json"} 3.0' in text
     assert scraped(text) == series(m.registry.collect())
 
@@ -162,7 +162,7 @@ def test_the_language_label_is_lang_everywhere():
     by_metric = {w._name: set(w._labelnames) for w in wrappers(*every_metric_set())}  # noqa: SLF001
     assert not {n for n, labels in by_metric.items() if labels & LANGUAGE_LABELS}
     per_lang = {n for n, labels in by_metric.items() if "lang" in labels}
-    assert {"compass_daemon_js_bits", "compass_window_fill", "compass_worker_jobs",
+    assert {"compass_daemon_js_bits", "compass_consumer_window_fill_ratio", "compass_worker_jobs",
             "compass_serving_requests"} <= per_lang
 
 
@@ -210,7 +210,7 @@ def test_dashboard_queries_read_only_exported_metrics():
     used = set().union(*(metric_names(e) for e in exprs))
     assert used <= names, used - names
     # what on-call looks for first: JS vs threshold, window fill, consumer flow, worker jobs, stuck/updating
-    assert {"compass_daemon_js_bits", "compass_daemon_threshold", "compass_window_fill",
+    assert {"compass_daemon_js_bits", "compass_daemon_threshold", "compass_consumer_window_fill_ratio",
             "compass_consumer_messages_total", "compass_consumer_lag", "compass_consumer_dead_letters_total",
             "compass_worker_jobs_total", "compass_daemon_stuck", "compass_daemon_updating"} <= used
 

@@ -18,7 +18,7 @@ class DaemonMetrics:
                               ["lang", "kind"], registry=r)
         self.js = Gauge("compass_daemon_js_bits", "last JS(P_ref || P_mon) in bits (eq. 5)", ["lang"], registry=r)
         self.fill = Gauge("compass_daemon_window_fill_ratio", "window size / window_size", ["lang"], registry=r)
-        self.noise = Gauge("compass_daemon_noise_share", "noise-bucket share of the window", ["lang"], registry=r)
+        self.noise = Gauge("compass_daemon_noise_ratio", "noise-bucket share of the window", ["lang"], registry=r)
         self.updating = Gauge("compass_daemon_updating", "1 while a job is out", ["lang"], registry=r)
         self.stuck = Gauge("compass_daemon_stuck", "1 while the language is stuck (no automatic update until ops "
                            "resume it)", ["lang"], registry=r)
@@ -30,7 +30,7 @@ class DaemonMetrics:
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5))
         self.ready = Gauge("compass_daemon_ready", "1 while the service answered the last readiness probe (/readyz), "
                            "by service (redis, kafka)", ["service"], registry=r)
-        self.unserved_share = Gauge("compass_daemon_unserved_share", "share of all queries over "
+        self.unserved_share = Gauge("compass_daemon_unserved_ratio", "share of all queries over "
                                     "daemon.emerging_horizon_s of a language no configured adapter serves (und: "
                                     "undetermined)", ["lang"], registry=r)
         self.unserved_queries = Gauge("compass_daemon_unserved_queries", "queries over daemon.emerging_horizon_s of "
