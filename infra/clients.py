@@ -8,7 +8,7 @@ Every factory connects eagerly and fails fast: a server that cannot be reached r
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import kafka.errors
 import redis
@@ -33,6 +33,8 @@ _UNREACHABLE = (
 # retried here, but a server that is down is reported in well under a second.
 _REDIS_RETRY = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 3)
 
+
+_K = TypeVar("_K", KafkaProducer, KafkaConsumer, KafkaAdminClient)
 
 # What a Redis call can raise: RedisCluster's own errors (slot not covered, cross-slot) are not RedisErrors.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
@@ -68,10 +70,7 @@ def redis_client(cfg: RedisConfig, **overrides: Any) -> redis.Redis | RedisClust
 
 def kafka_producer(cfg: KafkaConfig, **overrides: Any) -> KafkaProducer:
     """A connected ``KafkaProducer``; ``overrides`` are kafka-python producer settings."""
-    try:
-        return KafkaProducer(**_kafka_kwargs(cfg, overrides))
-    except _UNREACHABLE as e:
-        raise ServiceUnavailable("Kafka", _kafka_address(cfg), str(e)) from e
+    return _kafka_connect(KafkaProducer, cfg, overrides)
 
 
 def kafka_consumer(
@@ -82,11 +81,7 @@ def kafka_consumer(
     Offsets are committed explicitly by default (``enable_auto_commit=False``): a consumer commits
     after its state write succeeded. kafka-python's own default ``auto_offset_reset='latest'`` applies.
     """
-    kw = _kafka_kwargs(cfg, {"group_id": group_id, "enable_auto_commit": False, **overrides})
-    try:
-        consumer = KafkaConsumer(**kw)
-    except _UNREACHABLE as e:
-        raise ServiceUnavailable("Kafka", _kafka_address(cfg), str(e)) from e
+    consumer = _kafka_connect(KafkaConsumer, cfg, {"group_id": group_id, "enable_auto_commit": False, **overrides})
     topics = list(topics)
     if topics:
         consumer.subscribe(topics)
@@ -95,8 +90,13 @@ def kafka_consumer(
 
 def kafka_admin(cfg: KafkaConfig, **overrides: Any) -> KafkaAdminClient:
     """A connected ``KafkaAdminClient``."""
+    return _kafka_connect(KafkaAdminClient, cfg, overrides)
+
+
+def _kafka_connect(client_class: type[_K], cfg: KafkaConfig, overrides: dict[str, Any]) -> _K:
+    """``client_class`` built on ``cfg`` + ``overrides``; an unreachable cluster raises ServiceUnavailable."""
     try:
-        return KafkaAdminClient(**_kafka_kwargs(cfg, overrides))
+        return client_class(**_kafka_kwargs(cfg, overrides))
     except _UNREACHABLE as e:
         raise ServiceUnavailable("Kafka", _kafka_address(cfg), str(e)) from e
 

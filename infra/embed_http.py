@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import tenacity
 
-from compass.embed.base import check_texts, empty, l2_normalize
+from compass.embed.base import Embedder, check_texts, empty, l2_normalize
 from compass.errors import EmbedderError, EmbedderUnavailable
 from infra.retry import parse_retry_after, retrying
 
@@ -40,7 +40,7 @@ class _Retryable(Exception):
         self.retry_after_s = retry_after_s
 
 
-class HttpEmbedder:
+class HttpEmbedder(Embedder):
     """Client of an OpenAI-compatible ``/embeddings`` endpoint. Use as a context manager or call ``close``."""
 
     def __init__(
@@ -83,10 +83,6 @@ class HttpEmbedder:
             self._embed_batch(["dimension probe"])
         assert self._dim is not None
         return self._dim
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         items = check_texts(texts)
@@ -215,12 +211,6 @@ class HttpEmbedder:
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self) -> HttpEmbedder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"HttpEmbedder(model_id={self._model_id!r}, batch_size={self.batch_size})"

@@ -19,7 +19,7 @@ is 2-3 letters, so the tag never collides with a language's ``{ll}``):
                                              fenced (``...:emerging:fence``) under the daemon's lease
                                              ``{prefix}:{unserved}:lease`` (daemon/scheduler/unserved.py)
 
-Exactly once, like infra/window.py: one Lua call per batch compares each message's offset with ``offsets``
+Exactly once, like infra/window/: one Lua call per batch compares each message's offset with ``offsets``
 (a re-delivered message is a duplicate and skipped), then increments, pushes the samples and records the new
 offsets. The monitor calls it after the window write and before the offset commit; the two keep offsets of
 their own, so a crash between them re-delivers the batch and each skips what it already counted.
@@ -35,8 +35,12 @@ from dataclasses import dataclass
 
 import redis
 
+from compass.params import is_int
+from infra.keys import PREFIX as _PREFIX
 from infra.keys import UNSERVED, Keys
-from infra.window import _LANG, _PREFIX, _TOPIC, MAX_OFFSET, WindowInputError, _is_int, _pairs, _text
+from infra.window.errors import WindowInputError
+from infra.window.replies import pairs, text
+from infra.window.types import LANG_RE, MAX_OFFSET, TOPIC_RE
 
 TAG = UNSERVED  # the hash tag of every key here (infra/keys.py)
 SERVED_FIELD = "_served"  # the served count of a bucket (never a language code: those are 2-3 letters)
@@ -59,15 +63,15 @@ class Traffic:
         problems = []
         if not isinstance(self.query_id, str) or not self.query_id:
             problems.append(f"query_id must be a non-empty string; got {self.query_id!r}")
-        if not isinstance(self.lang, str) or not _LANG.match(self.lang):
+        if not isinstance(self.lang, str) or not LANG_RE.match(self.lang):
             problems.append(f"lang must be a compass language code (2-3 lowercase letters); got {self.lang!r}")
-        if not isinstance(self.topic, str) or not _TOPIC.match(self.topic):
+        if not isinstance(self.topic, str) or not TOPIC_RE.match(self.topic):
             problems.append(f"topic must be a Kafka topic name; got {self.topic!r}")
-        if not _is_int(self.partition) or self.partition < 0:
+        if not is_int(self.partition, allow_numpy=True) or self.partition < 0:
             problems.append(f"partition must be an integer >= 0; got {self.partition!r}")
-        if not _is_int(self.offset) or not 0 <= self.offset < MAX_OFFSET:
+        if not is_int(self.offset, allow_numpy=True) or not 0 <= self.offset < MAX_OFFSET:
             problems.append(f"offset must be an integer in [0, 2**53); got {self.offset!r}")
-        if not _is_int(self.at_ms) or self.at_ms < 0:
+        if not is_int(self.at_ms, allow_numpy=True) or self.at_ms < 0:
             problems.append(f"at_ms must be an integer >= 0 (epoch milliseconds); got {self.at_ms!r}")
         if problems:
             raise WindowInputError(f"Traffic {self.query_id!r}: " + "; ".join(problems))
@@ -177,7 +181,7 @@ class UnservedStore:
             problems.append(f"prefix must use only letters, digits and _.:- ; got {prefix!r}")
         for name, value in (("bucket_s", bucket_s), ("retention_s", retention_s), ("samples_max", samples_max),
                             ("samples_ttl_s", samples_ttl_s)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value, allow_numpy=True) or value < 1:
                 problems.append(f"{name} must be an integer >= 1; got {value!r}")
         if problems:
             raise WindowInputError("UnservedStore: " + "; ".join(problems))
@@ -226,7 +230,7 @@ class UnservedStore:
         keys = [self.key("counts"), self.key("offsets"), *(self.bucket_key(b) for b in buckets),
                 *(self.samples_key(lang) for lang in sample_langs)]
         reply = self._apply(keys=keys, args=[json.dumps(arg, ensure_ascii=False, separators=(",", ":"))])
-        langs = Counter({_text(reply[i]): int(reply[i + 1]) for i in range(3, len(reply), 2)})
+        langs = Counter({text(reply[i]): int(reply[i + 1]) for i in range(3, len(reply), 2)})
         return UnservedResult(int(reply[0]), langs, int(reply[1]), int(reply[2]))
 
     def reset(self) -> None:
@@ -248,22 +252,22 @@ class UnservedStore:
         first, last = int((now - horizon_s) // self.bucket_s), int(now // self.bucket_s)
         keys = [self.key("counts"), *(self.bucket_key(b) for b in range(max(first, 0), last + 1))]
         totals_raw, sums_raw = self._read(keys=keys, args=[])
-        sums = {f: int(v) for f, v in _pairs(sums_raw).items()}
+        sums = {f: int(v) for f, v in pairs(sums_raw).items()}
         served = sums.pop(SERVED_FIELD, 0)
-        totals = {lang: int(v) for lang, v in _pairs(totals_raw).items()}
+        totals = {lang: int(v) for lang, v in pairs(totals_raw).items()}
         return UnservedReading(served, dict(sorted(sums.items())), dict(sorted(totals.items())), first, last)
 
     def totals(self) -> dict[str, int]:
         """Unserved queries ever counted, by language."""
-        return {_text(k): int(v) for k, v in sorted(self.client.hgetall(self.key("counts")).items())}
+        return {text(k): int(v) for k, v in sorted(self.client.hgetall(self.key("counts")).items())}
 
     def samples(self, lang: str, limit: int | None = None) -> list[str]:
         """The newest sample query ids of ``lang``, newest last."""
-        if limit is not None and (not _is_int(limit) or limit < 0):
+        if limit is not None and (not is_int(limit, allow_numpy=True) or limit < 0):
             raise WindowInputError(f"limit must be an integer >= 0 or None; got {limit!r}")
         if limit == 0:
             return []
-        return [_text(x) for x in self.client.lrange(self.samples_key(lang), -(limit or self.samples_max), -1)]
+        return [text(x) for x in self.client.lrange(self.samples_key(lang), -(limit or self.samples_max), -1)]
 
     def offsets(self) -> dict[str, int]:
-        return {_text(k): int(v) for k, v in self.client.hgetall(self.key("offsets")).items()}
+        return {text(k): int(v) for k, v in self.client.hgetall(self.key("offsets")).items()}

@@ -52,7 +52,7 @@ def test_key_strings(built, expected):
     assert built == expected
 
 
-def test_window_kinds_in_script_order():  # infra/window.py passes them to its Lua scripts as KEYS[1..7] in this order
+def test_window_kinds_in_script_order():  # infra/window/ passes them to its Lua scripts as KEYS[1..7] in this order
     assert list(K.window("en")) == ["window", "counts", "offsets", "recent", "meta", "quality", "ids"]
 
 

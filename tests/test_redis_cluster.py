@@ -1,5 +1,5 @@
 """compass on a real 3-master Redis Cluster (``redis.cluster: true``): the client factory, the monitor windows of
-infra/window.py (W_recent of eq. 4) with languages on different nodes, and the codebook pointer.
+infra/window/ (W_recent of eq. 4) with languages on different nodes, and the codebook pointer.
 
 The fixture starts its own cluster on 127.0.0.1 (Debian's redis-server and redis-cli, free ports, one tmp dir per
 node) and stops each node by its own PID."""

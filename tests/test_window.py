@@ -1,4 +1,4 @@
-"""infra/window.py against the real Redis: counts, offsets (effectively-once), recent queries, codebook
+"""infra/window/ against the real Redis: counts, offsets (effectively-once), recent queries, codebook
 versions, trimming, hash tags, AOF persistence across a restart."""
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ def test_quality_scores_are_pushed_once_in_order(redis, monkeypatch):
     r = store.apply("en", 10, "v1", 4, batch[2:] + [Assignment("q4", 0, TOPIC, 0, 4, quality=2.25)])
     assert r == ApplyResult(applied=1, duplicates=2, evicted=0)
     assert redis.lrange(key, 0, -1) == [b"0.5", b"-3.0", b"1e-20", b"2.25"]  # a re-delivery adds no score
-    monkeypatch.setattr("infra.window.QUALITY_MAX", 3)  # unread scores are capped, the oldest dropped
+    monkeypatch.setattr("infra.window.store.QUALITY_MAX", 3)  # unread scores are capped, the oldest dropped
     store.apply("en", 10, "v1", 4, [Assignment("q5", 0, TOPIC, 0, 5, quality=7.0)])
     assert redis.lrange(key, 0, -1) == [b"1e-20", b"2.25", b"7.0"]
     for bad in (float("nan"), float("inf"), True, "0.5"):

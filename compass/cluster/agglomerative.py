@@ -12,20 +12,18 @@ cut label; every other row, and ``predict``, takes the nearest centroid (normali
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 
+from compass.cluster import ksearch
 from compass.cluster.base import (
     BaseClusterer,
     check_int,
-    check_int_seq,
     compact_labels,
     cosine_silhouette,
     fit_sample,
     normalised_means,
-    param_error,
     silhouette_precomputed,
 )
 from compass.cluster.errors import ClusterInputError
@@ -36,26 +34,21 @@ OWNER = "AgglomerativeClusterer"
 
 @dataclass
 class AgglomerativeConfig:
-    n_clusters: int | None = field(default=None, metadata={"help": "Fixed K; None searches k_range by silhouette."})
-    k_range: tuple[int, ...] = field(
-        default=tuple(range(10, 121, 5)), metadata={"help": "Candidate K values for the dendrogram cut."}
-    )
+    n_clusters: int | None = ksearch.n_clusters_field()
+    k_range: tuple[int, ...] = ksearch.k_range_field("Candidate K values for the dendrogram cut.")
     max_fit_samples: int = field(default=5000, metadata={"help": "Rows Ward runs on (O(n²) memory); rest assigned."})
-    silhouette_sample: int = field(default=5000, metadata={"help": "Rows the silhouette is scored on (bounded)."})
+    silhouette_sample: int = ksearch.silhouette_sample_field()
     seed: int = field(default=0, metadata={"help": "Seed of the row samples."})
 
     def __post_init__(self) -> None:
-        if self.n_clusters is not None:
-            check_int("n_clusters", OWNER, self.n_clusters, 1)
-        self.k_range = check_int_seq("k_range", OWNER, self.k_range, 2)
+        ksearch.check_k(self, OWNER)
         check_int("max_fit_samples", OWNER, self.max_fit_samples, 2)
         check_int("silhouette_sample", OWNER, self.silhouette_sample, 3)
         check_int("seed", OWNER, self.seed, 0)
-        if self.n_clusters is not None and self.n_clusters > self.max_fit_samples:
-            raise param_error("n_clusters", OWNER, f"<= max_fit_samples ({self.max_fit_samples})", self.n_clusters)
+        ksearch.check_k_fits(self, OWNER)
 
 
-class AgglomerativeClusterer(BaseClusterer):
+class AgglomerativeClusterer(ksearch.KSearchState, BaseClusterer):
     """Ward linkage + fcluster cut (fixed K or silhouette); nearest-centroid assignment beyond the fit rows."""
 
     name = "agglomerative"
@@ -96,17 +89,6 @@ class AgglomerativeClusterer(BaseClusterer):
         else:
             self.labels_ = nearest_centroid(X, self.centroids_)[0]
             self.labels_[idx] = fit_labels
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "chosen_k": getattr(self, "chosen_k_", None),
-            "silhouette_scores": {str(k): v for k, v in getattr(self, "silhouette_scores_", {}).items()},
-        }
-
-    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], path) -> None:
-        self.silhouette_scores_ = {int(k): float(v) for k, v in state.get("silhouette_scores", {}).items()}
-        if state.get("chosen_k") is not None:
-            self.chosen_k_ = int(state["chosen_k"])
 
 
 __all__ = ["AgglomerativeClusterer", "AgglomerativeConfig"]

@@ -14,15 +14,14 @@ at most ``max_fit_samples`` rows; all rows get the label of their nearest centro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import faiss
 import numpy as np
 
+from compass.cluster import ksearch
 from compass.cluster.base import (
     BaseClusterer,
     check_int,
-    check_int_seq,
     check_X,
     compact_labels,
     cosine_silhouette,
@@ -39,30 +38,26 @@ OWNER = "KMeansClusterer"
 
 @dataclass
 class KMeansConfig:
-    n_clusters: int | None = field(default=None, metadata={"help": "Fixed K; None searches k_range by silhouette."})
-    k_range: tuple[int, ...] = field(
-        default=tuple(range(10, 121, 5)),
-        metadata={"help": "Candidate K values for the silhouette search (App. E: 10..120 step 5); clipped to n."},
+    n_clusters: int | None = ksearch.n_clusters_field()
+    k_range: tuple[int, ...] = ksearch.k_range_field(
+        "Candidate K values for the silhouette search (App. E: 10..120 step 5); clipped to n."
     )
     n_init: int = field(default=3, metadata={"help": "k-means++ seeds per K; the lowest cosine inertia is kept."})
     max_iter: int = field(default=25, metadata={"help": "Lloyd iterations per run (faiss niter)."})
-    silhouette_sample: int = field(default=5000, metadata={"help": "Rows the silhouette is scored on (bounded)."})
+    silhouette_sample: int = ksearch.silhouette_sample_field()
     search_max_samples: int = field(default=20_000, metadata={"help": "Rows the K search fits on (bounded)."})
     max_fit_samples: int = field(default=100_000, metadata={"help": "Rows the final fit uses; the rest are assigned."})
     seed: int = field(default=0, metadata={"help": "Seed of every random choice (samples, k-means++, faiss)."})
 
     def __post_init__(self) -> None:
-        if self.n_clusters is not None:
-            check_int("n_clusters", OWNER, self.n_clusters, 1)
-        self.k_range = check_int_seq("k_range", OWNER, self.k_range, 2)
+        ksearch.check_k(self, OWNER)
         check_int("n_init", OWNER, self.n_init, 1)
         check_int("max_iter", OWNER, self.max_iter, 1)
         check_int("silhouette_sample", OWNER, self.silhouette_sample, 3)
         check_int("search_max_samples", OWNER, self.search_max_samples, 3)
         check_int("max_fit_samples", OWNER, self.max_fit_samples, 1)
         check_int("seed", OWNER, self.seed, 0)
-        if self.n_clusters is not None and self.n_clusters > self.max_fit_samples:
-            raise param_error("n_clusters", OWNER, f"<= max_fit_samples ({self.max_fit_samples})", self.n_clusters)
+        ksearch.check_k_fits(self, OWNER)
         if self.n_clusters is None and min(self.k_range) >= min(self.silhouette_sample, self.search_max_samples):
             raise param_error(
                 "k_range", OWNER, "below silhouette_sample and search_max_samples (the silhouette needs K < rows)",
@@ -106,7 +101,7 @@ def spherical_kmeans(X: np.ndarray, k: int, n_init: int, max_iter: int, rng: np.
     return best
 
 
-class KMeansClusterer(BaseClusterer):
+class KMeansClusterer(ksearch.KSearchState, BaseClusterer):
     """Spherical k-means (cosine); K fixed or chosen by silhouette. See the module docstring."""
 
     name = "kmeans"
@@ -179,17 +174,6 @@ class KMeansClusterer(BaseClusterer):
         mu[hit] = new
         self.centroids_ = mu.astype(np.float32)
         return labels
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "chosen_k": getattr(self, "chosen_k_", None),
-            "silhouette_scores": {str(k): v for k, v in getattr(self, "silhouette_scores_", {}).items()},
-        }
-
-    def _restore(self, state: dict[str, Any], arrays: dict[str, np.ndarray], path) -> None:
-        self.silhouette_scores_ = {int(k): float(v) for k, v in state.get("silhouette_scores", {}).items()}
-        if state.get("chosen_k") is not None:
-            self.chosen_k_ = int(state["chosen_k"])
 
 
 __all__ = ["KMeansClusterer", "KMeansConfig", "kmeanspp_init", "spherical_kmeans"]

