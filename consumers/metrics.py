@@ -39,7 +39,8 @@ class ConsumerMetrics:
             registry=r,
         )
         self.window_fill = Gauge(
-            "compass_consumer_window_fill_ratio", "queries in the language's monitor window / window_size", ["lang"], registry=r,
+            "compass_consumer_window_fill_ratio", "queries in the language's monitor window / window_size", ["lang"],
+            registry=r,
         )
         self.unserved = Counter(
             "compass_consumer_unserved", "queries of a language no configured adapter serves (und: undetermined), "
