@@ -8,6 +8,15 @@ Plan (``plan_update``):
              training part, budget B from the language's settings (|S| = B * |D_t|).
   D_new      D_t (training part, always) ∪ S ∪ the window's training part, capped at ``max_examples`` (seeded).
   P_ref      eq. 3 over the codebook's buckets (clusters, then noise): the window's counts + S's counts.
+  rows       ``reference_rows``: the rows behind eq. 3's numerators, stored with the version so P_ref can be
+             recomputed on another codebook (``compass/drift/reference_rows.py``):
+               "window"   every recent row (weight 1; all of them, not only the kept part, since n_eval counts all),
+               "target"   every D_t row instead, when D_t stood in for E_t (no usage proxy; weight 1),
+               "selected" each distinct selected pool row, weight = its repetition count.
+             With ``window_counts=None`` a recount of these rows on the same buckets equals ``counts`` exactly.
+             With ``window_counts`` given, n_eval is the frozen window's counts but the rows are the recent texts
+             the worker still had (some may have expired from the recent list), so a recount on the SAME codebook
+             may differ from ``counts``; it is the best stand-in for that window that exists after the cycle.
 Training (``train_update``): ECDA from theta_prev when a previous adapter and its anchors exist, plain DoRA
 fine-tuning otherwise; then the new B_anchor (``select_anchors`` under the new P_ref) and its diagonal Fisher at
 the new weights, which the next cycle uses as theta_prev's Fisher.
@@ -33,6 +42,8 @@ from compass.adapt.ewc import diagonal_fisher
 from compass.adapt.model import adapter_parameters
 from compass.adapt.train import TrainResult, _batches, _pad_id, encode, evaluate, train_adapter
 from compass.drift import reference_distribution
+from compass.drift.reference_rows import ReferenceRows
+from compass.embed import l2_normalize
 
 ANCHORS_FILE = "anchors.jsonl"
 FISHER_FILE = "fisher.safetensors"
@@ -55,6 +66,7 @@ class UpdatePlan:
     retention: list[str]  # held-out D_t texts + previous anchors
     counts: np.ndarray  # (K+1,) eq. 3 numerators: window counts + selected per bucket
     p_ref: np.ndarray  # (K+1,)
+    reference_rows: ReferenceRows  # the rows behind ``counts`` (module docstring), for P_ref on another codebook
     selection: dict[str, Any] = field(default_factory=dict)  # the job report's "selection" object
     kind: str = "compass"  # "target_only" when there was no usage proxy
 
@@ -76,6 +88,12 @@ def digest(ids: Sequence[str]) -> str:
 def _noise_to_minus_one(buckets: np.ndarray, k: int) -> np.ndarray:
     b = np.asarray(buckets, dtype=np.int64)
     return np.where(b >= k, -1, b)
+
+
+def _unit_rows(ids: Sequence[str], source: str, X: np.ndarray, weights: np.ndarray, dim: int) -> ReferenceRows:
+    """``ReferenceRows`` of one source; rows re-normalised so a stored row assigns like the one that was counted."""
+    x = l2_normalize(np.asarray(X, dtype=np.float32)) if len(ids) else np.zeros((0, dim), np.float32)
+    return ReferenceRows(tuple(ids), (source,) * len(ids), np.asarray(weights, np.float64), x)
 
 
 def _split(n: int, fraction: float, seed: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,8 +178,12 @@ def plan_update(
         n_eval = np.asarray(window_counts, dtype=np.float64)
     else:
         n_eval = np.bincount(np.where(r_lab < 0, k, r_lab), minlength=size).astype(np.float64)
+    dim = int(np.asarray(X_target).shape[1])
+    usage = _unit_rows([r[0] for r in recent], "window", X_recent, np.ones(len(recent)), dim)
     if n_eval.sum() == 0:  # no usage proxy: D_t's own distribution stands in for E_t
         n_eval = np.bincount(np.where(t_lab < 0, k, t_lab), minlength=size).astype(np.float64)
+        usage = _unit_rows([r.id for r in target], "target", X_target, np.ones(len(target)), dim)
+    selected = _unit_rows([pool[i].id for i in rows.tolist()], "selected", np.asarray(X_pool)[rows], reps, dim)
     counts = n_eval + sel_counts.astype(np.float64)
     return UpdatePlan(
         train=[e for e, _, _ in items],
@@ -171,6 +193,7 @@ def plan_update(
         retention=[record_text(target[i]) for i in t_out] + list(prev_anchor_texts),
         counts=counts,
         p_ref=reference_distribution(n_eval, sel_counts.astype(np.float64)),  # eq. 3
+        reference_rows=ReferenceRows.concat([usage, selected], dim),
         selection=summary,
         kind=kind,
     )

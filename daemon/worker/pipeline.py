@@ -1,6 +1,7 @@
 """One update job, end to end (§3.3.3): data plan, ECDA training from theta_prev, registry write, gate, promotion.
 
-The registry is written only after training finished; its temp-dir + rename keeps a killed worker from leaving a
+The registry is written only after training finished (weights, anchors, Fisher and the eq. 3 reference rows,
+``compass/drift/reference_rows.py``); its temp-dir + rename keeps a killed worker from leaving a
 partial version. The gate compares NLLs of the current adapter (theta_prev, scored before training) and of the
 candidate on the adaptation set (held-out recent window) and the retention set (held-out D_t + old anchors).
 """
@@ -34,6 +35,7 @@ from compass.adapt.update import (
 )
 from compass.data import read_records
 from compass.drift.explain import name_selection
+from compass.drift.reference_rows import REFERENCE_ROWS_FILE
 from compass.languages import LanguagesConfig
 from compass.registry import AdapterManifest, AdapterRegistry, new_version
 from daemon.worker.model import ModelHost, WorkerError, adapter_state, train_config
@@ -249,7 +251,9 @@ def train_and_register(
                      "recent": digest([i for i, _ in recent])},
         metrics=metrics, kind=plan.kind,
     )
-    ctx.registry.write_version(lang, weights, adapter_config, manifest, extra_files=result.extra_files())
+    # the eq. 3 rows travel with the version, so a re-clustering can recompute P_ref on its new codebook
+    extra = {**result.extra_files(), REFERENCE_ROWS_FILE: plan.reference_rows.to_bytes()}
+    ctx.registry.write_version(lang, weights, adapter_config, manifest, extra_files=extra)
     report["version"] = version
     if gate_dict["passed"]:
         ctx.registry.promote(lang, version, gate=gate_dict)
@@ -280,8 +284,8 @@ def run_job(
 
     report = base_report(job.job_id, job.language, "update", job.reason, time.time())
     if job.kind != "adapter_update":
-        raise WorkerError(f"job {job.job_id}: kind {job.kind!r} is not an adapter update; re-clustering is done "
-                          "by `compass codebook build`, not by the worker")
+        raise WorkerError(f"job {job.job_id}: kind {job.kind!r} is not an adapter update; the worker runs "
+                          "recluster jobs with daemon/worker/recluster.run_recluster")
     if ctx.client is None:
         raise WorkerError("run_job needs a Redis client (the job's snapshot and recent queries live there)")
     raw = ctx.client.get(job.snapshot_key)
