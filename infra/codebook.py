@@ -3,7 +3,8 @@
 Layout under ``root`` (``consumer.codebook_dir``)::
 
     <version>/manifest.json   {"format", "version", "lineage", "type", "model_id", "languages", "parent",
-                               "created_at", "n_clusters", "dim", "distance_quantiles"}
+                               "created_at", "n_clusters", "dim", "distance_quantiles", "origin" (a re-fit's:
+                               reason, job_id, n_window per language, n_pool; absent otherwise)}
     <version>/clusterer/      the clusterer's own save(): manifest.json + .npy files (no pickle)
     <version>/labels.json     optional: per cluster its label terms and representative texts
                               (compass/cluster/labels.py; a revision copies its parent's)
@@ -33,9 +34,10 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -98,8 +100,12 @@ class CodebookStore:
         revision: bool | None = None,
         X_fit: np.ndarray | None = None,
         labels: dict | None = None,
+        origin: Mapping[str, Any] | None = None,
+        make_current: bool = True,
     ) -> Codebook:
-        """Store ``clusterer`` as a new version and make it current.
+        """Store ``clusterer`` as a new version and make it current (``make_current`` False: store it only; a
+        re-fit moves the pointer later together with the languages' references, infra/reference.py
+        ``switch_codebook``).
 
         ``revision``: the new version keeps ``parent``'s cluster ids (eq. 2 moved the centroids). None (the
         default) decides from the files: a parent of the same type, K, dim and embedder makes a revision.
@@ -110,6 +116,9 @@ class CodebookStore:
 
         ``labels``: the labels document (``compass.cluster.labels.label_clusters``), stored as ``labels.json``;
         without it a revision keeps its parent's (same clusters), anything else has none.
+
+        ``origin``: JSON-safe lineage facts stored as the manifest's ``origin`` (a re-fit: reason, job_id, rows per
+        language and from the pool).
         """
         if not isinstance(model_id, str) or not model_id:
             raise CodebookError(f"model_id must be the embedder's non-empty model_id; got {model_id!r}")
@@ -124,6 +133,8 @@ class CodebookStore:
             "dim": _dim(clusterer),
             "distance_quantiles": None if X_fit is None else distance_quantiles(X_fit, centroids_of(clusterer)),
         }
+        if origin is not None:
+            meta["origin"] = dict(origin)
         if labels is not None:
             _check_labels("(new)", "labels", labels, int(clusterer.n_clusters_))
         lineage = None
@@ -164,7 +175,8 @@ class CodebookStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._move_pointer(version, parent if lineage else None)
+        if make_current:
+            self._move_pointer(version, parent if lineage else None)
         return Codebook(version, clusterer, model_id, langs, created_at, parent, meta["distance_quantiles"])
 
     def restore(self, version: str) -> Codebook:

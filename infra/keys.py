@@ -8,11 +8,11 @@ the stored state: changing one loses the data already in Redis.
 Language ``ll`` (``Keys.language(ll, name)``; ``Keys.window(ll)`` gives the first seven):
 
   key                              type    written by                               read by
-  {p}:{ll}:window                  list    monitor (infra/window.py Lua)            daemon, compass calibrate
-  {p}:{ll}:counts                  hash    monitor (infra/window.py Lua)            daemon (window snapshot)
-  {p}:{ll}:offsets                 hash    monitor (infra/window.py Lua)            monitor
-  {p}:{ll}:recent                  list    monitor (infra/window.py Lua)            worker (recluster texts)
-  {p}:{ll}:meta                    hash    monitor (infra/window.py Lua)            daemon, worker, languages()
+  {p}:{ll}:window                  list    monitor (infra/window/lua.py)            daemon, compass calibrate
+  {p}:{ll}:counts                  hash    monitor (infra/window/lua.py)            daemon (window snapshot)
+  {p}:{ll}:offsets                 hash    monitor (infra/window/lua.py)            monitor
+  {p}:{ll}:recent                  list    monitor (infra/window/lua.py)            worker (recluster texts)
+  {p}:{ll}:meta                    hash    monitor (infra/window/lua.py)            daemon, worker, languages()
   {p}:{ll}:quality                 list    monitor (event meta), producers (RPUSH)  daemon (LPOP into its detector)
   {p}:{ll}:ids                     zset    monitor (dedup horizon)                  monitor
   {p}:{ll}:status                  string  daemon, fenced (+ status:fence)          daemon (and its API)
@@ -36,13 +36,18 @@ Unserved languages (``Keys.unserved(name)``; infra/unserved.py):
   {p}:{unserved}:emerging          string  daemon, fenced (+ emerging:fence)        daemon (and its API)
   {p}:{unserved}:lease (+ :fence)  string  daemon replicas                          daemon replicas
 
-Worker queue (daemon/worker/queue.py) and codebooks (infra/codebook.py), no per-language tag:
+Worker queue (daemon/worker/queue.py), codebooks (infra/codebook.py) and re-fits (daemon/worker/recluster.py), no
+per-language tag:
 
   {p}:{worker}:pending             hash    worker intake                            worker
   {p}:{worker}:done:<job_id>       string  worker (expires)                         worker intake (redelivery)
   {p}:codebook:current             string  compass codebook publish, monitor         monitor, daemon, worker
   {p}:codebook:publisher           string  monitor (revision publisher lease)       monitor
   {{p}:codebook:publisher}:fence   string  the publisher lease's fencing counter    monitor
+  {p}:recluster:lock (+ fence)     string  worker recluster job, compass codebook   the same (one re-fit at a time)
+                                           build --from-windows
+  {p}:recluster:last               string  the re-fit's switch (unix seconds)       worker (min interval)
+  {p}:recluster:staged:<job_id>    string  a re-fit before its switch (JSON)        its retry (finishes the switch)
 
 A fence (``fence(key)``) is ``key:fence`` when the key has a hash tag, else ``{key}:fence``: a script that
 touches both must find them in one slot.
@@ -90,7 +95,7 @@ class Keys:
         return f"{self.prefix}:{{{lang}}}:{name}"
 
     def window(self, lang: str) -> dict[str, str]:
-        """The monitor window's keys of ``lang`` by kind (infra/window.py)."""
+        """The monitor window's keys of ``lang`` by kind (infra/window/)."""
         return {kind: self.language(lang, kind) for kind in WINDOW_KINDS}
 
     def status(self, lang: str) -> str:
@@ -153,6 +158,15 @@ class Keys:
 
     def codebook_publisher(self) -> str:
         return f"{self.prefix}:codebook:publisher"
+
+    def recluster_lock(self) -> str:
+        return f"{self.prefix}:recluster:lock"
+
+    def recluster_last(self) -> str:
+        return f"{self.prefix}:recluster:last"
+
+    def recluster_staged(self, job_id: str) -> str:
+        return f"{self.prefix}:recluster:staged:{job_id}"
 
     # ------------------------------------------------------------------ scans
 

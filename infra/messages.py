@@ -31,7 +31,10 @@ emerging_min_count, sample_ids (newest query ids, newest last), how (the step th
      "data": {"share": 0.031, "count": 620, "total": 20000, "horizon_s": 86400, "emerging_share": 0.02,
               "emerging_min_count": 200, "sample_ids": ["q-981", "q-990"], "how": "add `ca: {}` to ..."}}
 
-The worker emits update_started, update_finished, adapter_promoted and adapter_rejected. ``job_id`` is required
+The worker emits update_started, update_finished, adapter_promoted and adapter_rejected, and after a ``recluster``
+job switched codebooks recluster_finished (key = the job's language; data: old_version, new_version, old_k, new_k,
+n_window (rows per language), n_pool, languages: {lang: {js_before, js_after, source, n_rows}}, skipped: {lang:
+why}; the daemon reads the new references from Redis, not this event). ``job_id`` is required
 on worker events about a job (the daemon ignores reports for a job it is not waiting on). Unknown top-level fields
 are rejected so a typo is caught rather than silently dropped.
 
@@ -66,6 +69,7 @@ EVENT_TYPES = (
     "recluster_needed",
     "language_stuck",
     "language_emerging",
+    "recluster_finished",
 )
 WORKER_EVENTS = ("update_started", "update_finished", "adapter_promoted", "adapter_rejected")
 JOB_ID = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}")

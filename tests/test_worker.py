@@ -25,6 +25,7 @@ from compass.adapt import load_base
 from compass.adapt_settings import AdaptersConfig, GateSettings, ModelConfig, TrainSettings
 from compass.cluster import make_clusterer
 from compass.data import Record, write_records
+from compass.drift.reference_rows import read_reference_rows
 from compass.languages import LanguagesConfig
 from compass.registry import AdapterRegistry
 from daemon.scheduler.dispatch import Dispatcher
@@ -161,6 +162,16 @@ def test_a_job_through_kafka_promotes_a_new_version_and_reports_in_order(service
     want = (np.asarray(counts, float) + sel) / (np.asarray(counts, float) + sel).sum()  # eq. 3
     np.testing.assert_allclose(ref.probs, want)
     np.testing.assert_allclose(manifest.p_ref, want)
+    # both versions keep their eq. 3 rows, which recount to their P_ref on this codebook
+    rows = read_reference_rows(reg, "it", version)
+    assert rows.sources[:15] == ("window",) * 15 and set(rows.sources[15:]) == {"selected"}
+    assert rows.weights[15:].sum() == 8 and len(set(rows.ids[15:])) == len(rows.ids[15:])
+    np.testing.assert_allclose(rows.counts(cb.assign(rows.X.astype(np.float32)), cb.n_clusters),
+                               np.asarray(counts, float) + sel)
+    first_rows = read_reference_rows(reg, "it", first["version"])  # the initial version: D_t stood in for E_t
+    assert first_rows.ids == tuple(f"t{i}" for i in range(12)) and set(first_rows.sources) == {"target"}
+    n = first_rows.counts(cb.assign(first_rows.X.astype(np.float32)), cb.n_clusters)
+    np.testing.assert_allclose(n / n.sum(), reg.read_version("it", first["version"])[2].p_ref)
     events = [decode_event(r.value) for r in read_topic(cfg, cfg.kafka.events_topic, 3)]
     assert [(e.type, e.job_id) for e in events] == [("update_started", job.job_id),
                                                      ("adapter_promoted", job.job_id),
@@ -216,6 +227,7 @@ def test_a_failing_job_is_dead_lettered_after_max_attempts_and_a_bad_message_too
                                                                                   lm_dir, tmp_path, tok):
     emb = HashEmbedder()
     cfg, cb, _ = make_env(tmp_path, services, redis, topic_factory, lm_dir, emb)
+    cfg = cfg.model_copy(update={"daemon": cfg.daemon.model_copy(update={"recluster": "manual"})})
     (tmp_path / "targets" / "it.jsonl").unlink()  # every attempt fails: no D_t
     from kafka import KafkaProducer
 
@@ -223,7 +235,7 @@ def test_a_failing_job_is_dead_lettered_after_max_attempts_and_a_bad_message_too
     p.send(cfg.kafka.jobs_topic, key=b"it", value=b"{not json").get(timeout=10)
     p.close()
     job, _ = send_job(cfg, redis, cb, emb)
-    send_job(cfg, redis, cb, emb, job_id="it-2-recl", kind="recluster")  # not the worker's: no retries
+    send_job(cfg, redis, cb, emb, job_id="it-2-recl", kind="recluster")  # manual mode: not run, no retries
     w = Worker(cfg, LANGS, client=redis, model=load_base(lm_dir), tokenizer=tok, embedder=emb)
     try:
         assert w.run(max_jobs=2) == 2  # the bad message did not stop it; the job ran twice, then gave up
@@ -232,15 +244,15 @@ def test_a_failing_job_is_dead_lettered_after_max_attempts_and_a_bad_message_too
         w.close()
     dead = read_topic(cfg, cfg.kafka.dead_letter_topic, 3)
     reasons = sorted(dict(r.headers)[REASON_HEADER].decode() for r in dead)
-    assert reasons == ["bad_job", "max_attempts", "not_an_update"]
+    assert reasons == ["bad_job", "max_attempts", "recluster_manual"]
     sample = w.metrics.registry.get_sample_value
     assert [sample("compass_worker_dead_letters_total", {"reason": r}) for r in reasons] == [1, 1, 1]
     assert sample("compass_worker_jobs_total", {"lang": "it", "kind": "adapter_update", "outcome": "failed"}) == 1
-    assert sample("compass_worker_jobs_total", {"lang": "it", "kind": "recluster", "outcome": "failed"}) == 1
+    assert sample("compass_worker_jobs_total", {"lang": "it", "kind": "recluster", "outcome": "manual"}) == 1
     assert sample("compass_worker_attempt_failures_total", {"lang": "it", "kind": "adapter_update"}) == 2
-    assert sample("compass_worker_attempt_failures_total", {"lang": "it", "kind": "recluster"}) == 1
-    every = [decode_event(r.value) for r in read_topic(cfg, cfg.kafka.events_topic, 5)]
-    assert [e.type for e in every if e.job_id == "it-2-recl"] == ["update_started", "update_finished"]
+    assert sample("compass_worker_attempt_failures_total", {"lang": "it", "kind": "recluster"}) is None
+    every = [decode_event(r.value) for r in read_topic(cfg, cfg.kafka.events_topic, 4)]
+    assert [e.type for e in every if e.job_id == "it-2-recl"] == ["update_finished"]
     events = [e for e in every if e.job_id == job.job_id]
     assert [e.type for e in events] == ["update_started", "update_started", "update_finished"]
     assert [e.data.get("attempt") for e in events[:2]] == [1, 2]

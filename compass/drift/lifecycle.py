@@ -6,8 +6,9 @@ simulator (``compass/drift/replay.py``, behind ``compass simulate``) calls the s
 stream. One step, in order; the first rule that ends it names the check's outcome (``Step.check``):
 
   1. reports     the worker's reports for this language: ``adapter_promoted`` (new version; clears failures and
-                 ``stuck``), ``update_started``, ``adapter_rejected``, ``update_finished`` (ok, rejected or
-                 failed). A rejected or failed update is a *failure*: the trigger re-arms, and the next update
+                 ``stuck``), ``update_started``, ``adapter_rejected``, ``update_finished`` (ok, rejected,
+                 failed, or ``manual``: a recluster job the worker left to ops, like ok). A rejected or failed
+                 update is a *failure*: the trigger re-arms, and the next update
                  waits ``cooldown_s * 2^(failures-1)`` (capped at ``backoff_max_s``); ``max_rejections`` failures
                  in a row -> ``stuck`` (action ``stuck``: the service emits ``language_stuck``)
   2. disabled    ``enabled: false``
@@ -380,10 +381,12 @@ def _apply_reports(st: DriftState, reports: tuple[Report, ...], settings: Langua
             rejected = (prior.get("job_id") == ev.job_id and prior.get("outcome") == "rejected") or \
                 ev.data.get("outcome") == "rejected"  # the worker says so even when its adapter_rejected was lost
             failed = ev.data.get("ok") is False or ev.data.get("outcome") == "failed"
-            outcome = "rejected" if rejected else "failed" if failed else "finished"
+            manual = ev.data.get("outcome") == "manual"  # a recluster job left to ops (daemon.recluster: manual)
+            outcome = "rejected" if rejected else "manual" if manual else "failed" if failed else "finished"
             st = replace(st, phase="idle", job=None,
                          last_update={"at": ev.at, "job_id": ev.job_id, "outcome": outcome, **ev.data})
-            if outcome == "finished":  # the cooldown runs from the worker's finish; a promotion re-arms via P_ref
+            if outcome in ("finished", "manual"):  # the cooldown runs from the worker's finish; waiting for ops
+                # is no failure (no backoff, never stuck); a promotion or a re-fit re-arms via a new P_ref
                 st = replace(st, trigger=st.trigger.updated(ev.at), failures=0, retry_at=None)
             else:
                 st, stuck_now = _failure(st, ev.at, outcome, ev.job_id, ev.data, settings)

@@ -70,7 +70,7 @@ class LanguageReader:
             self.metrics.noise.labels(lang).set(noise)
         obs = Observation(
             now=now, counts=snap.counts, p_ref=np.asarray(ref.probs) if reference == "ok" and ref else None,
-            ref_id=ref.adapter_version if ref else None, reference=reference, reference_detail=detail,
+            ref_id=ref.identity if ref else None, reference=reference, reference_detail=detail,
             new_labels=snap.tail, noise_share=noise,
             reports=tuple(Report(e.type, e.job_id, e.at, e.data) for e in drained),
             forced=self.client.getdel(self.keys.force(lang)) is not None,

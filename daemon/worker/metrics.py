@@ -19,7 +19,7 @@ class WorkerMetrics:
         self.job_seconds = Histogram("compass_worker_job_seconds", "duration of one job attempt, start to report",
                                      ["kind"], buckets=_JOB_BUCKETS, registry=r)
         self.dead_letters = Counter("compass_worker_dead_letters", "job messages sent to the dead-letter topic, by "
-                                    "reason (bad_job, internal_error, max_attempts, not_an_update)", ["reason"],
+                                    "reason (bad_job, internal_error, max_attempts, recluster_manual)", ["reason"],
                                     registry=r)
         self.intake_errors = Counter("compass_worker_intake_errors", "intake polls that failed on Kafka or Redis "
                                      "(retried)", registry=r)

@@ -4,10 +4,14 @@ Intake: each message of ``kafka.jobs_topic`` (group ``worker.group_id``) is deco
 queue (daemon/worker/queue.py), or dead-lettered (``bad_job`` when malformed, ``internal_error`` when its handling
 raised); the jobs around it proceed (infra/intake.py). Then the offsets are committed; a Kafka or Redis failure
 rewinds the poll and the run loop retries it. Jobs run from
-the queue under the language's in-progress lock ``{prefix}:{lang}:worker-lock`` (a Lease renewed by a heartbeat
-thread while training). A failed attempt waits ``retry_backoff_s``; after ``max_attempts`` the job is
-dead-lettered (reason ``max_attempts``) and update_finished(ok=false) is emitted. Stop (SIGTERM): no new job
-is taken, the running one checkpoints and stays pending, and resumes from its checkpoint at the next start.
+the queue by kind: ``adapter_update`` (daemon/worker/pipeline.py) under the language's in-progress lock
+``{prefix}:{lang}:worker-lock``, ``recluster`` (daemon/worker/recluster.py) under the global ``{prefix}:recluster:lock``
+(a Lease renewed by a heartbeat thread while the job runs; a held lock postpones the job). With
+``daemon.recluster: manual`` a recluster job is not run: it is dead-lettered (``recluster_manual``) and reported
+with update_finished(ok=false, outcome manual). A failed attempt (either kind) waits ``retry_backoff_s``; after
+``max_attempts`` the job is dead-lettered (reason ``max_attempts``) and update_finished(ok=false) is emitted.
+Stop (SIGTERM): no new job is taken, the running one checkpoints and stays pending, and resumes from its
+checkpoint at the next start (a re-fit starts over, or finishes its staged switch).
 """
 
 from __future__ import annotations
@@ -19,16 +23,19 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from compass.adapt import Interrupted
 from compass.languages import LanguagesConfig
+from daemon.worker.heartbeat import Heartbeat
 from daemon.worker.metrics import WorkerMetrics
 from daemon.worker.model import ModelHost
 from daemon.worker.pipeline import JobContext, base_report, run_job, write_report
 from daemon.worker.queue import JobQueue, PendingJob
+from daemon.worker.recluster import recluster_lease, run_recluster
 from infra.clients import REDIS_ERRORS
 from infra.deadletter import DeadLetter, DeadLetterWriter
 from infra.intake import IsolatedIntake
@@ -38,35 +45,12 @@ from infra.messages import Event, UpdateJob, decode_job, encode
 from infra.settings import ServiceConfig
 
 log = logging.getLogger(__name__)
-BAD_JOB, MAX_ATTEMPTS, NOT_AN_UPDATE = "bad_job", "max_attempts", "not_an_update"
+BAD_JOB, MAX_ATTEMPTS, RECLUSTER_MANUAL = "bad_job", "max_attempts", "recluster_manual"
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"adapter_update": run_job, "recluster": run_recluster}
 
 
 def lock_key(lang: str, prefix: str) -> str:
     return Keys(prefix).worker_lock(lang)
-
-
-class _Heartbeat:
-    """Renews a lease every ttl/3 until stopped (training holds the GIL rarely long enough to matter)."""
-
-    def __init__(self, lease: Lease):
-        self.lease, self._stop = lease, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat:{lease.key}")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease.ttl_ms / 3000):
-            try:
-                if not self.lease.renew():
-                    log.error("%s: lost the worker lock while training", self.lease.key)
-            except REDIS_ERRORS as e:
-                log.warning("%s: heartbeat failed: %s", self.lease.key, e)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 class Worker:
@@ -165,10 +149,15 @@ class Worker:
         if self.queue.is_done(job.job_id):
             self.queue.finish(job.job_id, "duplicate")
             return False
-        lease = Lease(self.client, lock_key(job.language, self.config.redis.key_prefix), self.owner,
-                      self.config.worker.lock_ttl_ms)
+        if job.kind == "recluster" and self.config.daemon.recluster == "manual":
+            return self._manual(entry, job)
+        if job.kind == "recluster":  # one re-fit at a time, whichever language's job asked for it
+            lease = recluster_lease(self.ctx, self.owner)
+        else:
+            lease = Lease(self.client, lock_key(job.language, self.config.redis.key_prefix), self.owner,
+                          self.config.worker.lock_ttl_ms)
         if lease.acquire() is None:
-            log.info("%s: job %s waits: another worker holds the language (%s)", job.language, job.job_id,
+            log.info("%s: job %s waits: another worker holds %s (%s)", job.language, job.job_id, lease.key,
                      lease.holder())
             self.queue.postpone(entry, min(5.0, self.config.worker.lock_ttl_ms / 1000))
             return False
@@ -182,14 +171,14 @@ class Worker:
         self.emit(Event("update_started", job.language, time.time(), job.job_id, {"attempt": attempt}))
         try:
             # an interrupted attempt is timed too: it ran until the worker was told to stop
-            with _Heartbeat(lease), self.metrics.job_seconds.labels(job.kind).time():
-                report = run_job(self.ctx, job, should_stop=self.stop_event.is_set)
+            with Heartbeat(lease), self.metrics.job_seconds.labels(job.kind).time():
+                report = RUNNERS[job.kind](self.ctx, job, should_stop=self.stop_event.is_set)
         except Interrupted as e:
             log.info("%s: job %s interrupted (%s); it stays pending", job.language, job.job_id, e)
             return False
         except Exception as e:  # any failure of the pipeline is retried, never fatal to the worker
             self.metrics.attempt_failures.labels(job.language, job.kind).inc()
-            return self._failed(entry, job, e, final=job.kind != "adapter_update")  # recluster: not ours, no retry
+            return self._failed(entry, job, e)
         self.metrics.jobs.labels(job.language, job.kind, report["outcome"]).inc()
         self.queue.finish(job.job_id, report["outcome"])
         self.emit(Event("update_finished", job.language, time.time(), job.job_id,
@@ -198,31 +187,46 @@ class Worker:
         log.info("%s: job %s %s (version %s)", job.language, job.job_id, report["outcome"], report["version"])
         return True
 
-    def _failed(self, entry: PendingJob, job: UpdateJob, error: Exception, final: bool = False) -> bool:
+    def _failed(self, entry: PendingJob, job: UpdateJob, error: Exception) -> bool:
         msg = f"{type(error).__name__}: {error}"
         wcfg = self.config.worker
         entry = self.queue.failed(entry, msg, wcfg.retry_backoff_s)
         log.error("%s: job %s attempt %d/%d failed: %s", job.language, job.job_id, entry.attempts,
                   wcfg.max_attempts, msg, exc_info=error)
-        if entry.attempts < wcfg.max_attempts and not final:
+        if entry.attempts < wcfg.max_attempts:
             return False
+        self._give_up(entry, job, MAX_ATTEMPTS, "failed",
+                      f"job {job.job_id} failed {entry.attempts} times; last error: {msg}", msg)
+        shutil.rmtree(self.ctx.checkpoint_dir(job.job_id), ignore_errors=True)
+        return True
+
+    def _manual(self, entry: PendingJob, job: UpdateJob) -> bool:
+        """``daemon.recluster: manual``: the job is not run; it is dead-lettered where ops see it, and reported
+        with outcome ``manual`` so the daemon leaves ``updating`` without counting a failure."""
+        msg = (f"job {job.job_id}: re-clustering is manual here (daemon.recluster: manual); run `compass codebook "
+               "build --from-windows` to re-fit and re-reference every language, or set daemon.recluster: auto")
+        log.warning("%s: %s", job.language, msg)
+        self._give_up(entry, job, RECLUSTER_MANUAL, "manual", msg, msg)
+        return True
+
+    def _give_up(self, entry: PendingJob, job: UpdateJob, reason: str, outcome: str, detail: str, error: str) -> None:
+        """Dead-letter ``job`` with ``reason``, count it, write its report and emit update_finished(ok=false)."""
         src = entry.source
         self.dead.send(DeadLetter(src.get("topic", self.config.kafka.jobs_topic), int(src.get("partition", -1)),
-                                  int(src.get("offset", -1)), job.language.encode(), encode(job), [],
-                                  NOT_AN_UPDATE if final else MAX_ATTEMPTS,
-                                  f"job {job.job_id} failed {entry.attempts} times; last error: {msg}"))
+                                  int(src.get("offset", -1)), job.language.encode(), encode(job), [], reason,
+                                  detail))
         self.dead.flush()
-        self.metrics.dead_letters.labels(NOT_AN_UPDATE if final else MAX_ATTEMPTS).inc()
-        self.metrics.jobs.labels(job.language, job.kind, "failed").inc()
-        report = base_report(job.job_id, job.language, "update", job.reason, time.time())
-        report.update(finished_at=time.time(), error=msg, parent=self.ctx.registry.current(job.language))
+        self.metrics.dead_letters.labels(reason).inc()
+        self.metrics.jobs.labels(job.language, job.kind, outcome).inc()
+        kind = "update" if job.kind == "adapter_update" else job.kind
+        report = base_report(job.job_id, job.language, kind, job.reason, time.time())
+        report.update(finished_at=time.time(), error=error, parent=self.ctx.registry.current(job.language),
+                      outcome=outcome)
         write_report(self.ctx.work_dir, report)
-        self.queue.finish(job.job_id, "failed")
-        shutil.rmtree(self.ctx.checkpoint_dir(job.job_id), ignore_errors=True)
+        self.queue.finish(job.job_id, outcome)
         self.emit(Event("update_finished", job.language, time.time(), job.job_id,
                         {"ok": False, "adapter_version": self.ctx.registry.current(job.language),
-                         "outcome": "failed", "error": msg}))
-        return True
+                         "outcome": outcome, "error": error}))
 
     # ------------------------------------------------------------------ loops
 

@@ -1,6 +1,9 @@
-"""The ``daemon:`` section: the drift daemon's check cadence, lease, update dispatch and stale-cluster checks."""
+"""The ``daemon:`` section: the drift daemon's check cadence, lease, update dispatch, stale-cluster checks and
+the re-clustering the worker runs when clusters go stale (``recluster*``, daemon/worker/recluster.py)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -65,4 +68,22 @@ class DaemonConfig(Frozen):
     emerging_rearm_ratio: float = Field(
         0.5, gt=0.0, le=1.0, description="an episode ends below this fraction of emerging_share, in (0, 1]"
     )
+    recluster: Literal["auto", "manual"] = Field(
+        "auto", description="auto: the worker re-fits, publishes and re-references on a recluster job; manual: it "
+        "dead-letters the job (recluster_manual) and ops run `compass codebook build --from-windows`",
+    )
+    recluster_min_interval_s: float = Field(
+        3600.0, ge=0, description="seconds between two re-clusterings, >= 0; a job inside it is skipped"
+    )
+    recluster_max_rows: int = Field(
+        20_000, ge=2, le=10_000_000, description="rows a re-fit clusters (window queries + pool), in [2, 10000000]"
+    )
+    recluster_pool_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="at most this share of recluster_max_rows comes from the pool, in [0, 1]"
+    )
+    recluster_clusterer: Literal["kmeans", "hdbscan"] = Field("kmeans", description="clusterer of a re-fit")
+    recluster_k: int | None = Field(
+        None, ge=2, description="K of a kmeans re-fit, >= 2; null chooses K by silhouette (compass codebook build)"
+    )
+    recluster_seed: int = Field(0, ge=0, description="seed of the re-fit's sample and clusterer, >= 0")
     _rules = (_lease_rule,)
