@@ -47,7 +47,7 @@ SHIFT, N, INC, WINDOW = 600, 1000, 100, 200
 CENTERS = np.eye(3, 8, dtype=np.float32)  # orthogonal unit vectors: cosine-separated blobs
 ROW_KEYS = {"detector", "theta", "updates", "detected", "transitions", "avg_delay", "false_positives", "fp_rate",
             "fired_at", "delays", "n_checks", "check_ms", "false_alarms_per_10k", "detected_at", "thresholds",
-            "n_samples"}
+            "n_samples", "reclusterings", "reclustered_at"}
 
 
 def _planted(seed: int = 0) -> tuple[np.ndarray, list[str], list[int]]:

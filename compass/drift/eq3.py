@@ -18,6 +18,10 @@ D_aux for the usage proxy E_t (§3.2), and the adapter's reference is the cluste
            so no gate needs held-out rows): E_t is the whole window and D_t all of the reference part.
 
 ``mode="window"`` is the simplification the replay used before: P_ref = the usage part's counts (no S).
+
+Every cycle also keeps its rows (``last_rows``, a ``ReferenceRows``: the usage part, weight 1, and the selected
+pool rows, weight = their repetition count), as the worker stores them with each adapter version, so that
+``rebase`` can recompute the cycle's P_ref on a re-fitted codebook (eq. 3 on the new buckets, no new selection).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from compass.drift.reference_rows import ReferenceRows
 from compass.embed import l2_normalize
 
 if TYPE_CHECKING:  # compass.cluster loads faiss and hdbscan: only when a codebook is fitted
@@ -38,11 +43,11 @@ SIMULATED = "simulated"  # the version of an in-memory codebook: never published
 
 
 def fit_codebook(embeddings: np.ndarray, n_clusters: int, seed: int = 0, fit_on: str = "pool",
-                 reference_samples: int = 0) -> Codebook:
+                 reference_samples: int = 0, version: str = SIMULATED) -> Codebook:
     """Seeded k-means on the stream's distinct rows (``fit_on="pool"``) or on its first ``reference_samples``
-    rows (``"reference"``)."""
+    rows (``"reference"``), with the calibrated distances of its fit rows (the far share's radius, §6.1)."""
     from compass.cluster import make_clusterer
-    from compass.cluster.codebook import Codebook
+    from compass.cluster.codebook import Codebook, centroids_of, distance_quantiles
 
     x = np.asarray(embeddings, dtype=np.float32)
     x = x[:reference_samples] if fit_on == "reference" else x
@@ -52,7 +57,7 @@ def fit_codebook(embeddings: np.ndarray, n_clusters: int, seed: int = 0, fit_on:
                          f"distinct rows; use n_clusters <= {len(x)}")
     clusterer = make_clusterer("kmeans", seed=seed, n_clusters=n_clusters)
     clusterer.fit_predict(x)
-    return Codebook(SIMULATED, clusterer)
+    return Codebook(version, clusterer, distance_quantiles=distance_quantiles(x, centroids_of(clusterer)))
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class References:
         self.cycle = 0
         self._tau: float | None = None
         self.last_selected: np.ndarray | None = None  # n_aux,selected of the last cycle (None in window mode)
+        self.last_rows: ReferenceRows | None = None  # the rows behind the last cycle's counts (``rebase``)
 
     def initial(self) -> np.ndarray:
         """The eq. 3 counts of the initial training cycle: usage part = D_t = the reference samples."""
@@ -106,21 +112,37 @@ class References:
         """n_eval + n_aux,selected per bucket for the usage part ``usage_x`` under the current codebook."""
         usage = _unit(np.asarray(usage_x, dtype=np.float32))
         n_eval = self.book.counts(self.book.assign(usage))
+        source = "target" if self.cycle == 0 else "window"  # the initial cycle's usage part is D_t itself
+        rows = [ReferenceRows(tuple(f"{source}-{i}" for i in range(len(usage))), (source,) * len(usage),
+                              np.ones(len(usage)), usage)]
         if self.mode == "window":
             self.last_selected = None
+            self.last_rows = rows[0]
             return n_eval
-        selected = self.selected(usage)
+        selected, picked = self.selected(usage)
         self.last_selected = selected
+        rows.append(picked)
+        self.last_rows = ReferenceRows.concat(rows, usage.shape[1])
         return n_eval + selected
 
-    def selected(self, usage: np.ndarray) -> np.ndarray:
-        """n_aux,selected: COMPASS's selection per bucket for D_t, E_t = ``usage`` and the pool (labels now)."""
+    def rebase(self, book: Codebook) -> np.ndarray:
+        """Switch to the re-fitted ``book`` and return the last cycle's eq. 3 counts on it: its stored rows
+        (float16, as the worker stores them) assigned anew, what the worker's recluster job installs."""
+        self.book = book
+        if self.last_rows is None:
+            raise ValueError("References.rebase: no cycle yet; call initial() first")
+        rows = self.last_rows
+        return rows.counts(book.assign(rows.X.astype(np.float32)), book.n_clusters)
+
+    def selected(self, usage: np.ndarray) -> tuple[np.ndarray, ReferenceRows]:
+        """n_aux,selected: COMPASS's selection per bucket for D_t, E_t = ``usage`` and the pool (labels now), and
+        the selected pool rows (weight = repetition count)."""
         from compass.select import SelectionConfig, select
         from compass.select.diversity import calibrate_tau_sim
 
         size = self.book.n_buckets
         if len(self.x_pool) == 0 or len(usage) == 0:
-            return np.zeros(size)
+            return np.zeros(size), ReferenceRows.concat([], self.x_pool.shape[1] if self.x_pool.ndim == 2 else 0)
         k = size - 1
         if self._tau is None:  # what select() would calibrate on every call: the pool's, once
             self._tau = calibrate_tau_sim(self.x_pool, np.random.default_rng([self.seed, 1]))
@@ -128,7 +150,10 @@ class References:
         sel = select(self.x_target, usage, self.x_pool,
                      SelectionConfig(budget=self.budget, seed=self.seed + self.cycle, tau_sim=self._tau),
                      labels=(*labels, self.book.centroids), pool_langs=list(self.pool.langs), target_lang=self.lang)
-        return np.asarray(sel.selected_per_cluster, dtype=np.float64)
+        idx = np.asarray(sel.pool_indices, dtype=np.int64)
+        picked = ReferenceRows(tuple(f"pool-{i}" for i in idx.tolist()), ("selected",) * len(idx),
+                               np.asarray(sel.counts, dtype=np.float64), self.x_pool[idx])
+        return np.asarray(sel.selected_per_cluster, dtype=np.float64), picked
 
 
 def _noise_minus_one(buckets: np.ndarray, k: int) -> np.ndarray:

@@ -12,6 +12,13 @@ An action ``update`` is answered by a simulated worker at once: eq. 2 (``eta`` >
 the window, the eq. 3 reference of the cycle (``compass/drift/eq3.py``) is installed under a new ref_id, and
 ``update_started``, ``adapter_promoted`` and ``update_finished`` (ok, promoted) arrive in the next check's
 ``reports``: the lifecycle goes idle, starts the cooldown at the update and re-arms on the new reference.
+
+With a ``Reclustering`` (``recluster="auto"``; ``compass/drift/reclustering.py``) every check also reads the noise
+and far shares as the daemon does, and an action ``recluster`` is answered as the worker answers it: skipped inside
+the minimum interval (``update_finished``, outcome ``skipped_interval``), else a new codebook fitted on the window
+plus the pool, the last cycle's P_ref recomputed on it from that cycle's rows (a new ref_id: the lifecycle re-arms)
+and the window restarted (a new lineage: the old buckets mean nothing). Without one (``"off"``) no share is read
+and no ``recluster`` is ever dispatched, as before.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 from compass.drift import lifecycle
 from compass.drift.eq3 import References, probs
 from compass.drift.lifecycle import DriftState, Limits, Observation, Report
+from compass.drift.reclustering import Reclustering
 from compass.languages import LanguageSettings
 
 if TYPE_CHECKING:
@@ -41,6 +49,10 @@ class Trace:
     references: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (installed at, eq. 3 counts)
     thresholds: list[dict[str, Any]] = field(default_factory=list)  # calibrated / sequential: per reference
     checks: list[str] = field(default_factory=list)  # the outcome of every check (Step.check)
+    reclustered: list[int] = field(default_factory=list)  # checks at which a re-clustering installed a codebook
+    recluster_skipped: list[int] = field(default_factory=list)  # recluster actions inside the minimum interval
+    recluster_s: list[float] = field(default_factory=list)  # wall time of each re-clustering: sample, fit, P_ref
+    codebooks: list[tuple[int, Codebook]] = field(default_factory=list)  # (installed at, the re-fitted codebook)
     n_checks: int = 0
     check_s: float = 0.0  # mean wall time of one check: assign the batch, count the window, step
 
@@ -55,6 +67,12 @@ def worker_reports(job_id: str, at: float, adapter: str) -> tuple[Report, ...]:
     return (Report("update_started", job_id, at),
             Report("adapter_promoted", job_id, at, {"adapter_version": adapter}),
             Report("update_finished", job_id, at, {"ok": True, "outcome": "promoted", "adapter_version": adapter}))
+
+
+def recluster_reports(job_id: str, at: float, outcome: str) -> tuple[Report, ...]:
+    """What a worker reports for a recluster job: started, finished (ok; ``reclustered`` or ``skipped_interval``)."""
+    return (Report("update_started", job_id, at),
+            Report("update_finished", job_id, at, {"ok": True, "outcome": outcome}))
 
 
 def ready_threshold(state: DriftState, settings: LanguageSettings) -> dict[str, Any] | None:
@@ -79,10 +97,13 @@ def replay(
     eta: float = 0.0,
     limits: Limits | None = None,
     on_check: Callable[[], None] | None = None,
+    reclustering: Reclustering | None = None,
 ) -> Trace:
     """Replay ``x`` (one embedding row per sample, arrival order) through ``lifecycle.step`` (module docstring)."""
     labels = np.empty(len(x), dtype=np.int64)
     window = settings.window_size
+    restart = 0  # the window's first sample: 0, or the last re-clustering (a new lineage restarts it)
+    jobs = 0
     trace = Trace()
     state = DriftState()
     ref = refs.initial()  # the initial training cycle: the adapter and its P_ref exist before the traffic
@@ -95,10 +116,12 @@ def replay(
     for start, t in batches(len(x), increment):
         t0 = time.perf_counter()
         labels[start:t] = book.assign(x[start:t])
-        lo = max(0, t - window)
-        obs = Observation(now=float(t), counts=book.counts(labels[lo:t]), p_ref=probs(ref),
-                          ref_id=ref_id, new_labels=labels[start:t], reports=reports,
-                          job_id=f"sim-{len(trace.fired) + 1}")
+        lo = max(restart, t - window)
+        counts = book.counts(labels[lo:t])
+        noise, far = (None, None) if reclustering is None else reclustering.shares(book, counts, x[lo:t])
+        obs = Observation(now=float(t), counts=counts, p_ref=probs(ref), ref_id=ref_id,
+                          new_labels=labels[start:t], reports=reports, job_id=f"sim-{jobs + 1}",
+                          noise_share=noise, far_share=far)
         out = lifecycle.step(state, obs, settings, limits or Limits())
         state, reports = out.state, ()
         spent += time.perf_counter() - t0
@@ -117,13 +140,30 @@ def replay(
             if eta > 0:  # eq. 2: the update moves the codebook towards the data it learned
                 book.clusterer.update(x[lo:t], eta)
                 labels[lo:t] = book.assign(x[lo:t])
-            ref, ref_id = refs.after_update(x[lo:t]), f"r{len(trace.fired)}"
+            ref, ref_id = refs.after_update(x[lo:t]), f"r{len(trace.references)}"
             trace.references.append((t, ref))
             reports = worker_reports(obs.job_id, float(t), f"a{len(trace.fired)}")
+            jobs += 1
+        elif out.action.kind == "recluster" and reclustering is not None:
+            jobs += 1
+            last = trace.reclustered[-1] if trace.reclustered else None
+            if not reclustering.due(t, last):
+                trace.recluster_skipped.append(t)
+                reports = recluster_reports(obs.job_id, float(t), "skipped_interval")
+            else:
+                t1 = time.perf_counter()
+                book, _ = reclustering.refit({refs.lang: x[lo:t]}, refs.x_pool, len(trace.reclustered) + 1)
+                ref, ref_id = refs.rebase(book), f"r{len(trace.references)}"
+                trace.recluster_s.append(time.perf_counter() - t1)
+                trace.reclustered.append(t)
+                trace.codebooks.append((t, book))
+                trace.references.append((t, ref))
+                restart = t
+                reports = recluster_reports(obs.job_id, float(t), "reclustered")
         if on_check is not None:
             on_check()
     trace.check_s = spent / max(1, trace.n_checks)
     return trace
 
 
-__all__ = ["Trace", "batches", "ready_threshold", "replay", "worker_reports"]
+__all__ = ["Trace", "batches", "ready_threshold", "recluster_reports", "replay", "worker_reports"]

@@ -14,6 +14,10 @@ With samples numbered from 0 and check t seeing samples [0, t):
     per 10,000 samples of the stream (on a stable stream, the false-alarm rate a budget promises);
   * average delay: the mean delay over the detected transitions (None when none was detected).
 
+A replay with ``recluster="auto"`` also counts its re-clusterings (``reclusterings``, when: ``reclustered_at``):
+a re-clustering is not an adapter update, so it is neither a detection nor a false positive; the update that
+follows it on the new codebook is.
+
 Two rows need no replay: ``fixed-interval`` is the paper's "Fixed" row, an oracle that updates exactly at every
 transition (delay 0, no false positive), and ``never`` the static adapter (no update, every transition missed).
 """
@@ -52,6 +56,8 @@ class SweepRow:
     detected_at: tuple[int, ...] = ()  # the detection each dispatched update came from (== fired_at without settle)
     thresholds: tuple[dict[str, Any], ...] = ()  # calibrated / sequential: the learned threshold per reference
     n_samples: int = 0
+    reclusterings: int = 0  # codebooks the replay re-fitted (recluster="auto")
+    reclustered_at: tuple[int, ...] = ()  # the checks at which they were installed
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the guard theta of a burn-in
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,7 +81,8 @@ def score(fired: Sequence[int], change_points: Sequence[int]) -> tuple[list[int 
 def make_row(detector: str, theta: float | None, fired: Sequence[int], change_points: Sequence[int],
              n_samples: int, *, n_checks: int = 0, check_s: float = 0.0, detected_at: Sequence[int] | None = None,
              thresholds: Sequence[dict[str, Any]] = (), delays: Sequence[int | None] | None = None,
-             false_positives: int | None = None, extra: dict[str, Any] | None = None) -> SweepRow:
+             false_positives: int | None = None, extra: dict[str, Any] | None = None,
+             reclustered_at: Sequence[int] = ()) -> SweepRow:
     """A scored row; ``delays`` and ``false_positives`` given override ``score`` (the oracle row)."""
     if delays is None or false_positives is None:
         delays, false_positives = score(fired, change_points)
@@ -87,7 +94,8 @@ def make_row(detector: str, theta: float | None, fired: Sequence[int], change_po
         delays=tuple(delays), n_checks=n_checks, check_ms=1000.0 * check_s, detector=detector,
         false_alarms_per_10k=10_000.0 * false_positives / n_samples if n_samples else 0.0,
         detected_at=tuple(int(t) for t in (fired if detected_at is None else detected_at)),
-        thresholds=tuple(thresholds), n_samples=n_samples, extra=dict(extra or {}),
+        thresholds=tuple(thresholds), n_samples=n_samples, reclusterings=len(reclustered_at),
+        reclustered_at=tuple(int(t) for t in reclustered_at), extra=dict(extra or {}),
     )
 
 

@@ -26,6 +26,12 @@ The simulated lifecycle (``compass/drift/replay.py``) is production's:
   * an ``update`` is answered by a simulated worker at once: eq. 2 moves the codebook (``eta`` > 0), the new
     eq. 3 reference is installed under a new ref_id, and the worker's reports (started, promoted, finished)
     reach the next check, which re-arms the trigger and starts the cooldown at the update.
+  * stale clusters (§6.1, ``recluster="auto"``; ``compass/drift/reclustering.py``): each check reads the far share
+    (recent points beyond the codebook's calibrated ``stale_distance_quantile`` distance) and the noise share; past
+    ``stale_far_share`` the lifecycle dispatches ``recluster`` and the simulated worker re-fits the codebook on the
+    window plus the pool (bounded, at most one per ``recluster_min_interval`` samples), recomputes the last
+    cycle's P_ref on it from its rows and restarts the window. ``"off"`` (the default) reads no share: as before.
+    Each row counts its re-clusterings (``reclusterings``).
 
 Rows: ``js`` (fixed theta, one row per theta of ``thetas``), ``calibrated`` and ``sequential`` (learned after each
 new reference, ``guard_theta`` guarding the burn-in, budget ``false_alarm_every``), ``fixed-interval`` (the
@@ -44,6 +50,8 @@ from pydantic import ValidationError
 
 from compass.drift.eq3 import REFERENCE_MODES, Pool, References, stream_pool
 from compass.drift.eq3 import fit_codebook as _fit_codebook
+from compass.drift.lifecycle import Limits
+from compass.drift.reclustering import RECLUSTER_MODES, Reclustering
 from compass.drift.replay import replay
 from compass.drift.scoring import (
     BASELINES,
@@ -103,6 +111,11 @@ class SimulationConfig:
     fit_on: Literal["pool", "reference"] = "pool"
     eta: float = 0.0  # eq. 2 learning rate applied at each simulated update; 0 keeps the codebook fixed
     seed: int = 0
+    recluster: Literal["off", "auto"] = "off"  # auto: act on stale clusters (module docstring)
+    recluster_min_interval: float = 1000  # samples between two re-clusterings
+    recluster_max_rows: int = 20_000  # rows one re-fit clusters (window + pool)
+    stale_far_share: float = 0.3  # re-cluster when more of the recent points than this are far
+    stale_distance_quantile: float = 0.95  # "far": beyond this quantile of the fit rows' distances
     base: LanguageSettings | None = None
     update_lag: int | None = None  # deprecated alias of settle_samples
 
@@ -142,6 +155,18 @@ class SimulationConfig:
             raise bad("seed", "use an integer >= 0")
         if not 0.0 <= self.eta <= 1.0:
             raise bad("eta", "use a learning rate in [0, 1]; 0 keeps the codebook fixed")
+        if self.recluster not in RECLUSTER_MODES:
+            raise bad("recluster", "use 'off' (stale clusters are not acted on) or 'auto' (re-fit the codebook)")
+        if self.recluster_min_interval < 0:
+            raise bad("recluster_min_interval", "use a number of samples >= 0")
+        if int(self.recluster_max_rows) < 2:
+            raise bad("recluster_max_rows", "use an integer >= 2")
+        if not 0.0 < self.stale_far_share <= 1.0:
+            raise bad("stale_far_share", "use a share in (0, 1]")
+        if not 0.0 < self.stale_distance_quantile < 1.0:
+            raise bad("stale_distance_quantile", "use a quantile in (0, 1), e.g. 0.95")
+        if self.recluster == "auto" and self.stale_distance_quantile not in (0.90, 0.95, 0.99):
+            raise bad("stale_distance_quantile", "a codebook records the quantiles 0.90, 0.95 and 0.99; use one")
         for label, theta in self.runs():
             self.settings(label, theta)  # every run's settings must validate now, not halfway through a sweep
 
@@ -228,6 +253,15 @@ def references_for(book: Codebook, x: np.ndarray, lang: str, pool: Pool | None, 
                       mode=config.reference, seed=config.seed)
 
 
+def reclustering_for(config: SimulationConfig, settings: LanguageSettings) -> Reclustering | None:
+    """The simulated recluster job of one run, or None with ``recluster="off"``."""
+    if config.recluster == "off":
+        return None
+    return Reclustering(n_clusters=config.n_clusters, min_interval=float(config.recluster_min_interval),
+                        max_rows=int(config.recluster_max_rows), quantile=config.stale_distance_quantile,
+                        far_max_rows=settings.window_size, seed=config.seed)
+
+
 def simulate(
     embeddings: np.ndarray,
     periods: Sequence[Any],
@@ -255,12 +289,16 @@ def simulate(
         # eq. 2 updates must not leak across runs: refit (seeded, so the same codebook) rather than copy
         book = fit_codebook(x, config) if config.eta > 0 else base
         trace = replay(x, book, references_for(book, x, lang, pool, config, settings), settings,
-                       increment=config.increment, eta=config.eta,
-                       on_check=on_check)
-        extra = {} if label == "js" else {"guard_theta": settings.theta}
+                       increment=config.increment, eta=config.eta, on_check=on_check,
+                       limits=Limits(stale_far_share=config.stale_far_share),
+                       reclustering=reclustering_for(config, settings))
+        extra: dict[str, Any] = {} if label == "js" else {"guard_theta": settings.theta}
+        if config.recluster == "auto":
+            extra.update(recluster_skipped=list(trace.recluster_skipped), recluster_s=list(trace.recluster_s))
         replayed[(label, theta)] = make_row(label, theta, trace.fired, change_points, len(x),
                                             n_checks=trace.n_checks, check_s=trace.check_s,
-                                            detected_at=trace.detected, thresholds=trace.thresholds, extra=extra)
+                                            detected_at=trace.detected, thresholds=trace.thresholds, extra=extra,
+                                            reclustered_at=trace.reclustered)
     return assemble(config, replayed, change_points, len(x))
 
 
@@ -297,5 +335,5 @@ class SimulationReport:
 __all__ = ["BASELINES", "CHATTERBOT_PERIODS", "DEFAULT_THETAS", "DETECTORS", "LIFECYCLE_DETECTORS",
            "Pool", "References", "SimulationConfig", "SimulationReport", "Stream", "SweepRow", "assemble",
            "baseline_row", "build_chatterbot_stream", "detector_label", "fit_codebook", "make_row",
-           "read_pool", "read_stream", "references_for", "score", "simulate", "stream_pool", "transitions",
-           "write_stream"]
+           "read_pool", "read_stream", "reclustering_for", "references_for", "score", "simulate", "stream_pool",
+           "transitions", "write_stream"]

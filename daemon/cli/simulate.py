@@ -9,6 +9,12 @@ The stream is a JSONL of {text, lang, topic, period} (``--stream``) or is built 
 in the five periods of App. D.2 (``--lang``; ``--stable``: the no-change control). The pool is ``--pool`` (a JSONL
 of {text, lang}) or the stream's distinct texts.
 
+``--recluster auto`` acts on stale clusters (§6.1) as the worker does with ``daemon.recluster: auto``: past
+``--stale-far-share`` of recent points beyond the codebook's calibrated distance, the codebook is re-fitted on the
+window plus the pool, the last cycle's P_ref recomputed on it and the window restarted (at most one per
+``--recluster-min-interval`` samples); the table counts them (``reclusterings``). ``--codebook-fit reference``
+(alias ``--fit-on``) fits the first codebook on the reference period only, as a production codebook is.
+
 ``--languages FILE`` replays each language with its settings in that languages.yaml (as the daemon reads them;
 seconds are read as samples), instead of the flags that set them here.
 
@@ -236,8 +242,14 @@ def simulate(
     rearm_ratio: float | None = typer.Option(None, "--rearm-ratio", help="hysteresis: re-arm once JS < "
                                              "rearm_ratio * theta (default: 0.8)"),
     n_clusters: int = typer.Option(20, min=1, help="k-means clusters of the codebook"),
-    fit_on: str = typer.Option("pool", help="fit the codebook on the stream's unique texts (pool) or on the "
-                                            "reference part (reference)"),
+    fit_on: str = typer.Option("pool", "--fit-on", "--codebook-fit", help="fit the codebook on the stream's unique "
+                               "texts (pool) or on the reference part (reference)"),
+    recluster: str = typer.Option("off", "--recluster", help="auto: re-fit the codebook when the far share says the "
+                                  "clusters are stale (the worker's daemon.recluster: auto); off: never"),
+    recluster_min_interval: float = typer.Option(1000, "--recluster-min-interval", min=0, help="samples between two "
+                                                 "re-clusterings (--recluster auto)"),
+    stale_far_share: float = typer.Option(0.3, "--stale-far-share", help="re-cluster when more than this share of "
+                                          "recent points is far from every centroid (--recluster auto)"),
     eta: float = typer.Option(0.0, help="eq. 2 learning rate at each simulated update (0: fixed codebook)"),
     period_samples: int = typer.Option(2000, min=1, help="samples per period of a chatterbot-built stream"),
     seed: int = typer.Option(0, help="seed of the built stream, k-means and the selection"),
@@ -258,6 +270,13 @@ def simulate(
     from compass.drift.simulate import Pool, SimulationReport, read_pool
     from compass.drift.simulate import simulate as run_simulation
 
+    if recluster not in ("off", "auto"):
+        raise typer.BadParameter(f"got {recluster!r}; use off or auto", param_hint="--recluster")
+    if fit_on not in ("pool", "reference"):
+        raise typer.BadParameter(f"got {fit_on!r}; use pool or reference", param_hint="--codebook-fit")
+    if through_kafka and recluster != "off":
+        raise typer.BadParameter("--recluster auto is modelled in process only; drop --through-kafka or use "
+                                 "--recluster off", param_hint="--recluster")
     if reference not in ("eq3", "window"):
         raise typer.BadParameter(f"got {reference!r}; use eq3 or window", param_hint="--reference")
     if stack and not through_kafka:
@@ -282,7 +301,8 @@ def simulate(
              "update_lag": update_lag, "rearm_ratio": rearm_ratio, "budget": budget,
              "false_alarm_every": false_alarm_every, "burn_in": burn_in, "guard_theta": guard_theta}
     common = {"increment": increment, "n_clusters": n_clusters, "fit_on": fit_on, "eta": eta, "seed": seed,
-              "reference": reference}
+              "reference": reference, "recluster": recluster, "recluster_min_interval": recluster_min_interval,
+              "stale_far_share": stale_far_share}
     if languages is None:
         window = window_size or 500
         common["reference_samples"] = reference_samples or window
@@ -298,8 +318,8 @@ def simulate(
         configs = _configs(list(streams), languages, common, flags, _names(detectors))
 
     console = Console(stderr=as_json, soft_wrap=True)
-    if not console.is_terminal:  # a pipe or a log: room for the table's ten columns
-        console = Console(stderr=as_json, soft_wrap=True, width=140)
+    if not console.is_terminal:  # a pipe or a log: room for the table's eleven columns
+        console = Console(stderr=as_json, soft_wrap=True, width=160)
     embedder = _embedder(config)
     reports = []
     with contextlib.ExitStack() as scope:
@@ -341,8 +361,9 @@ def simulate(
         for row in r.rows:
             if row.detector in ("js", "calibrated", "sequential"):
                 settled = "" if row.detected_at == row.fired_at else f" (detected at {list(row.detected_at)})"
+                reclustered = f", re-clustered at {list(row.reclustered_at)}" if row.reclusterings else ""
                 console.print(f"  {_label(row)}: updates at samples {list(row.fired_at)}{settled}, delay per "
-                              f"transition {list(row.delays)}")
+                              f"transition {list(row.delays)}{reclustered}")
         periods = ", ".join(f"{p} {n}" for p, n in r.periods)
         ms = [row.check_ms for row in r.rows if row.n_checks]
         timing = f"time per check {np.mean(ms):.2f} ms (min {min(ms):.2f}, max {max(ms):.2f}; {what})" if ms else ""
@@ -370,13 +391,14 @@ def _table(report: Any) -> Table:
     cfg = report.config
     table = Table(title=f"Table 11 ({report.lang}): {report.n_samples} samples in {len(report.periods)} periods, "
                         f"{cfg['increment']}-sample increments, window {cfg['window_size']}, K={cfg['n_clusters']}, "
-                        f"P_ref {cfg['reference']}")
+                        f"P_ref {cfg['reference']}, codebook fit on {cfg['fit_on']}, recluster {cfg['recluster']}")
     for col in ("detector", "theta", "updates", "detected", "avg delay (samples)", "false pos", "FP rate (%)",
-                "FP / 10k", "threshold", "ms/check"):
+                "FP / 10k", "threshold", "reclusterings", "ms/check"):
         table.add_column(col, justify="left" if col in ("detector", "threshold") else "right")
     for r in report.rows:
         delay = "-" if r.avg_delay is None else f"{r.avg_delay:,.0f}"
         table.add_row(r.detector, "-" if r.theta is None else f"{r.theta:.2f}", str(r.updates),
                       f"{r.detected} of {r.transitions}", delay, str(r.false_positives), f"{r.fp_rate:.1f}",
-                      f"{r.false_alarms_per_10k:.2f}", _threshold(r), f"{r.check_ms:.2f}" if r.n_checks else "-")
+                      f"{r.false_alarms_per_10k:.2f}", _threshold(r), str(r.reclusterings),
+                      f"{r.check_ms:.2f}" if r.n_checks else "-")
     return table
