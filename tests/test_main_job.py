@@ -16,6 +16,10 @@ from daemon.demo.loop import run_demo
 from daemon.demo.scenario import build
 from daemon.demo.settings import PREFIX, DemoSettings
 
+# The gate's outcome depends on where the daemon's checks fall in the stream; CPU contention from a parallel worker
+# moves them (a tiny random LM's NLL change is then within noise), so `make test` runs this file alone.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
