@@ -12,7 +12,8 @@ k-means K = 20, cooldown 500, eq. 3 references, theta 0.15) except that the code
 period only (the first 500 samples: ``fit_on="reference"``, as a production codebook is fitted before the traffic
 it will see). Each stream is replayed twice: ``recluster="off"`` (today's behaviour: stale clusters are not acted
 on) and ``"auto"`` (far share of the window beyond the calibrated 0.95 distance > 0.3 -> re-fit on the window plus
-the pool, P_ref recomputed from the last cycle's rows, window restarted; at most one per 1,000 samples).
+the pool, P_ref recomputed from the last cycle's rows, window restarted, the learned detectors armed from that
+cycle's window rows instead of a live burn-in; at most one per 1,000 samples).
 
 Printed per detector (js at theta 0.15, calibrated, sequential), over languages and seeds: transitions detected,
 mean delay (samples from the first sample of the new period to the update), updates beyond one per transition, and
@@ -149,7 +150,9 @@ def report(summary: dict[str, dict[str, Any]], lines: list[str], times: list[dic
           f"cooldown 500, eq. 3 references, theta {theta}; codebook fitted on the first 500 samples (T1). "
           "`auto`: far share (window points beyond the codebook's calibrated 0.95 distance) > 0.3 -> re-fit on the "
           "window plus the pool (the stream's distinct texts), P_ref recomputed from the last cycle's rows, window "
-          "restarted; at most one per 1,000 samples. Produced by `benchmarks/recluster.py`.", "",
+          "restarted, the calibrated / sequential detectors armed from the last cycle's window rows on the new "
+          "codebook (compass/drift/baseline.py; no live burn-in on shifted traffic); at most one per 1,000 "
+          "samples. Produced by `benchmarks/recluster.py`.", "",
           "| detector | recluster | detected | mean delay (samples) | extra updates | re-clusterings "
           "(per stream) | skipped (interval) | median re-fit s |", "|---|---|---|---|---|---|---|---|"]
     for s in summary.values():

@@ -3,11 +3,14 @@
 Key ``{prefix}:{lang}:ref`` (hash-tagged like every key of the language), JSON::
 
     {"probs": [...], "counts": [...] | null, "codebook_version": "v2", "adapter_version": "a7",
-     "created_at": 1732270000.0, "origin": null | "recluster:<job_id>"}
+     "created_at": 1732270000.0, "origin": null | "recluster:<job_id>", "baseline": null | [...]}
 
 ``probs`` sums to 1 over the codebook's buckets (clusters + noise, the window's layout). The training worker
 writes it when it promotes an adapter; ``compass ref set`` writes it by hand (ops, tests); a re-fit
-(daemon/worker/recluster.py) writes every language's at once with the new codebook pointer (``switch_codebook``).
+(daemon/worker/recluster.py) writes every language's at once with the new codebook pointer (``switch_codebook``),
+each with its ``baseline``: the counts, on the same buckets, of the traffic its adapter was trained for (the
+adapter's stored window rows re-assigned), from which the daemon arms the learned detectors at once
+(compass/drift/baseline.py). JSON written before baselines existed loads with ``baseline`` None.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Reference:
     created_at: float
     counts: list[float] | None = None
     origin: str | None = None  # None: written with its adapter (a promotion, ops); "recluster:<job_id>": a re-fit
+    baseline: list[float] | None = None  # a re-fit's: the adapter's training traffic per bucket; None: live burn-in
 
     @property
     def n_buckets(self) -> int:
@@ -85,20 +89,32 @@ def make_reference(
     probs: Sequence[float] | np.ndarray | None = None,
     created_at: float | None = None,
     origin: str | None = None,
+    baseline: Sequence[float] | np.ndarray | None = None,
 ) -> Reference:
-    """P_ref of ``lang`` from ``counts`` (n_eval + n_aux_selected per bucket) or ``probs``, checked, not stored."""
+    """P_ref of ``lang`` from ``counts`` (n_eval + n_aux_selected per bucket) or ``probs``, checked, not stored;
+    ``baseline``: the counts of the traffic its adapter was trained for, on the same buckets (a re-fit's)."""
     for name, value in (("codebook_version", codebook_version), ("adapter_version", adapter_version)):
         if not isinstance(value, str) or not value:
             raise BadReference(f"{name}: got {value!r}; must be a non-empty string")
+    p = _probs_from(counts, probs)
     return Reference(
         language=lang,
-        probs=_probs_from(counts, probs),
+        probs=p,
         codebook_version=codebook_version,
         adapter_version=adapter_version,
         created_at=time.time() if created_at is None else float(created_at),
         counts=None if counts is None else [float(c) for c in counts],
         origin=origin,
+        baseline=None if baseline is None else _baseline(baseline, len(p)),
     )
+
+
+def _baseline(baseline: Sequence[float] | np.ndarray, n_buckets: int) -> list[float]:
+    arr = np.asarray(baseline, dtype=np.float64)
+    if arr.shape != (n_buckets,) or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise BadReference(f"baseline: got {arr.tolist()}; must be {n_buckets} finite counts >= 0, one per bucket "
+                           "of P_ref")
+    return arr.tolist()
 
 
 def set_reference(
@@ -178,6 +194,8 @@ def get_reference(client: redis.Redis, lang: str, prefix: str = "compass") -> Re
         obj = json.loads(raw)
         ref = Reference(**obj)
         _probs_from(None, ref.probs)
+        if ref.baseline is not None:
+            _baseline(ref.baseline, ref.n_buckets)
     except (ValueError, TypeError) as e:
         raise BadReference(f"{key}: unreadable reference ({e}); rewrite it with `compass ref set {lang} ...`") from None
     return ref

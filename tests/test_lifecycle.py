@@ -340,3 +340,73 @@ def test_sequential_detector_in_the_lifecycle():
         if out.action.kind == "update":
             break
     assert out.action.kind == "update" and out.statistic > math.log(100) and out.state.cusum.stat == 0.0
+
+
+# ------------------------------------------------------------------------------- a re-fit reference's baseline
+# READY_CAL / READY_SEQ: reference a1 learned from two checks of 4 queries, (4, 4, 0) in all, phi 1. A re-fit
+# installs a2 with the baseline (4, 4, 0) (the adapter's window rows on the new codebook) while traffic has
+# already moved to bucket 2. theta 1.0: the guarding fixed theta never fires (JS <= 1 bit), so only the learned
+# detector can.
+SHIFTED = np.array([0, 0, 4])
+CAL = settings(threshold="calibrated", burn_in=8, false_alarm_every=1000, theta=1.0)
+SEQ = settings(detector="sequential", burn_in=8, false_alarm_every=1000, theta=1.0)
+SEQ_FIRES_AT = 8  # the CUSUM passes ln(1000) = 6.91 nats at the 9th shifted check of 4 queries
+BASE_BURN = BurnIn(ref_id="a2", seen=8, checks=2, counts=(4, 4, 0), phi=1.0)  # 8 queries as 2 checks of m = 4
+
+
+def _ready(cfg: LanguageSettings) -> DriftState:
+    st = step(IDLE, obs(CALM, new_labels=np.array([0, 1, 0, 1])), cfg, LIMITS).state
+    return step(st, obs(CALM, new_labels=np.array([1, 0, 1, 0])), cfg, LIMITS).state
+
+
+# (case, settings, baseline, expected check, expected burn-in after the step, armed at once)
+BASELINE_CASES = [
+    ("calibrated, baseline: armed at once, the shift fires", CAL, np.array([4.0, 4.0, 0.0]), "drift", BASE_BURN,
+     True),
+    ("calibrated, no baseline: a live burn-in on the shift", CAL, None, "calibrating",
+     BurnIn(ref_id="a2", seen=4, checks=1, counts=(0, 0, 4), batches=((0, 0, 4),), js_max=1.0), False),
+    ("calibrated, baseline of other buckets: live burn-in", CAL, np.array([4.0, 4.0]), "calibrating",
+     BurnIn(ref_id="a2", seen=4, checks=1, counts=(0, 0, 4), batches=((0, 0, 4),), js_max=1.0), False),
+    ("calibrated, empty baseline: live burn-in", CAL, np.zeros(3), "calibrating",
+     BurnIn(ref_id="a2", seen=4, checks=1, counts=(0, 0, 4), batches=((0, 0, 4),), js_max=1.0), False),
+    ("sequential, baseline: armed at once", SEQ, np.array([4.0, 4.0, 0.0]), "below_threshold", BASE_BURN, True),
+    ("sequential, no baseline: a live burn-in", SEQ, None, "calibrating",
+     BurnIn(ref_id="a2", seen=4, checks=1, counts=(0, 0, 4), batches=((0, 0, 4),), js_max=1.0), False),
+    ("fixed theta: a baseline changes nothing", settings(theta=1.0), np.array([4.0, 4.0, 0.0]), "below_threshold",
+     BurnIn(ref_id="a2"), False),
+]
+
+
+@pytest.mark.parametrize("case, cfg, baseline, check, burn, armed", BASELINE_CASES, ids=[c[0] for c in BASELINE_CASES])
+def test_a_new_reference_with_a_baseline_is_armed_at_once(case, cfg, baseline, check, burn, armed):
+    out = step(_ready(cfg), obs(SHIFTED, ref_id="a2", new_labels=np.array([2, 2, 2, 2]), baseline=baseline), cfg,
+               LIMITS)
+    assert (out.check, out.state.ref_id, out.state.burn_in) == (check, "a2", burn)
+    if cfg.detector == "sequential":
+        assert (out.state.cusum is not None) == armed
+        if armed:  # the CUSUM of the baseline, fed this check's shifted queries
+            want, s = Cusum.start((4, 4, 0), 1000, 1.0, 8, 4.0).feed(np.array([2, 2, 2, 2]))
+            assert out.state.cusum == want and out.statistic == s == 0.0  # q learns from earlier checks only
+            fired = [i for i in range(1, 10) if (out := step(out.state, obs(SHIFTED, now=T + i, ref_id="a2",
+                     new_labels=np.array([2, 2, 2, 2])), cfg, LIMITS)).action.kind == "update"]
+            assert fired[:1] == [SEQ_FIRES_AT]
+    elif cfg.threshold == "calibrated":
+        assert (out.state.threshold is not None) == armed
+        if armed:  # exactly what a live burn-in of (4, 4, 0) in 2 checks of 4 would calibrate; JS 1 bit > it
+            assert out.state.threshold == calibrate_js(REF, BASE_BURN, 4, 4, 1000, seed=8)
+            assert out.action.kind == "update" and out.threshold < out.js == 1.0
+    assert DriftState.from_dict(out.state.to_dict()) == out.state  # phi survives the JSON round trip
+
+
+def test_without_a_baseline_the_burn_in_learns_the_shift_and_never_fires():
+    # today's behaviour, kept for references without a baseline: 8 shifted queries calibrate the threshold,
+    # after which the shifted window is the no-drift level
+    st = _ready(CAL)
+    for i in range(4):
+        out = step(st, obs(SHIFTED, now=T + i, ref_id="a2", new_labels=np.array([2, 2, 2, 2])), CAL, LIMITS)
+        st = out.state
+        assert out.action.kind == "none"
+    assert st.threshold is not None and st.burn_in.counts == (0, 0, 8)
+    with_base = step(_ready(CAL), obs(SHIFTED, ref_id="a2", new_labels=np.array([2, 2, 2, 2]),
+                                      baseline=np.array([4.0, 4.0, 0.0])), CAL, LIMITS)
+    assert with_base.action.kind == "update"

@@ -136,6 +136,11 @@ def test_a_recluster_job_refits_and_rereferences_every_language_in_one_switch(se
     assert np.allclose(refs["es"].counts, want_es) and sorted(want_es[:2]) == [8, 12]
     assert {lang: row["source"] for lang, row in plan["languages"].items()} == {"it": "stored_rows",
                                                                                  "es": "window_fallback"}
+    # the baseline the detectors are armed from: it's 6 window rows alone (not the selected ones), by hand; es's
+    # stand-in is today's traffic, no baseline: it burns in live
+    want_base = np.bincount(nearest(env.rows.X[:6].astype(np.float32), C), minlength=3)
+    assert refs["it"].baseline == want_base.tolist() and sum(want_base) == 6 and refs["es"].baseline is None
+    assert {lang: row["baseline"] for lang, row in plan["languages"].items()} == {"it": 6, "es": None}
     [event] = env.events
     assert (event.type, event.language, event.job_id) == ("recluster_finished", "it", "it-9-recl")
     assert (event.data["old_version"], event.data["new_version"], event.data["old_k"], event.data["new_k"]) == \
@@ -434,9 +439,32 @@ def test_the_loop_a_far_topic_reclusters_and_a_drift_afterwards_still_triggers_a
         assert (r.state, r.fired, r.job.kind) == ("drift", True, "adapter_update") and r.js > 0.05
         assert r.job.codebook_version == new.version
         assert d.status("it").drift.ref_id == f"{env.versions['it']}@{new.version}"  # a new baseline: re-armed
+        reading = d.reader.read("it", time.time() + 62, langs.get("it"), d.status("it"))
+        assert reading.obs.baseline.tolist() == refs["it"].baseline and sum(refs["it"].baseline) == 6
     finally:
         w.close()
         d.stop()
         d.client.close()
     kinds = [decode_job(m.value).kind for m in read_topic(env.cfg, env.cfg.kafka.jobs_topic, 2)]
     assert kinds == ["recluster", "adapter_update"]
+
+
+def test_a_reference_keeps_its_baseline_and_old_json_without_one_loads(redis):
+    from dataclasses import asdict
+
+    from infra.reference import BadReference, make_reference
+
+    ref = make_reference("sw", codebook_version="v2", adapter_version="a1", counts=[2, 1, 1], origin="recluster:j",
+                         baseline=np.array([3, 0, 1]))
+    assert (ref.baseline, ref.identity) == ([3.0, 0.0, 1.0], "a1@v2")
+    redis.set("compass:{sw}:ref", json.dumps(asdict(ref)))
+    assert get_reference(redis, "sw") == ref
+    old = {k: v for k, v in asdict(ref).items() if k != "baseline"}  # written before baselines existed
+    redis.set("compass:{sw}:ref", json.dumps(old))
+    assert get_reference(redis, "sw").baseline is None
+    redis.set("compass:{sw}:ref", json.dumps({**old, "baseline": [1, 2]}))  # not one count per bucket
+    with pytest.raises(BadReference, match="unreadable reference"):
+        get_reference(redis, "sw")
+    for bad in ([1, 2], [1, -1, 0], [1, float("nan"), 0]):
+        with pytest.raises(BadReference, match="baseline: got"):
+            make_reference("sw", codebook_version="v2", adapter_version="a1", counts=[2, 1, 1], baseline=bad)

@@ -74,6 +74,25 @@ def test_the_rebased_reference_is_a_hand_assignment_of_the_last_cycles_rows(refe
     assert installed[0] == 700 and installed[1][order].tolist() == by_hand and installed[1][3] == 0
 
 
+@pytest.mark.parametrize("detector", ["calibrated", "sequential"])
+def test_the_learned_detectors_keep_the_adapters_baseline_after_the_recluster(detector, monkeypatch):
+    # the burn-in after the re-clustering at 700 would run on p2 traffic (a live one learns (40, 40, 120) as the
+    # no-drift mix: nothing fires, asserted below with the baseline taken away); armed from the initial cycle's
+    # D_t rows (100 A, 100 B) re-assigned on the new codebook, both detectors fire at 900, the first check after
+    # the restart with min_samples (200) in the window. The thresholds: r0's learned at 200 (the end of its
+    # burn-in), the re-fit's at 800, the check that installed it (no live burn-in)
+    x, periods, _ = _planted()
+    config = _auto(detectors=(detector,))
+    [row] = simulate(x, periods, config)
+    assert (row.fired_at, row.reclustered_at, row.delays) == ((900,), (700,), (900 - SHIFT,))
+    assert [t["at"] for t in row.thresholds] == [200, 800]
+    rebase = References.rebase
+    monkeypatch.setattr(References, "rebase", lambda self, book: (rebase(self, book)[0], None))
+    [live] = simulate(x, periods, config)
+    assert (live.fired_at, live.reclustered_at) == ((), (700,))
+    assert [t["at"] for t in live.thresholds] == [200, 900]
+
+
 def test_a_persisting_drift_still_triggers_an_update_after_the_recluster():
     # after the re-clustering the update at 900 installs the window 700-899 (40, 40, 120) as the new reference;
     # later windows are p2 too: no further update, no second re-clustering (C now has a cluster)

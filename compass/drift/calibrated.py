@@ -25,6 +25,12 @@ traffic:
 
 The null is drawn for the full window (``window_size``) and for ``min_samples`` (a window still filling is
 noisier); ``JsThreshold.at(n)`` interpolates between them in 1/n, the way sampling noise of JS scales.
+
+After a re-clustering the burn-in is not run live: traffic has already shifted (that is why the codebook was
+re-fitted), and a live burn-in would learn the drift as the no-drift level. The reference then carries the
+baseline its adapter was trained for (the last cycle's window rows re-assigned on the new codebook), and
+``compass/drift/baseline.py`` builds a finished ``BurnIn`` from it: those counts as C, checks of the previous
+reference's m, and its phi given outright (``BurnIn.phi``) since the stored rows have no per-check batches.
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ class BurnIn:
     counts: tuple[int, ...] = ()  # pooled bucket counts of those queries
     batches: tuple[tuple[int, ...], ...] = ()  # per-check bucket counts (merged pairwise past MAX_BATCHES)
     js_max: float = 0.0  # largest JS reading of a full window during the burn-in
+    phi: float | None = None  # over-dispersion given outright (a baseline's burn-in, no batches); None: measured
+
+    def over_dispersion(self) -> float:
+        """phi as the detectors use it: the one given, else the 90% upper bound measured between the checks."""
+        return self.phi if self.phi is not None else dispersion(self.batches, UPPER_Z)
 
     def add(self, labels: np.ndarray, n_buckets: int, js: float | None) -> BurnIn:
         """The burn-in after one more check whose new queries fell in buckets ``labels``."""
@@ -77,7 +88,7 @@ class BurnIn:
         return cls(ref_id=d.get("ref_id"), seen=int(d.get("seen", 0)), checks=int(d.get("checks", 0)),
                    counts=tuple(int(c) for c in d.get("counts", ())),
                    batches=tuple(tuple(int(c) for c in b) for b in d.get("batches", ())),
-                   js_max=float(d.get("js_max", 0.0)))
+                   js_max=float(d.get("js_max", 0.0)), phi=None if d.get("phi") is None else float(d["phi"]))
 
 
 UPPER_Z = 1.28  # phi as used: its one-sided 90% upper confidence bound (a burn-in has only a few checks)
@@ -175,7 +186,7 @@ def calibrate_js(p_ref: np.ndarray, burn: BurnIn, window_size: int, min_samples:
                                "burn-in belongs to another codebook: restart it")
     m = burn.seen / burn.checks
     alpha = min(0.5, m / float(false_alarm_every))
-    phi = dispersion(burn.batches, UPPER_Z)
+    phi = burn.over_dispersion()
     n_boot = int(min(N_BOOT_MAX, max(N_BOOT_MIN, math.ceil(20 / alpha))))
     rng = np.random.default_rng(seed)
     live = np.asarray(burn.counts, dtype=np.float64)

@@ -21,7 +21,10 @@ D_aux for the usage proxy E_t (§3.2), and the adapter's reference is the cluste
 
 Every cycle also keeps its rows (``last_rows``, a ``ReferenceRows``: the usage part, weight 1, and the selected
 pool rows, weight = their repetition count), as the worker stores them with each adapter version, so that
-``rebase`` can recompute the cycle's P_ref on a re-fitted codebook (eq. 3 on the new buckets, no new selection).
+``rebase`` can recompute the cycle's P_ref on a re-fitted codebook (eq. 3 on the new buckets, no new selection),
+together with the baseline the cycle's adapter was trained for (its usage rows on the new buckets,
+``compass/drift/baseline.py``): the learned detectors are armed from it instead of from traffic that has already
+shifted.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from compass.drift.baseline import baseline_counts
 from compass.drift.reference_rows import ReferenceRows
 from compass.embed import l2_normalize
 
@@ -125,14 +129,16 @@ class References:
         self.last_rows = ReferenceRows.concat(rows, usage.shape[1])
         return n_eval + selected
 
-    def rebase(self, book: Codebook) -> np.ndarray:
-        """Switch to the re-fitted ``book`` and return the last cycle's eq. 3 counts on it: its stored rows
-        (float16, as the worker stores them) assigned anew, what the worker's recluster job installs."""
+    def rebase(self, book: Codebook) -> tuple[np.ndarray, np.ndarray | None]:
+        """Switch to the re-fitted ``book`` and return the last cycle's eq. 3 counts on it (its stored rows,
+        float16 as the worker stores them, assigned anew) and its baseline counts (the usage rows alone, None
+        without any): what the worker's recluster job installs."""
         self.book = book
         if self.last_rows is None:
             raise ValueError("References.rebase: no cycle yet; call initial() first")
         rows = self.last_rows
-        return rows.counts(book.assign(rows.X.astype(np.float32)), book.n_clusters)
+        buckets = book.assign(rows.X.astype(np.float32))
+        return rows.counts(buckets, book.n_clusters), baseline_counts(rows, buckets, book.n_clusters)
 
     def selected(self, usage: np.ndarray) -> tuple[np.ndarray, ReferenceRows]:
         """n_aux,selected: COMPASS's selection per bucket for D_t, E_t = ``usage`` and the pool (labels now), and

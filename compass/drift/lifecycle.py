@@ -21,7 +21,9 @@ stream. One step, in order; the first rule that ends it names the check's outcom
   9. stale       noise or far share past its level with >= min_samples, outside cooldown -> action ``recluster``
  10. reference   ``no_reference`` / ``bad_reference`` / ``codebook_mismatch``. (A new reference, its id changed,
                  is taken right after the reports: a new baseline, trigger re-armed, failures and ``stuck``
-                 cleared, a new burn-in begins.)
+                 cleared, a new burn-in begins; a re-fit's reference carries the baseline its adapter was
+                 trained for (``Observation.baseline``) and the learned detector is armed from it at once,
+                 ``compass/drift/baseline.py``, since the traffic after a re-fit has already shifted.)
  11. detector    ``insufficient_samples`` for an empty window; else the language's detector:
                    js, fixed        JS(P_ref || P_mon) > theta (eq. 5-6)
                    js, calibrated   JS > the threshold the burn-in learned (``compass/drift/calibrated.py``)
@@ -43,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from compass.divergence import js_divergence
-from compass.drift.calibrated import UPPER_Z, BurnIn, JsThreshold, calibrate_js, dispersion
+from compass.drift.baseline import armed_burn_in, carried_over
+from compass.drift.calibrated import BurnIn, JsThreshold, calibrate_js
 from compass.drift.quality import combine
 from compass.drift.sequential import Cusum
 from compass.drift.stale import assess
@@ -83,6 +86,7 @@ class Observation:
     resume: bool = False  # an operator resumed a stuck language
     paused: bool = False
     job_id: str = "job"  # the id of a job this step dispatches
+    baseline: np.ndarray | None = None  # a re-fit reference's baseline counts (same buckets); None: live burn-in
 
     @property
     def n_samples(self) -> int:
@@ -208,9 +212,12 @@ def step(state: DriftState, obs: Observation, settings: LanguageSettings, limits
     if stuck_now:
         return out("stuck", st, Action("stuck", st.stuck["reason"]), detail=st.stuck["reason"])  # type: ignore[index]
     if comparable and obs.ref_id != st.ref_id:  # a new baseline: hysteresis, failures, burn-in were the old one's
+        prev = st
         st = replace(st, ref_id=obs.ref_id, trigger=replace(st.trigger, armed=True), failures=0, retry_at=None,
                      stuck=None, phase="idle" if st.phase == "stuck" else st.phase,
                      burn_in=BurnIn(ref_id=obs.ref_id), threshold=None, cusum=None)
+        if obs.baseline is not None:
+            st = _armed(st, prev, obs, settings)
     if not settings.enabled:
         return out("disabled", st)
     if obs.paused:
@@ -313,12 +320,30 @@ def _feed(st: DriftState, obs: Observation, settings: LanguageSettings, labels: 
     st = replace(st, burn_in=burn)
     if burn.seen < settings.burn_in_queries or obs.n_samples < settings.min_samples:
         return st, False
+    return _learned(st, obs, settings, burn), True
+
+
+def _learned(st: DriftState, obs: Observation, settings: LanguageSettings, burn: BurnIn) -> DriftState:
+    """The state with the detector of this reference learned from the finished burn-in ``burn``."""
     if settings.detector == "sequential":
-        return replace(st, cusum=Cusum.start(burn.counts, settings.false_alarm_every, dispersion(burn.batches, UPPER_Z),
-                                             burn.seen, burn.seen / max(1, burn.checks))), True
+        return replace(st, burn_in=burn, cusum=Cusum.start(burn.counts, settings.false_alarm_every,
+                                                           burn.over_dispersion(), burn.seen,
+                                                           burn.seen / max(1, burn.checks)))
     thr = calibrate_js(np.asarray(obs.p_ref, dtype=np.float64), burn, settings.window_size, settings.min_samples,
                        settings.false_alarm_every, seed=burn.seen)
-    return replace(st, threshold=thr), True
+    return replace(st, burn_in=burn, threshold=thr)
+
+
+def _armed(st: DriftState, prev: DriftState, obs: Observation, settings: LanguageSettings) -> DriftState:
+    """A new reference with a baseline: its learned detector armed at once from the baseline, m and phi carried
+    over from ``prev`` (``compass/drift/baseline.py``); unchanged (a live burn-in) for a fixed theta, a baseline
+    of other buckets than P_ref, or an empty one."""
+    base = np.asarray(obs.baseline, dtype=np.float64)
+    if detector_mode(settings) == "fixed" or base.shape != np.shape(obs.p_ref):
+        return st
+    queries_now = 0 if obs.new_labels is None else len(obs.new_labels)
+    burn = armed_burn_in(st.ref_id, base, *carried_over(prev.threshold, prev.cusum, prev.burn_in, queries_now))
+    return st if burn is None else _learned(st, obs, settings, burn)
 
 
 def _quality(st: DriftState, obs: Observation) -> bool | None:

@@ -16,7 +16,8 @@ the window, the eq. 3 reference of the cycle (``compass/drift/eq3.py``) is insta
 With a ``Reclustering`` (``recluster="auto"``; ``compass/drift/reclustering.py``) every check also reads the noise
 and far shares as the daemon does, and an action ``recluster`` is answered as the worker answers it: skipped inside
 the minimum interval (``update_finished``, outcome ``skipped_interval``), else a new codebook fitted on the window
-plus the pool, the last cycle's P_ref recomputed on it from that cycle's rows (a new ref_id: the lifecycle re-arms)
+plus the pool, the last cycle's P_ref recomputed on it from that cycle's rows (a new ref_id: the lifecycle re-arms,
+its learned detector armed from the cycle's baseline, ``compass/drift/baseline.py``, as the daemon's is)
 and the window restarted (a new lineage: the old buckets mean nothing). Without one (``"off"``) no share is read
 and no ``recluster`` is ever dispatched, as before.
 """
@@ -108,6 +109,7 @@ def replay(
     state = DriftState()
     ref = refs.initial()  # the initial training cycle: the adapter and its P_ref exist before the traffic
     ref_id = "r0"
+    baseline: np.ndarray | None = None  # a re-fit reference's baseline (the lifecycle arms its detector from it)
     trace.references.append((0, ref))
     reports: tuple[Report, ...] = ()
     detection: int | None = None
@@ -121,7 +123,7 @@ def replay(
         noise, far = (None, None) if reclustering is None else reclustering.shares(book, counts, x[lo:t])
         obs = Observation(now=float(t), counts=counts, p_ref=probs(ref), ref_id=ref_id,
                           new_labels=labels[start:t], reports=reports, job_id=f"sim-{jobs + 1}",
-                          noise_share=noise, far_share=far)
+                          noise_share=noise, far_share=far, baseline=baseline)
         out = lifecycle.step(state, obs, settings, limits or Limits())
         state, reports = out.state, ()
         spent += time.perf_counter() - t0
@@ -140,7 +142,7 @@ def replay(
             if eta > 0:  # eq. 2: the update moves the codebook towards the data it learned
                 book.clusterer.update(x[lo:t], eta)
                 labels[lo:t] = book.assign(x[lo:t])
-            ref, ref_id = refs.after_update(x[lo:t]), f"r{len(trace.references)}"
+            ref, ref_id, baseline = refs.after_update(x[lo:t]), f"r{len(trace.references)}", None
             trace.references.append((t, ref))
             reports = worker_reports(obs.job_id, float(t), f"a{len(trace.fired)}")
             jobs += 1
@@ -153,7 +155,7 @@ def replay(
             else:
                 t1 = time.perf_counter()
                 book, _ = reclustering.refit({refs.lang: x[lo:t]}, refs.x_pool, len(trace.reclustered) + 1)
-                ref, ref_id = refs.rebase(book), f"r{len(trace.references)}"
+                (ref, baseline), ref_id = refs.rebase(book), f"r{len(trace.references)}"
                 trace.recluster_s.append(time.perf_counter() - t1)
                 trace.reclustered.append(t)
                 trace.codebooks.append((t, book))

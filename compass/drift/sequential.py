@@ -35,6 +35,10 @@ by phi (quasi-likelihood) 5; p0 frozen at the end of the burn-in drifts away fro
 per 10,000 on synthetic *multinomial* streams with K = 20, against 0 with the learning null). The price of
 learning q from earlier checks only is one check of lag: a shift shows in the second check after it.
 
+After a re-clustering the burn-in is not run live (the traffic has already shifted; ``compass/drift/baseline.py``):
+``start`` gets the counts of the adapter's baseline (its last cycle's window rows on the new codebook) as n, and
+the previous reference's phi and m carried over, so p0 is the mix the adapter was trained for, not the drift.
+
 State is explicit and JSON-able; ``feed`` is pure (state in, state and S out).
 """
 

@@ -76,6 +76,7 @@ class LanguageReader:
             forced=self.client.getdel(self.keys.force(lang)) is not None,
             resume=self.client.getdel(self.keys.resume(lang)) is not None,
             paused=self.paused(lang), job_id=f"{lang}-{int(now * 1000)}-{uuid.uuid4().hex[:6]}",
+            baseline=np.asarray(ref.baseline) if reference == "ok" and ref and ref.baseline is not None else None,
         )
         # The far share embeds texts and the quality detector consumes its values: only for a check that gets as
         # far as the stale rule, as before the lifecycle. The pure step on an empty window tells: it then ends at

@@ -6,7 +6,10 @@ them, the language's sampled window queries (``window_fallback``); with no traff
 (``target_fallback``, ``worker.targets_dir``, as eq. 3 stands D_t in for a missing usage proxy). A language with
 none of these keeps its P_ref on the old codebook (``skipped``, said in the report and the event). JS before: the
 old P_ref against the window on the old codebook; after: the new P_ref against the language's sampled window rows
-on the new one.
+on the new one. With stored rows, each reference also carries its ``baseline``: the rows of source "window" (else
+"target") on the new codebook, the traffic the adapter was trained for, from which the daemon arms the learned
+detectors at once instead of a burn-in on traffic that has already shifted (compass/drift/baseline.py); the stand-ins
+carry none (the window fallback *is* the shifted traffic): those languages burn in live, as before.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from compass.cluster.codebook import Codebook, lineage_of
 from compass.divergence import js_divergence
+from compass.drift.baseline import baseline_counts
 from compass.drift.reference_rows import read_reference_rows
 from daemon.worker.model import WorkerError
 from daemon.worker.pipeline import JobContext, load_target
@@ -50,8 +54,11 @@ def rereference(ctx: JobContext, job_id: str, old: Codebook | None, new: Codeboo
             skipped[lang] = "no adapter and no reference: nothing to re-reference"
             continue
         rows = read_reference_rows(ctx.registry, lang, adapter) if adapter else None
+        baseline = None
         if rows is not None and len(rows):
-            counts, source, n_rows = rows.counts(new.assign(rows.X.astype(np.float32)), k), "stored_rows", len(rows)
+            row_buckets = new.assign(rows.X.astype(np.float32))
+            counts, source, n_rows = rows.counts(row_buckets, k), "stored_rows", len(rows)
+            baseline = baseline_counts(rows, row_buckets, k)
         elif len(mine):  # a version from before versions kept their rows: the language's recent queries stand in
             counts, source, n_rows = window_counts, "window_fallback", len(mine)
         else:  # no traffic either: D_t stands in, as eq. 3 does for a language without a usage proxy
@@ -61,13 +68,14 @@ def rereference(ctx: JobContext, job_id: str, old: Codebook | None, new: Codeboo
             source, n_rows = "target_fallback", len(target)
         try:
             ref = make_reference(lang, codebook_version=new.version, adapter_version=adapter_version, counts=counts,
-                                 origin=f"recluster:{job_id}")
+                                 origin=f"recluster:{job_id}", baseline=baseline)
         except BadReference as e:
             skipped[lang] = f"no rows to count ({source}): {e}; its P_ref stays on the old codebook"
             log.warning("%s: not re-referenced: %s", lang, skipped[lang])
             continue
         refs.append(ref)
-        done[lang] = {"source": source, "n_rows": n_rows, "js_before": _js_before(windows, lang, old_ref, old),
+        done[lang] = {"source": source, "n_rows": n_rows, "baseline": None if baseline is None else
+                      int(baseline.sum()), "js_before": _js_before(windows, lang, old_ref, old),
                       "js_after": js_divergence(ref.probs, window_counts) if len(mine) else None}
     return refs, done, skipped
 
