@@ -36,7 +36,7 @@ Unserved languages (``Keys.unserved(name)``; infra/unserved.py):
   {p}:{unserved}:emerging          string  daemon, fenced (+ emerging:fence)        daemon (and its API)
   {p}:{unserved}:lease (+ :fence)  string  daemon replicas                          daemon replicas
 
-Worker queue (daemon/worker/queue.py), codebooks (infra/codebook.py) and re-fits (daemon/worker/recluster.py), no
+Worker queue (daemon/worker/queue.py), codebooks (infra/codebook/) and re-fits (daemon/worker/recluster.py), no
 per-language tag:
 
   {p}:{worker}:pending             hash    worker intake                            worker

@@ -1,4 +1,4 @@
-"""infra/codebook.py and `compass codebook` against the real Redis: publish, pointer, load, watcher,
+"""infra/codebook/ and `compass codebook` against the real Redis: publish, pointer, load, watcher,
 revisions (lineage), damaged versions, path traversal, noise bucket, embedder mismatch."""
 
 from __future__ import annotations

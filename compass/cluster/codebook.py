@@ -1,7 +1,7 @@
 """The codebook value type: a fitted clusterer as the monitor, the service and the simulator use it.
 
 A codebook turns embeddings into bucket ids: the cluster id, or ``n_clusters`` (the last bucket) for noise, so
-P_ref and P_mon are counted over K + 1 buckets (eq. 3-4). ``infra/codebook.py`` stores versions of it on disk
+P_ref and P_mon are counted over K + 1 buckets (eq. 3-4). ``infra/codebook/`` stores versions of it on disk
 with a pointer in Redis; the drift simulator (``compass/drift/eq3.py``) builds one in memory.
 
 Versions: a fit is its own lineage ``L``; a revision (eq. 2 moved the centroids, cluster ids kept) is ``L.R``.

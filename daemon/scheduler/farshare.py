@@ -37,7 +37,7 @@ class RecentFarShare:
     """The default ``FarShareFn`` (paper §6.1): the share of ``lang``'s recent texts (at most
     ``daemon.stale_far_max_texts``, from the window store) whose embeddings lie farther from every centroid of the
     window's codebook than its calibrated distance (``daemon.stale_distance_quantile`` of the training distances,
-    infra/codebook.py). None (unknown) when the window keeps no texts (``consumer.store_texts: false``) or the
+    infra/codebook/). None (unknown) when the window keeps no texts (``consumer.store_texts: false``) or the
     codebook has no calibration; each such reason is logged once per language. Other failures raise, for the
     daemon to log and count. The embedder (``infra.embedders.make_embedder``) is built on first use, once."""
 

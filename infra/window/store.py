@@ -26,7 +26,7 @@ still holds them (the last min(seen - cursor, LLEN) entries). The drift daemon f
 detector and the burn-in of compass/drift/lifecycle.py.
 
 The window belongs to one codebook lineage. A codebook version ``L`` (a fit) or ``L.R`` (revision ``R`` of fit
-``L``: eq. 2 moved its centroids, cluster ids kept; infra/codebook.py) has lineage ``L``. Bucket ids of another
+``L``: eq. 2 moved its centroids, cluster ids kept; infra/codebook/) has lineage ``L``. Bucket ids of another
 lineage mean nothing, so a newer lineage resets window and counts (offsets are kept, so nothing is counted
 twice); revisions of the same lineage keep the window and meta records the newest version seen. Lineages sort
 by time (byte order); an older lineage than the window's is refused with ``StaleCodebookError`` and nothing

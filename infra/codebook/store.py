@@ -15,7 +15,7 @@ codebook or none. The Redis key ``{prefix}:codebook:current`` names the version 
 Versions sort by creation time and are unique: a fit is ``20250101T120000-123456-a1b2c3`` (UTC time,
 microseconds, random hex), its lineage is itself. A revision (eq. 2 moved the centroids of the same clusters;
 ``parent`` given, same type, K, dim and embedder) is ``<lineage>.<time>-<hex>``: bucket ids keep their meaning
-across a lineage, so the monitor windows (infra/window.py) are kept across revisions and reset on a new fit.
+across a lineage, so the monitor windows (infra/window/) are kept across revisions and reset on a new fit.
 The pointer moves only forward: a new fit must sort after the current lineage, a revision only replaces its
 parent (a revision racing a newer fit is stored but not made current).
 
@@ -28,13 +28,11 @@ the centroids little); a fit published without its vectors has none (null), and 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,38 +42,24 @@ import redis
 
 from compass.cluster import Clusterer, load_clusterer
 from compass.cluster.codebook import Codebook, CodebookError, centroids_of, distance_quantiles, lineage_of
-from compass.cluster.codebook import EmbedderMismatch as EmbedderMismatch  # re-exported: the watcher's callers catch it
 from compass.errors import CompassError
+from infra.codebook.errors import CodebookNotFound
+from infra.codebook.manifest import (
+    FORMAT,
+    LABELS_FILE,
+    _check_labels,
+    _check_languages,
+    _check_quantiles,
+    _clusterer_type,
+    _describe,
+    _dim,
+    check_version,
+    read_labels,
+)
+from infra.codebook.pointer import POINTER_LUA, move_pointer
 from infra.keys import Keys
-from infra.window import LUA_OLDER, VERSION_RE
-
-log = logging.getLogger(__name__)
-
-FORMAT = 1
-_LANG = re.compile(r"^[a-z]{2,3}$")
-LABELS_FILE = "labels.json"
-
-
-class CodebookNotFound(CodebookError, LookupError):
-    """No codebook is published (no pointer), or the version's directory does not exist."""
-
-
-class CodebookVersionError(CompassError, ValueError):
-    """A version string is malformed (only [A-Za-z0-9._-], starting with a letter or digit)."""
-
-
-# KEYS: pointer. ARGV: new version, new lineage, expected parent ('' = a new fit).
-# Returns {1, previous} when set, {0, current} when refused.
-_POINTER_LUA = LUA_OLDER + r"""
-local cur = redis.call('GET', KEYS[1])
-if ARGV[3] ~= '' then
-  if cur ~= ARGV[3] then return {0, cur or ''} end
-elseif cur and not older(string.match(cur, '^[^.]+'), ARGV[2]) then
-  return {0, cur}
-end
-redis.call('SET', KEYS[1], ARGV[1])
-return {1, cur or ''}
-"""
+from infra.window.replies import text
+from infra.window.types import VERSION_RE
 
 
 class CodebookStore:
@@ -87,7 +71,7 @@ class CodebookStore:
         self.client = client
         self.prefix = prefix
         self.pointer_key = Keys(prefix).codebook_current()
-        self._pointer = client.register_script(_POINTER_LUA) if client is not None else None
+        self._pointer = client.register_script(POINTER_LUA) if client is not None else None
 
     # ------------------------------------------------------------------ write
 
@@ -186,24 +170,7 @@ class CodebookStore:
         return codebook
 
     def _move_pointer(self, version: str, parent: str | None) -> None:
-        if self._pointer is None:
-            return
-        done, other = self._pointer(keys=[self.pointer_key], args=[version, lineage_of(version), parent or ""])
-        other = _text(other)
-        if int(done):
-            return
-        if parent is not None:
-            # A newer codebook became current while this revision was computed: the newer one wins.
-            log.warning(
-                "codebook revision stored but not made current: the pointer moved from its parent meanwhile",
-                extra={"version": version, "parent": parent, "current": other},
-            )
-            return
-        raise CodebookError(
-            f"codebook {version} is stored in {self.root / version} but not made current: the current version "
-            f"{other} sorts after it (versions are UTC times; check this host's clock), and windows never go "
-            "back to an older lineage"
-        )
+        move_pointer(self._pointer, self.pointer_key, self.root, version, parent)
 
     # ------------------------------------------------------------------ read
 
@@ -212,7 +179,7 @@ class CodebookStore:
         if self.client is None:
             return None
         value = self.client.get(self.pointer_key)
-        return _text(value) if value is not None else None
+        return text(value) if value is not None else None
 
     def versions(self) -> list[str]:
         """Versions stored under ``root``, oldest first."""
@@ -284,151 +251,3 @@ class CodebookStore:
                 f"version {meta.get('version')!r}, format {meta.get('format')!r}); publish a new version"
             )
         return meta
-
-
-class CodebookWatcher:
-    """The current codebook for one consumer: checks the pointer at most every ``check_interval_s`` and
-    reloads when it moved. A new version that cannot be loaded (or, with ``model_id``, was fitted on another
-    embedder) is logged once and the old codebook kept; only the first load raises."""
-
-    def __init__(
-        self,
-        store: CodebookStore,
-        check_interval_s: float = 2.0,
-        *,
-        model_id: str | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        if check_interval_s < 0:
-            raise ValueError(f"check_interval_s must be >= 0 seconds; got {check_interval_s!r}")
-        self.store = store
-        self.check_interval_s = check_interval_s
-        self.model_id = model_id
-        self._clock = clock
-        self._codebook: Codebook | None = None
-        self._next_check = 0.0
-        self._failed: str | None = None  # the last version that failed to load: logged once, retried quietly
-
-    def current(self) -> Codebook:
-        """The codebook to assign with now."""
-        if self._codebook is None:
-            self._codebook = self._load(self.store.load())
-            self._next_check = self._clock() + self.check_interval_s
-        elif self._clock() >= self._next_check:
-            self.refresh()
-        return self._codebook
-
-    def refresh(self) -> bool:
-        """Check the pointer now (e.g. after ``StaleCodebookError``); True when a new codebook was loaded."""
-        self._next_check = self._clock() + self.check_interval_s
-        if self._codebook is None:
-            self.current()
-            return True
-        version = self.store.current_version()
-        if version is None or version == self._codebook.version:
-            return False
-        try:
-            self._codebook = self._load(self.store.load(version))
-        except (CompassError, ValueError) as e:
-            if version != self._failed:
-                log.error(
-                    "new codebook cannot be used; keeping the current one",
-                    extra={"version": version, "current": self._codebook.version, "error": str(e)},
-                )
-                self._failed = version
-            return False
-        self._failed = None
-        log.info("codebook reloaded", extra={"version": version})
-        return True
-
-    def _load(self, codebook: Codebook) -> Codebook:
-        if self.model_id is not None:
-            codebook.check_model(self.model_id)
-        return codebook
-
-
-def check_version(version: str) -> str:
-    """``version`` if it is a well-formed version string (nothing that could leave ``root``)."""
-    if not isinstance(version, str) or not VERSION_RE.match(version) or ".." in version:
-        raise CodebookVersionError(
-            f"codebook version must be 1-128 of [A-Za-z0-9._-] starting with a letter or digit, without '..'; "
-            f"got {version!r}"
-        )
-    return version
-
-
-def read_labels(root: str | Path, version: str) -> dict | None:
-    """``<root>/<version>/labels.json`` checked, or None when the version has no labels (no Redis needed)."""
-    path = Path(root) / check_version(version) / LABELS_FILE
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise CodebookError(f"codebook {version}: {path} is unreadable ({e}); rebuild the codebook") from e
-    _check_labels(version, str(path), doc, None)
-    return doc
-
-
-def _check_labels(version: str, where: str, doc: object, n_clusters: int | None) -> None:
-    clusters = doc.get("clusters") if isinstance(doc, dict) else None
-    ok = isinstance(clusters, list) and all(
-        isinstance(c, dict) and c.get("cluster") == i and isinstance(c.get("label"), str)
-        and isinstance(c.get("examples", []), list) for i, c in enumerate(clusters)
-    )
-    if not ok or (n_clusters is not None and len(clusters) != n_clusters):
-        raise CodebookError(
-            f"codebook {version}: {where} is not a labels document with one entry per cluster "
-            f"({n_clusters if n_clusters is not None else 'K'}) of cluster id, label and examples; build it with "
-            "compass.cluster.labels.label_clusters"
-        )
-
-
-def _check_quantiles(version: str, path: Path, value: object) -> dict[str, float] | None:
-    if value is None:
-        return None
-    ok = isinstance(value, dict) and all(
-        isinstance(k, str) and _is_quantile(k) and isinstance(v, int | float) and 0.0 <= v <= 2.0
-        for k, v in value.items()
-    )
-    if not ok:
-        raise CodebookError(
-            f"codebook {version}: {path} field distance_quantiles is {value!r}, not null or a map of quantile "
-            '("0.95") to a cosine distance in [0, 2]; the directory is damaged: publish a new version'
-        )
-    return {k: float(v) for k, v in value.items()}
-
-
-def _is_quantile(key: str) -> bool:
-    try:
-        return 0.0 < float(key) < 1.0
-    except ValueError:
-        return False
-
-
-def _check_languages(languages: Sequence[str] | None) -> tuple[str, ...] | None:
-    if languages is None:
-        return None
-    if isinstance(languages, str):
-        raise CodebookError(f"languages must be a list of codes or None, not the string {languages!r}")
-    bad = [code for code in languages if not isinstance(code, str) or not _LANG.match(code)]
-    if bad:
-        raise CodebookError(f"languages: {bad} are not compass language codes (2-3 lowercase letters)")
-    return tuple(sorted(set(languages)))
-
-
-def _clusterer_type(clusterer: Clusterer) -> str:
-    return str(getattr(clusterer, "name", None) or type(clusterer).__name__)
-
-
-def _dim(clusterer: Clusterer) -> int | None:
-    centroids = getattr(clusterer, "centroids_", None)
-    return int(np.asarray(centroids).shape[1]) if centroids is not None and np.ndim(centroids) == 2 else None
-
-
-def _describe(meta: dict) -> str:
-    return f"{meta.get('type')} K={meta.get('n_clusters')} dim={meta.get('dim')} on {meta.get('model_id')}"
-
-
-def _text(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
