@@ -9,7 +9,7 @@ import pytest
 from compass.drift.stale import noise_share, share_beyond
 from compass.languages import LanguagesConfig
 from daemon.scheduler.quality import NO_QUALITY, DetectorFeed, finite_values, quality_feed
-from daemon.scheduler.read import comparable
+from daemon.scheduler.read import comparable, window_behind
 from daemon.scheduler.run import CheckSchedule
 from daemon.scheduler.state import StaticLanguages
 from infra.reference import Reference
@@ -79,6 +79,21 @@ REF = Reference("sw", [0.5, 0.5, 0.0], "v1", "a1", 0.0)
 def test_comparable(window, expected):
     why = comparable(REF, window)
     assert why.startswith(expected) and bool(why) == bool(expected)
+
+
+OLD, NEW = "20261206T100000-000000-aaaaaa", "20261206T110000-000000-bbbbbb"  # versions sort by their UTC stamp
+
+
+@pytest.mark.parametrize(("ref_version", "window", "behind"), [
+    (NEW, snap(OLD), True),  # a re-fit switched the reference; the consumers still write the old lineage
+    (NEW, snap(f"{OLD}.20261206T120000-000000-cccccc"), True),  # a later revision of the old lineage is still behind
+    (OLD, snap(NEW), False),  # the window is ahead: a codebook published without references
+    (OLD, snap(OLD), False),
+    (NEW, snap(None), False),  # no window yet
+])
+def test_window_behind(ref_version, window, behind):
+    assert window_behind(Reference("sw", [0.5, 0.5, 0.0], ref_version, "a1", 0.0), window) is behind
+    assert window_behind(None, window) is False
 
 
 @pytest.mark.parametrize(("counts", "noise"), [([3, 0, 1], 0.25), ([0, 0, 0], None), ([0, 2], 1.0)])

@@ -18,7 +18,9 @@ stream. One step, in order; the first rule that ends it names the check's outcom
   6. manual      an operator asked for an update -> action ``update`` (reason ``manual``), honoured even when stuck
   7. stuck       no automatic update until ops act (resume, manual trigger, a promotion, a new reference)
   8. settling    after a detection with ``settle_s`` > 0: wait, then action ``update`` with the detection's reason
-  9. stale       noise or far share past its level with >= min_samples, outside cooldown -> action ``recluster``
+  9. stale       noise or far share past its level with >= min_samples, outside cooldown -> action ``recluster``;
+                 not while the window is behind a re-fit's reference (``window_behind``: the consumers are still
+                 switching, and a second re-fit would be skipped by the worker's interval anyway)
  10. reference   ``no_reference`` / ``bad_reference`` / ``codebook_mismatch``. (A new reference, its id changed,
                  is taken right after the reports: a new baseline, trigger re-armed, failures and ``stuck``
                  cleared, a new burn-in begins; a re-fit's reference carries the baseline its adapter was
@@ -87,6 +89,8 @@ class Observation:
     paused: bool = False
     job_id: str = "job"  # the id of a job this step dispatches
     baseline: np.ndarray | None = None  # a re-fit reference's baseline counts (same buckets); None: live burn-in
+    window_behind: bool = False  # the reference is on a newer codebook lineage than the window: a re-fit was
+    # installed and the consumers have not switched yet (the window's shares describe the old codebook)
 
     @property
     def n_samples(self) -> int:
@@ -247,7 +251,8 @@ def step(state: DriftState, obs: Observation, settings: LanguageSettings, limits
         return _dispatch(st, obs, settings, "update", str(detected.get("reason", "drift")), js)
 
     why = assess(obs.noise_share, obs.far_share, limits.stale_noise_share, limits.stale_far_share).why
-    if why and n >= settings.min_samples and not cooling(st.trigger, settings.cooldown_s, now):
+    stale = bool(why) and n >= settings.min_samples and not obs.window_behind
+    if stale and not cooling(st.trigger, settings.cooldown_s, now):
         return _dispatch(st, obs, settings, "recluster", "stale_clusters", js, detail=why)
 
     if obs.reference == "missing" or (obs.reference == "ok" and obs.p_ref is None):

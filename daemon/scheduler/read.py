@@ -77,6 +77,7 @@ class LanguageReader:
             resume=self.client.getdel(self.keys.resume(lang)) is not None,
             paused=self.paused(lang), job_id=f"{lang}-{int(now * 1000)}-{uuid.uuid4().hex[:6]}",
             baseline=np.asarray(ref.baseline) if reference == "ok" and ref and ref.baseline is not None else None,
+            window_behind=reference == "mismatch" and window_behind(ref, snap),
         )
         # The far share embeds texts and the quality detector consumes its values: only for a check that gets as
         # far as the stale rule, as before the lifecycle. The pure step on an empty window tells: it then ends at
@@ -144,6 +145,14 @@ class LanguageReader:
         if bad:
             self.metrics.errors.labels(lang, "quality_value").inc(bad)
         return detected
+
+
+def window_behind(ref: Reference | None, snap: WindowSnapshot) -> bool:
+    """The reference's codebook lineage is newer than the window's (versions sort by their UTC stamp, as the
+    codebook pointer does): a re-fit switched the references and the consumers have not loaded its codebook yet."""
+    if ref is None or snap.codebook_version is None:
+        return False
+    return lineage_of(ref.codebook_version) > lineage_of(snap.codebook_version)
 
 
 def comparable(ref: Reference, snap: WindowSnapshot) -> str:
