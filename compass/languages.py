@@ -26,6 +26,18 @@ def _window_rule(min_samples: int, window_size: int) -> str | None:
     return None
 
 
+class SamplingSettings(Frozen):
+    """Sampling of the language's monitored queries (compass/sampling.py): the consumer keeps the queries whose
+    id hashes below ``rate``, before embedding; the others are counted (compass_consumer_sampled_out_total) and
+    committed, never embedded nor put in the window. Future work (issue 20): ``max_per_second``, a cap that
+    adapts the rate to the traffic; it is not read yet."""
+
+    rate: float = Field(
+        1.0, gt=0.0, le=1.0, description="share of the language's queries monitored (embedded, put in the window), "
+        "chosen by a stable hash of the event id; in (0, 1], 1 = every query"
+    )
+
+
 class LanguageSettings(Frozen):
     enabled: bool = Field(True, description="true or false")
     theta: float = Field(0.15, gt=0.0, le=1.0, description="a JS divergence threshold in bits, in (0, 1]")
@@ -69,6 +81,9 @@ class LanguageSettings(Frozen):
     backoff_max_s: float = Field(
         86_400.0, ge=0.0, description="cap of the wait after an unsuccessful update (cooldown_s doubled per "
         "failure in a row), seconds >= 0"
+    )
+    sampling: SamplingSettings = Field(
+        SamplingSettings(), description="a mapping {rate: a float in (0, 1]}: the share of queries monitored"
     )
     _rules = (_window_rule,)
 

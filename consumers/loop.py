@@ -85,5 +85,6 @@ def run(monitor: Monitor, stop_event: threading.Event, *, burst: bool, max_messa
     log.info("stopped", extra={"batches": total.batches, "messages": total.polled, "applied": total.applied,
                                "duplicates": total.duplicates, "unserved": dict(total.unserved_langs),
                                "unserved_duplicates": total.unserved_duplicates,
+                               "sampled_out": dict(total.sampled_out_langs),
                                "dead_lettered": total.dead_lettered, "reasons": dict(total.reasons)})
     return total

@@ -18,8 +18,9 @@ class ConsumerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.messages = Counter(
-            "compass_consumer_messages", "messages handled, by outcome (applied, unserved, duplicate, dead_lettered)",
-            ["outcome"], registry=r,
+            "compass_consumer_messages",
+            "messages handled, by outcome (applied, unserved, duplicate, sampled_out, dead_lettered)", ["outcome"],
+            registry=r,
         )
         self.batches = Counter("compass_consumer_batches", "batches processed and committed", registry=r)
         self.dead_letters = Counter(
@@ -58,6 +59,10 @@ class ConsumerMetrics:
         self.truncated = Counter(
             "compass_consumer_truncated", "query texts cut to consumer.max_embed_chars before embedding, by language",
             ["lang"], registry=r,
+        )
+        self.sampled_out = Counter(
+            "compass_consumer_sampled_out", "queries of a served language left out of its sample (languages.yaml "
+            "sampling.rate): committed, never embedded nor put in the window; by language", ["lang"], registry=r,
         )
         self.revisions = Counter(
             "compass_consumer_codebook_revisions", "centroid revisions published by this worker (eq. 2)", registry=r,

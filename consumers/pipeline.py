@@ -1,13 +1,15 @@
 """One polled batch carried from records to the Redis writes, the dead letters and the checkpoint.
 
-    decode and validate -> language ID where ``lang`` is absent -> served or not -> embed the served only,
+    decode and validate -> language ID where ``lang`` is absent -> served or not -> the language's sample
+    (``sampling.rate`` in languages.yaml, compass/sampling.py) -> embed the sampled served only,
     each text cut to ``consumer.max_embed_chars`` (one call) -> assign them to the codebook's buckets ->
     quality scores -> one atomic Redis update of the windows (``WindowStore.apply_batch``; ids de-duplicated
     within ``consumer.dedup_horizon_s``) -> one of the unserved counts (``UnservedStore.apply``) -> wait for
     dead-letter acks -> commit offset+1 per partition -> eq. 2 centroid update -> maybe publish a revision
 
-Bad input is never dropped silently: every message is either applied to a window, counted as unserved, or sent
-to the dead-letter topic with a reason (see infra/deadletter.py and consumers/stages.py).
+Bad input is never dropped silently: every message is either applied to a window, counted as unserved, counted as
+sampled out, or sent to the dead-letter topic with a reason (see infra/deadletter.py and consumers/stages.py).
+A sampled-out message is committed with its batch; it still counts as served traffic in the unserved store.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Pipeline:
         self.windows, self.unserved, self.checkpoint = windows, unserved, checkpoint
         self.dead_letters, self.metrics, self.quality_key = dead_letters, metrics, quality_key
         self.limits = JsonLimits(max_depth=cc.max_json_depth, max_digits=cc.max_number_digits)
+        self.rates = {lang: r for lang in self.enabled if (r := languages.get(lang).sampling.rate) < 1.0}
 
     def route(self, queries: list[Query], now_ms: int) -> list[Query]:
         return stages.route(queries, self.enabled, now_ms)
@@ -63,9 +66,13 @@ class Pipeline:
         # Language first: only served queries are embedded (unserved and undetermined ones are only counted).
         with m.stage_seconds.labels("enrich").time():
             queries = stages.identify(queries, self.identifier, cap, bad, alone=alone)
+            # Sampling right after language ID, before embedding. Language ID runs only on events without ``lang``,
+            # so an event that carries its language is sampled out having cost no language ID either.
+            queries = stages.sample(queries, self.rates)
             self.codebook.sync()
             queries = self.route(queries, int(time.time() * 1000))
-            served = [q for q in queries if q.served]
+            sampled_out = [q for q in queries if q.served and q.sampled_out]
+            served = [q for q in queries if q.served and not q.sampled_out]
             for q in served:
                 if len(q.text) > cap:
                     stats.truncated += 1
@@ -77,7 +84,7 @@ class Pipeline:
             served = stages.score_quality(served, self.quality_key, bad)
             # a served query a stage failed on is out of the window, the centroid update and the traffic counts
             kept = {q.position for q in served}
-            traffic = [q.traffic for q in queries if not q.served or q.position in kept]
+            traffic = [q.traffic for q in queries if not q.served or q.sampled_out or q.position in kept]
 
         with m.stage_seconds.labels("redis").time():
             for letter in bad:
@@ -90,6 +97,8 @@ class Pipeline:
             counted = self.unserved.apply(traffic)  # after the windows: each store skips what it already holds
             stats.unserved, stats.unserved_langs = counted.unserved.total(), counted.unserved
             stats.unserved_duplicates = counted.duplicates_unserved
+            stats.sampled_out_langs = Counter(q.lang for q in sampled_out)
+            stats.sampled_out = len(sampled_out)
 
         with m.stage_seconds.labels("dead_letter").time():
             self.dead_letters.flush()
@@ -106,8 +115,11 @@ class Pipeline:
         m.messages.labels("duplicate").inc(stats.duplicates + stats.unserved_duplicates)
         m.messages.labels("unserved").inc(stats.unserved)
         m.messages.labels("dead_lettered").inc(stats.dead_lettered)
+        m.messages.labels("sampled_out").inc(stats.sampled_out)
         for lang, n in stats.unserved_langs.items():
             m.unserved.labels(lang).inc(n)
+        for lang, n in stats.sampled_out_langs.items():
+            m.sampled_out.labels(lang).inc(n)
         if served:  # eq. 2, after the write it describes succeeded
             self.codebook.update(np.stack([q.vector for q in served]))
         stats.published = self.codebook.maybe_publish()
@@ -143,7 +155,8 @@ class Pipeline:
         for r in records:
             self.dead_letters.send(dl.dead_letter_of(r, dl.INTERNAL_ERROR, detail))
         self.dead_letters.flush()
-        stats.applied = stats.duplicates = stats.unserved = stats.unserved_duplicates = 0
+        stats.applied = stats.duplicates = stats.unserved = stats.unserved_duplicates = stats.sampled_out = 0
+        stats.sampled_out_langs = Counter()
         stats.dead_lettered = len(records)
         stats.reasons = Counter({dl.INTERNAL_ERROR: len(records)})
         self.metrics.dead_letters.labels(dl.INTERNAL_ERROR).inc(len(records))

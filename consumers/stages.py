@@ -11,6 +11,10 @@ of any other language, or of none (``und``: language ID could not tell), never d
 *unserved* under its detected language (infra/unserved.py) so that the daemon can announce an emerging
 language. It is not dead-lettered: the dead-letter topic is for malformed input only.
 
+Sampling (compass/sampling.py): a query of a served language whose ``sampling.rate`` < 1 is kept or sampled out
+by its event id, before language ID when the event carries its language, right after it otherwise; a sampled-out
+query is counted and committed, never embedded nor put in a window, never dead-lettered.
+
 Each stage takes the queries and a list that collects dead letters, and returns the queries that go on.
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +30,7 @@ import numpy as np
 
 from compass.langid import Identification
 from compass.route.decision import classify
+from compass.sampling import keep
 from consumers.query import Query
 from infra import deadletter as dl
 from infra.isolate import describe, isolate
@@ -67,6 +72,14 @@ def route(queries: list[Query], enabled: Collection[str], now_ms: int) -> list[Q
         out.append(replace(q, served=s.served,
                            traffic=Traffic(q.id, s.language, s.served, topic, partition, offset, at_ms)))
     return out
+
+
+def sample(queries: list[Query], rates: Mapping[str, float]) -> list[Query]:
+    """Mark the queries outside their language's sample; ``rates``: the served languages with a rate < 1 (so a
+    query of another language, or of none yet, is left as it is). The mark depends on the id only: applying this
+    twice, or on another worker, or on a re-delivery, marks the same queries."""
+    return [replace(q, sampled_out=True) if q.lang in rates and not keep(q.id, rates[q.lang]) else q
+            for q in queries]
 
 
 def embed(queries: list[Query], embedder: Any, max_chars: int, bad: list[dl.DeadLetter], *,

@@ -18,9 +18,11 @@ class BatchStats:
     truncated: int = 0  # texts cut to consumer.max_embed_chars before embedding
     unserved: int = 0  # messages of unserved languages counted (first deliveries)
     unserved_duplicates: int = 0  # unserved messages counted already (re-delivered)
+    sampled_out: int = 0  # served messages outside their language's sample (sampling.rate < 1): not embedded
     dead_lettered: int = 0
     reasons: Counter = field(default_factory=Counter)  # dead letters by reason
     langs: Counter = field(default_factory=Counter)  # applied per language
+    sampled_out_langs: Counter = field(default_factory=Counter)  # sampled out per language
     unserved_langs: Counter = field(default_factory=Counter)  # unserved counted per detected language
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -42,9 +44,11 @@ class RunStats:
     worst_message_s: float = 0.0  # the slowest batch's seconds per message: bounds what one message can cost
     unserved: int = 0
     unserved_duplicates: int = 0
+    sampled_out: int = 0
     dead_lettered: int = 0
     reasons: Counter = field(default_factory=Counter)
     unserved_langs: Counter = field(default_factory=Counter)
+    sampled_out_langs: Counter = field(default_factory=Counter)
     batch_seconds: list[float] = field(default_factory=list)
     published: list[str] = field(default_factory=list)
     first_batch: tuple[float, int] | None = None  # (wall time its commit ended, its size): for throughput
@@ -66,9 +70,11 @@ class RunStats:
         self.worst_message_s = max(self.worst_message_s, b.seconds / b.polled)
         self.unserved += b.unserved
         self.unserved_duplicates += b.unserved_duplicates
+        self.sampled_out += b.sampled_out
         self.dead_lettered += b.dead_lettered
         self.reasons.update(b.reasons)
         self.unserved_langs.update(b.unserved_langs)
+        self.sampled_out_langs.update(b.sampled_out_langs)
         self.batch_seconds.append(b.seconds)
         if b.published:
             self.published.append(b.published)

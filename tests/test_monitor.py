@@ -526,3 +526,42 @@ def test_sigterm_exits_0_after_committing_its_last_batch(services, redis, topic_
     assert committed(cfg, cfg.consumer.group_id) == {0: last_applied + 1}
     lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     assert any(rec["msg"] == "stopped" for rec in lines)  # structured logs, one JSON object per line
+
+
+def test_sampling_keeps_the_ids_the_hash_keeps(services, redis, topic_factory, tmp_path, corpus_events, embedder,
+                                               embedder_cfg, identifier, fitted):
+    """fr at sampling.rate 0.5, the others at 1.0: the windows hold exactly the ids ``keep`` says, the rest is
+    counted as sampled out (never dead-lettered) and committed, also in batches where nothing was kept."""
+    from compass.sampling import keep
+    from consumers.monitor import Monitor
+
+    langs = {lang: {"window_size": 500, "min_samples": 1} for lang in LANGS}
+    langs["fr"]["sampling"] = {"rate": 0.5}
+    langs["ru"] = {"enabled": False}
+    sampled = LanguagesConfig.model_validate({"languages": langs})
+    topic, dlq = topic_factory(1), topic_factory(1)
+    cfg = make_config(services, tmp_path, topic, dlq, embedder_cfg)
+    publish(cfg, redis, fitted[0], embedder)
+    produce_events(cfg, topic, corpus_events)
+    lang_of = {e.id: expected_lang(e, identifier) for e in corpus_events}
+    served = [e.id for e in corpus_events if lang_of[e.id] in sampled.enabled]
+    fr = [i for i in served if lang_of[i] == "fr"]
+    kept = [i for i in served if lang_of[i] != "fr" or keep(i, 0.5)]
+    assert 0 < len(kept) - (len(served) - len(fr)) < len(fr)  # the test sees both outcomes
+
+    with Monitor(cfg, sampled, embedder=embedder, identifier=identifier) as m:
+        stats = m.run(burst=True)
+        got = sorted(i for lang in m.windows.languages() for i, _ in m.windows.recent(lang))
+        assert m.unserved.read(time.time(), 3600).served == len(served)  # sampled-out queries are served traffic
+        # 32 more fr queries, none in the sample: whole batches (16 per poll) sampled out still commit
+        out = [QueryEvent(id=i, text="Bonjour, comment allez-vous ?", lang="fr")
+               for i in (f"s{n}" for n in range(200)) if not keep(i, 0.5)][:32]
+        produce_events(cfg, topic, out)
+        more = m.run(burst=True)
+        sampled_out = m.metrics.registry.get_sample_value("compass_consumer_sampled_out_total", {"lang": "fr"})
+    assert got == sorted(kept)
+    assert (stats.applied, stats.sampled_out, stats.dead_lettered) == (len(kept), len(served) - len(kept), 0)
+    assert dict(stats.sampled_out_langs) == {"fr": len(fr) - sum(keep(i, 0.5) for i in fr)}
+    assert (more.polled, more.applied, more.sampled_out, more.dead_lettered) == (32, 0, 32, 0)
+    assert sampled_out == len(served) - len(kept) + 32
+    assert committed(cfg, cfg.consumer.group_id) == {0: len(corpus_events) + 32}

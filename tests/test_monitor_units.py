@@ -252,7 +252,8 @@ def pipeline(windows: Windows, sync: Sync):
     from consumers.pipeline import Pipeline
 
     cc = SimpleNamespace(max_json_depth=32, max_number_digits=32, max_embed_chars=100, max_message_bytes=1000)
-    languages = SimpleNamespace(enabled=["en", "sw"], get=lambda lang: SimpleNamespace(window_size=10))
+    settings = SimpleNamespace(window_size=10, sampling=SimpleNamespace(rate=1.0))
+    languages = SimpleNamespace(enabled=["en", "sw"], get=lambda lang: settings)
     return Pipeline(cc, languages, identifier=None, embedder=None, codebook=sync, windows=windows, unserved=None,
                     checkpoint=None, dead_letters=dl.NullDeadLetters(), metrics=None, quality_key=None)
 
