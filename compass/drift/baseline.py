@@ -25,11 +25,16 @@ burn-in.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from compass.drift.calibrated import UPPER_Z, BurnIn, JsThreshold, dispersion
 from compass.drift.reference_rows import ReferenceRows
 from compass.drift.sequential import Cusum
+
+if TYPE_CHECKING:  # compass.cluster loads faiss: only for the type
+    from compass.cluster.codebook import Codebook
 
 BASELINE_SOURCES = ("window", "target")  # in order of preference: the cycle's traffic, else D_t standing in
 
@@ -38,13 +43,18 @@ def baseline_counts(rows: ReferenceRows, buckets: np.ndarray, k: int) -> np.ndar
     """(k+1,) weighted counts of the rows of source ``"window"`` (else ``"target"``) in ``buckets`` (one codebook
     bucket per row; k or negative = noise); None when the rows hold neither source."""
     sources = np.asarray(rows.sources)
-    b = np.asarray(buckets, dtype=np.int64)
     for source in BASELINE_SOURCES:
         mine = sources == source
         if mine.any():
-            ids = np.where(b[mine] < 0, k, b[mine])
-            return np.bincount(ids, weights=rows.weights[mine], minlength=k + 1).astype(np.float64)
+            return rows.counts(np.asarray(buckets, dtype=np.int64), k, where=mine)
     return None
+
+
+def recount(rows: ReferenceRows, book: Codebook) -> tuple[np.ndarray, np.ndarray | None]:
+    """The stored rows on the re-fitted ``book``: their eq. 3 counts and their baseline counts (the worker's
+    re-reference and the simulator's rebase alike); rows are float16 as stored, assigned anew."""
+    buckets = book.assign(rows.X.astype(np.float32))
+    return rows.counts(buckets, book.n_clusters), baseline_counts(rows, buckets, book.n_clusters)
 
 
 def carried_over(threshold: JsThreshold | None, cusum: Cusum | None, burn: BurnIn,
@@ -71,4 +81,4 @@ def armed_burn_in(ref_id: str | None, baseline: np.ndarray, queries_per_check: f
                   phi=max(1.0, float(phi)))
 
 
-__all__ = ["BASELINE_SOURCES", "armed_burn_in", "baseline_counts", "carried_over"]
+__all__ = ["BASELINE_SOURCES", "armed_burn_in", "baseline_counts", "carried_over", "recount"]

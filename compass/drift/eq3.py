@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from compass.drift.baseline import baseline_counts
+from compass.drift.baseline import recount
 from compass.drift.reference_rows import ReferenceRows
 from compass.embed import l2_normalize
 
@@ -136,9 +136,7 @@ class References:
         self.book = book
         if self.last_rows is None:
             raise ValueError("References.rebase: no cycle yet; call initial() first")
-        rows = self.last_rows
-        buckets = book.assign(rows.X.astype(np.float32))
-        return rows.counts(buckets, book.n_clusters), baseline_counts(rows, buckets, book.n_clusters)
+        return recount(self.last_rows, book)
 
     def selected(self, usage: np.ndarray) -> tuple[np.ndarray, ReferenceRows]:
         """n_aux,selected: COMPASS's selection per bucket for D_t, E_t = ``usage`` and the pool (labels now), and

@@ -73,9 +73,10 @@ class ReferenceRows:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def counts(self, buckets: np.ndarray, k: int) -> np.ndarray:
+    def counts(self, buckets: np.ndarray, k: int, where: np.ndarray | None = None) -> np.ndarray:
         """(k+1,) float64 eq. 3 numerators: the weighted bincount of ``buckets`` (one codebook bucket per row, as
-        ``Codebook.assign`` gives; bucket k or any negative id is noise, counted at index k)."""
+        ``Codebook.assign`` gives; bucket k or any negative id is noise, counted at index k); ``where`` (a boolean
+        mask over the rows) counts only those rows."""
         b = np.asarray(buckets)
         if b.shape != (len(self),) or (b.size and not np.issubdtype(b.dtype, np.integer)):
             raise ReferenceRowsError(f"ReferenceRows.counts needs one integer bucket per row ({len(self)}); got "
@@ -84,7 +85,8 @@ class ReferenceRows:
             raise ReferenceRowsError(f"ReferenceRows.counts: bucket {int(b.max())} is past the noise bucket {k}; "
                                      "are the buckets from a codebook with more clusters than k?")
         b = np.where(b < 0, k, b).astype(np.int64)
-        return np.bincount(b, weights=self.weights, minlength=k + 1).astype(np.float64)
+        weights = self.weights if where is None else np.where(where, self.weights, 0.0)
+        return np.bincount(b, weights=weights, minlength=k + 1).astype(np.float64)
 
     def to_bytes(self) -> bytes:
         """The ``.npz`` file content (compressed, no pickled objects)."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from compass.cluster.codebook import Codebook, lineage_of
 from compass.divergence import js_divergence
-from compass.drift.baseline import baseline_counts
+from compass.drift.baseline import recount
 from compass.drift.reference_rows import read_reference_rows
 from daemon.worker.model import WorkerError
 from daemon.worker.pipeline import JobContext, load_target
@@ -56,9 +56,7 @@ def rereference(ctx: JobContext, job_id: str, old: Codebook | None, new: Codeboo
         rows = read_reference_rows(ctx.registry, lang, adapter) if adapter else None
         baseline = None
         if rows is not None and len(rows):
-            row_buckets = new.assign(rows.X.astype(np.float32))
-            counts, source, n_rows = rows.counts(row_buckets, k), "stored_rows", len(rows)
-            baseline = baseline_counts(rows, row_buckets, k)
+            (counts, baseline), source, n_rows = recount(rows, new), "stored_rows", len(rows)
         elif len(mine):  # a version from before versions kept their rows: the language's recent queries stand in
             counts, source, n_rows = window_counts, "window_fallback", len(mine)
         else:  # no traffic either: D_t stands in, as eq. 3 does for a language without a usage proxy
