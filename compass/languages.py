@@ -27,15 +27,33 @@ def _window_rule(min_samples: int, window_size: int) -> str | None:
 
 
 class SamplingSettings(Frozen):
-    """Sampling of the language's monitored queries (compass/sampling.py): the consumer keeps the queries whose
-    id hashes below ``rate``, before embedding; the others are counted (compass_consumer_sampled_out_total) and
-    committed, never embedded nor put in the window. Future work (issue 20): ``max_per_second``, a cap that
-    adapts the rate to the traffic; it is not read yet."""
+    """Sampling of the language's monitored queries (compass/sampling.py): the consumers keep the queries whose
+    id hashes below the rate, before embedding; the others are counted (compass_consumer_sampled_out_total) and
+    committed, never embedded nor put in the window. Either a fixed ``rate``, or ``max_per_second``: a cap on the
+    queries kept a second, the rate adapting to the traffic (infra/sampling.py); not both."""
 
     rate: float = Field(
         1.0, gt=0.0, le=1.0, description="share of the language's queries monitored (embedded, put in the window), "
         "chosen by a stable hash of the event id; in (0, 1], 1 = every query"
     )
+    max_per_second: float | None = Field(
+        None, gt=0.0, le=1_000_000.0, description="at most this many of the language's queries monitored a "
+        "second, in (0, 1000000] (the rate adapts per consumer.sampling_bucket_s to the traffic; a language "
+        "under the cap keeps every query); null = no cap. Give either this or rate, not both"
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> SamplingSettings:
+        if self.max_per_second is not None and self.rate < 1.0:
+            raise ValueError(
+                f"sampling has both rate ({self.rate}) and max_per_second ({self.max_per_second}); give one: a fixed "
+                "share (rate) or a cap that adapts to the traffic (max_per_second)")
+        return self
+
+    @property
+    def sampled(self) -> bool:
+        """Whether this language is sampled at all (a rate < 1 or a cap)."""
+        return self.rate < 1.0 or self.max_per_second is not None
 
 
 class LanguageSettings(Frozen):
@@ -83,7 +101,8 @@ class LanguageSettings(Frozen):
         "failure in a row), seconds >= 0"
     )
     sampling: SamplingSettings = Field(
-        SamplingSettings(), description="a mapping {rate: a float in (0, 1]}: the share of queries monitored"
+        SamplingSettings(), description="a mapping {rate: a float in (0, 1]} or {max_per_second: a number > 0}: "
+        "the share of queries monitored, fixed or capped"
     )
     _rules = (_window_rule,)
 

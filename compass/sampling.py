@@ -11,6 +11,18 @@ event id, never of a random draw or of the consumer, because several parties mus
 
 ``keep`` maps the id through a stable hash (BLAKE2b, 8 bytes; Python's ``hash`` is salted per process) to
 ``u`` uniform in [0, 1) and keeps the query iff ``u < rate``: rate 1.0 keeps every query, 0.0 none.
+
+A cap (``sampling.max_per_second``) turns the fixed rate into one per time bucket of the events' own time:
+``capped_rate`` of the language's queries counted in the previous bucket by all consumers together. The rate of a
+bucket is frozen where every consumer reads it (infra/sampling.py), so the decision stays a function of the id
+and of a shared, immutable number. A language under its cap keeps rate 1 (every query); one over it keeps about
+``max_per_second`` queries a second, uniformly, whatever its traffic.
+
+What sampling changes for drift detection: a uniform sample of a stationary stream is the same stationary
+stream, so the null distribution of the JS statistic (eq. 5-6) and of the sequential detector over ``n`` kept
+queries is the one at rate 1; thresholds and false-alarm budgets (counted in queries kept) are unchanged. Time
+is not: ``n`` kept queries take ``n / (rate * arrivals_per_s)`` seconds, so a delay measured in samples becomes
+``seconds_for`` in wall time.
 """
 
 from __future__ import annotations
@@ -35,4 +47,20 @@ def keep(event_id: str, rate: float) -> bool:
     return unit(event_id) < rate
 
 
-__all__ = ["keep", "unit"]
+def capped_rate(max_per_second: float, previous_count: int, bucket_s: float) -> float:
+    """The rate of a bucket under a cap: ``min(1, max_per_second * bucket_s / previous_count)``, from the
+    language's queries counted in the previous bucket (all consumers); 1.0 when it counted none (no evidence of
+    load: keep everything rather than guess). infra/sampling.py computes the same in Lua; tests pin both."""
+    if previous_count <= 0:
+        return 1.0
+    return min(1.0, max_per_second * bucket_s / previous_count)
+
+
+def seconds_for(samples: float, arrivals_per_s: float, rate: float = 1.0) -> float:
+    """Wall seconds for ``samples`` kept queries of a language arriving at ``arrivals_per_s`` and kept at
+    ``rate``: a detection delay in samples, in seconds. ``inf`` for a language with no traffic."""
+    kept_per_s = arrivals_per_s * rate
+    return float("inf") if kept_per_s <= 0 else samples / kept_per_s
+
+
+__all__ = ["capped_rate", "keep", "seconds_for", "unit"]

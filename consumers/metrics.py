@@ -62,11 +62,38 @@ class ConsumerMetrics:
         )
         self.sampled_out = Counter(
             "compass_consumer_sampled_out", "queries of a served language left out of its sample (languages.yaml "
-            "sampling.rate): committed, never embedded nor put in the window; by language", ["lang"], registry=r,
+            "sampling): committed, never embedded nor put in the window; by language", ["lang"], registry=r,
         )
+        self.embed_cache = Counter(
+            "compass_consumer_embed_cache", "texts looked up in the embedding cache (embedder.cache), by outcome: "
+            "hit (answered from disk, no embedding) or miss (embedded)", ["outcome"], registry=r,
+        )
+        self.embed_cache_hit_ratio = Gauge(
+            "compass_consumer_embed_cache_hit_ratio", "hits / lookups of the embedding cache since the start",
+            registry=r,
+        )
+        self._cache_seen = self._cache_start = (0, 0)
         self.revisions = Counter(
             "compass_consumer_codebook_revisions", "centroid revisions published by this worker (eq. 2)", registry=r,
         )
+
+    def observe_cache(self, embedder: object, *, baseline: bool = False) -> None:
+        """Count the embedding cache's hits and misses since the last call (a ``CachedEmbedder`` keeps running
+        totals, maybe from before this monitor: ``baseline`` only records them; an embedder without a cache
+        counts nothing)."""
+        hits, misses = getattr(embedder, "hits", None), getattr(embedder, "misses", None)
+        if not isinstance(hits, int) or not isinstance(misses, int):
+            return
+        if baseline:
+            self._cache_seen = self._cache_start = (hits, misses)
+            return
+        h0, m0 = self._cache_seen
+        self.embed_cache.labels("hit").inc(max(0, hits - h0))
+        self.embed_cache.labels("miss").inc(max(0, misses - m0))
+        self._cache_seen = (hits, misses)
+        looked = hits - self._cache_start[0] + misses - self._cache_start[1]
+        if looked > 0:
+            self.embed_cache_hit_ratio.set((hits - self._cache_start[0]) / looked)
 
     def serve(self, port: int) -> None:
         """Serve /metrics on 127.0.0.1:``port``; 0 disables it."""

@@ -27,11 +27,13 @@ from consumers.codebook_sync import CodebookSync, NoCodebook, open_codebooks
 from consumers.gauges import Gauges
 from consumers.metrics import ConsumerMetrics
 from consumers.pipeline import Pipeline
+from consumers.sampler import Sampler
 from consumers.stats import BatchStats, RunStats
 from infra import deadletter as dl
 from infra.clients import kafka_consumer, kafka_producer, redis_client
 from infra.codebook import Codebook
 from infra.isolate import OUTAGE, describe
+from infra.sampling import SamplingRates
 from infra.settings import ServiceConfig
 from infra.unserved import UnservedStore
 from infra.window import WindowStore
@@ -84,6 +86,8 @@ class Monitor:
         self.unserved = UnservedStore(self.redis, prefix, bucket_s=cc.unserved_bucket_s,
                                       retention_s=config.daemon.emerging_horizon_s,
                                       samples_max=cc.unserved_samples_max, samples_ttl_s=cc.recent_ttl_s)
+        self.sampler = Sampler(languages, SamplingRates(self.redis, prefix, bucket_s=cc.sampling_bucket_s,
+                                                        ttl_s=cc.sampling_ttl_s))
         self.codebooks = open_codebooks(cc, self.redis, prefix, restore=self.restores_codebook)
         self.codebook_sync = CodebookSync(self.codebooks, self.redis, prefix, self.embedder.model_id, eta=cc.eta,
                                           revision_interval_s=cc.revision_interval_s, metrics=self.metrics,
@@ -102,7 +106,7 @@ class Monitor:
         self.pipeline = Pipeline(cc, languages, identifier=identifier, embedder=embedder, codebook=self.codebook_sync,
                                  windows=self.windows, unserved=self.unserved, checkpoint=self.checkpoint,
                                  dead_letters=self.dead_letters, metrics=self.metrics,
-                                 quality_key=self.quality_key)
+                                 quality_key=self.quality_key, sampler=self.sampler)
 
     def _connect(self, group_id: str, kafka_kw: dict[str, Any],
                  ) -> tuple[Any, Checkpoint, dl.DeadLetterWriter | dl.NullDeadLetters]:

@@ -1,7 +1,7 @@
 """One polled batch carried from records to the Redis writes, the dead letters and the checkpoint.
 
     decode and validate -> language ID where ``lang`` is absent -> served or not -> the language's sample
-    (``sampling.rate`` in languages.yaml, compass/sampling.py) -> embed the sampled served only,
+    (``sampling`` in languages.yaml: a fixed rate or a cap, consumers/sampler.py) -> embed the sampled served only,
     each text cut to ``consumer.max_embed_chars`` (one call) -> assign them to the codebook's buckets ->
     quality scores -> one atomic Redis update of the windows (``WindowStore.apply_batch``; ids de-duplicated
     within ``consumer.dedup_horizon_s``) -> one of the unserved counts (``UnservedStore.apply``) -> wait for
@@ -27,6 +27,7 @@ from consumers.checkpoint import Checkpoint
 from consumers.codebook_sync import CodebookSync
 from consumers.metrics import ConsumerMetrics
 from consumers.query import Query, decode
+from consumers.sampler import Sampler, batch_rates
 from consumers.stats import BatchStats
 from infra import deadletter as dl
 from infra.retry import retrying
@@ -46,13 +47,15 @@ class Pipeline:
     def __init__(self, cc: ConsumerConfig, languages: LanguagesConfig, *, identifier: Any, embedder: Any,
                  codebook: CodebookSync, windows: WindowStore, unserved: UnservedStore, checkpoint: Checkpoint,
                  dead_letters: dl.DeadLetterWriter | dl.NullDeadLetters, metrics: ConsumerMetrics,
-                 quality_key: str | None):
+                 quality_key: str | None, sampler: Sampler):
         self.cc, self.languages, self.enabled = cc, languages, frozenset(languages.enabled)
         self.identifier, self.embedder, self.codebook = identifier, embedder, codebook
         self.windows, self.unserved, self.checkpoint = windows, unserved, checkpoint
         self.dead_letters, self.metrics, self.quality_key = dead_letters, metrics, quality_key
         self.limits = JsonLimits(max_depth=cc.max_json_depth, max_digits=cc.max_number_digits)
-        self.rates = {lang: r for lang in self.enabled if (r := languages.get(lang).sampling.rate) < 1.0}
+        self.sampler = sampler
+        if metrics is not None:
+            metrics.observe_cache(embedder, baseline=True)
 
     def route(self, queries: list[Query], now_ms: int) -> list[Query]:
         return stages.route(queries, self.enabled, now_ms)
@@ -66,11 +69,11 @@ class Pipeline:
         # Language first: only served queries are embedded (unserved and undetermined ones are only counted).
         with m.stage_seconds.labels("enrich").time():
             queries = stages.identify(queries, self.identifier, cap, bad, alone=alone)
-            # Sampling right after language ID, before embedding. Language ID runs only on events without ``lang``,
-            # so an event that carries its language is sampled out having cost no language ID either.
-            queries = stages.sample(queries, self.rates)
             self.codebook.sync()
             queries = self.route(queries, int(time.time() * 1000))
+            # Sampling right after language ID and routing, before embedding. Language ID runs only on events
+            # without ``lang``, so an event that carries its language is sampled out having cost no language ID.
+            queries = self.sampler.mark(queries)
             sampled_out = [q for q in queries if q.served and q.sampled_out]
             served = [q for q in queries if q.served and not q.sampled_out]
             for q in served:
@@ -78,6 +81,7 @@ class Pipeline:
                     stats.truncated += 1
                     m.truncated.labels(q.lang).inc()
             served = stages.embed(served, self.embedder, cap, bad, alone=alone)
+            m.observe_cache(self.embedder)
 
         with m.stage_seconds.labels("assign").time():
             served = stages.assign(served, self.codebook.codebook, bad, alone=alone)
@@ -147,7 +151,8 @@ class Pipeline:
                 if by_lang:
                     request = {lang: (self.languages.get(lang).window_size, items) for lang, items in by_lang.items()}
                     results.update(self.windows.apply_batch(request, self.codebook.version,
-                                                            self.codebook.codebook.n_buckets))
+                                                            self.codebook.codebook.n_buckets,
+                                                            sampling_rates=batch_rates(todo)))
         return results
 
     def dead_letter_all(self, records: list[Any], stats: BatchStats, detail: str) -> None:

@@ -30,6 +30,7 @@ class Query:
     confidence: float = 1.0  # 1.0 where the producer gave the language
     served: bool = False  # an enabled language: goes to that language's window
     sampled_out: bool = False  # served but outside its language's sample (compass/sampling.py): counted, not embedded
+    rate: float = 1.0  # the sampling rate its language's sample was drawn at (1.0: not sampled)
     traffic: Traffic | None = None  # its record for the unserved store (served or not), set by routing
     vector: np.ndarray | None = None  # its embedding (served queries only)
     bucket: int | None = None  # its cluster id in [0, K), K for noise

@@ -11,9 +11,10 @@ of any other language, or of none (``und``: language ID could not tell), never d
 *unserved* under its detected language (infra/unserved.py) so that the daemon can announce an emerging
 language. It is not dead-lettered: the dead-letter topic is for malformed input only.
 
-Sampling (compass/sampling.py): a query of a served language whose ``sampling.rate`` < 1 is kept or sampled out
-by its event id, before language ID when the event carries its language, right after it otherwise; a sampled-out
-query is counted and committed, never embedded nor put in a window, never dead-lettered.
+Sampling (compass/sampling.py, consumers/sampler.py): a query of a served language with a rate < 1 (fixed, or the
+frozen rate of its time bucket under a cap) is kept or sampled out by its event id, before embedding; an event that
+carries its language never costs a language ID either. A sampled-out query is counted and committed, never
+embedded nor put in a window, never dead-lettered.
 
 Each stage takes the queries and a list that collects dead letters, and returns the queries that go on.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import replace
 from typing import Any
 
@@ -74,12 +75,11 @@ def route(queries: list[Query], enabled: Collection[str], now_ms: int) -> list[Q
     return out
 
 
-def sample(queries: list[Query], rates: Mapping[str, float]) -> list[Query]:
-    """Mark the queries outside their language's sample; ``rates``: the served languages with a rate < 1 (so a
-    query of another language, or of none yet, is left as it is). The mark depends on the id only: applying this
-    twice, or on another worker, or on a re-delivery, marks the same queries."""
-    return [replace(q, sampled_out=True) if q.lang in rates and not keep(q.id, rates[q.lang]) else q
-            for q in queries]
+def sample(queries: list[Query]) -> list[Query]:
+    """Mark the queries outside their language's sample: ``keep(id, q.rate)`` says no (consumers/sampler.py set
+    the rates; 1.0 keeps). The mark depends on the id and the rate only: applying this twice, or on another
+    worker, or on a re-delivery that reads the same frozen rate, marks the same queries."""
+    return [replace(q, sampled_out=True) if q.rate < 1.0 and not keep(q.id, q.rate) else q for q in queries]
 
 
 def embed(queries: list[Query], embedder: Any, max_chars: int, bad: list[dl.DeadLetter], *,

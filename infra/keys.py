@@ -26,6 +26,8 @@ Language ``ll`` (``Keys.language(ll, name)``; ``Keys.window(ll)`` gives the firs
   {p}:{ll}:history:events          list    daemon events intake                     status page
   {p}:{ll}:lease (+ lease:fence)   string  daemon replicas (infra/lock.py)          daemon replicas
   {p}:{ll}:worker-lock (+ :fence)  string  worker (job in progress)                 worker
+  {p}:{ll}:traffic:<b>             string  monitor (capped sampling, expires)       monitor (the next bucket's rate)
+  {p}:{ll}:rate:<b>                string  monitor, first of the group (expires)    monitor (frozen rate of bucket b)
 
 Unserved languages (``Keys.unserved(name)``; infra/unserved.py):
 
@@ -136,6 +138,12 @@ class Keys:
         return self.language(lang, "worker-lock")
 
     # ------------------------------------------------------------------ families without a language
+
+    def sampling_traffic(self, lang: str, bucket: int) -> str:
+        return self.language(lang, f"traffic:{int(bucket)}")
+
+    def sampling_rate(self, lang: str, bucket: int) -> str:
+        return self.language(lang, f"rate:{int(bucket)}")
 
     def unserved(self, name: str) -> str:
         """Key ``name`` of the unserved-language counts (``counts``, ``offsets``, ``emerging``, ``bucket:*``...)."""

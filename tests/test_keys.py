@@ -30,6 +30,8 @@ KEYS = [  # (built, expected): one row per key family of the module docstring's 
     (K.history_events("it"), "cp:{it}:history:events"),
     (K.lease("am"), "cp:{am}:lease"),
     (K.worker_lock("tr"), "cp:{tr}:worker-lock"),
+    (K.sampling_traffic("en", 177_000_000), "cp:{en}:traffic:177000000"),
+    (K.sampling_rate("en", 177_000_000), "cp:{en}:rate:177000000"),
     (K.unserved("counts"), "cp:{unserved}:counts"),
     (K.unserved("offsets"), "cp:{unserved}:offsets"),
     (K.unserved("emerging"), "cp:{unserved}:emerging"),

@@ -565,3 +565,50 @@ def test_sampling_keeps_the_ids_the_hash_keeps(services, redis, topic_factory, t
     assert (more.polled, more.applied, more.sampled_out, more.dead_lettered) == (32, 0, 32, 0)
     assert sampled_out == len(served) - len(kept) + 32
     assert committed(cfg, cfg.consumer.group_id) == {0: len(corpus_events) + 32}
+
+
+def test_capped_sampling_on_kafka_keeps_the_predicted_ids_and_a_replay_keeps_them_again(
+        services, redis, topic_factory, tmp_path, embedder, embedder_cfg, identifier, fitted):
+    """fr capped at 3 queries/s over 10 s buckets: 90 queries timed in one bucket, then 60 in the next. The first
+    bucket keeps all (nothing counted before it), the second is kept at 30/90; applied + sampled out = produced,
+    the window records the rate it was filled at, and a replay of the topic (windows reset, a new group: a
+    re-delivery of everything) keeps exactly the same ids."""
+    from compass.sampling import keep
+    from consumers.monitor import Monitor
+    from infra.window import WindowStore
+
+    langs = {lang: {"window_size": 500, "min_samples": 1} for lang in LANGS}
+    langs["fr"]["sampling"] = {"max_per_second": 3}
+    capped = LanguagesConfig.model_validate({"languages": langs})
+    topic, dlq = topic_factory(2), topic_factory(1)
+    cfg = make_config(services, tmp_path, topic, dlq, embedder_cfg, sampling_bucket_s=10)
+    publish(cfg, redis, fitted[0], embedder)
+    t0 = (int(time.time()) // 10 - 5) * 10_000  # the start of a bucket 50 s ago (a bucket is never in the future)
+    first = [QueryEvent(id=f"a{i}", text=f"Bonjour numéro {i}", lang="fr", ts_ms=t0 + i) for i in range(90)]
+    second = [QueryEvent(id=f"b{i}", text=f"Salut numéro {i}", lang="fr", ts_ms=t0 + 10_000 + i) for i in range(60)]
+    produce_events(cfg, topic, first)
+    want = sorted([e.id for e in first] + [e.id for e in second if keep(e.id, 30 / 90)])
+    assert 0 < len(want) - 90 < 60
+
+    with Monitor(cfg, capped, embedder=embedder, identifier=identifier) as m:
+        stats = m.run(burst=True)
+        produce_events(cfg, topic, second)  # after the first bucket is counted in full, as in live traffic
+        more = m.run(burst=True)
+        got = sorted(i for i, _ in m.windows.recent("fr"))
+        snap = m.windows.snapshot("fr")
+    assert got == want
+    assert stats.applied + more.applied + stats.sampled_out + more.sampled_out == 150
+    assert (stats.dead_lettered, more.dead_lettered, more.sampled_out) == (0, 0, 150 - len(want))
+    assert snap.sampling_rate == 30 / 90
+
+    WindowStore(redis, cfg.redis.key_prefix).reset()
+    replay = cfg.model_copy(update={"consumer": cfg.consumer.model_copy(update={"group_id": "replay"})})
+    with Monitor(replay, capped, embedder=embedder, identifier=identifier) as m:
+        again = m.run(burst=True)
+        assert sorted(i for i, _ in m.windows.recent("fr")) == want
+        # the replay embeds the same texts: all answered by the embedding cache, none embedded again
+        cache = {o: m.metrics.registry.get_sample_value("compass_consumer_embed_cache_total", {"outcome": o})
+                 for o in ("hit", "miss")}
+        ratio = m.metrics.registry.get_sample_value("compass_consumer_embed_cache_hit_ratio")
+    assert (again.applied, again.sampled_out) == (len(want), 150 - len(want))
+    assert cache == {"hit": len(want), "miss": 0} and ratio == 1.0

@@ -237,7 +237,7 @@ class Windows:
     def __init__(self, stale_times: int):
         self.stale_times, self.calls = stale_times, []
 
-    def apply_batch(self, request, version, n_buckets):
+    def apply_batch(self, request, version, n_buckets, sampling_rates=None):
         from infra.window import ApplyResult, StaleCodebookError
 
         self.calls.append((version, {lang: [a.bucket for a in items] for lang, (_, items) in request.items()}))
@@ -249,13 +249,16 @@ class Windows:
 
 
 def pipeline(windows: Windows, sync: Sync):
+    from compass.languages import LanguagesConfig
     from consumers.pipeline import Pipeline
+    from consumers.sampler import Sampler
 
     cc = SimpleNamespace(max_json_depth=32, max_number_digits=32, max_embed_chars=100, max_message_bytes=1000)
-    settings = SimpleNamespace(window_size=10, sampling=SimpleNamespace(rate=1.0))
-    languages = SimpleNamespace(enabled=["en", "sw"], get=lambda lang: settings)
+    one = {"window_size": 10, "min_samples": 1}
+    languages = LanguagesConfig.model_validate({"languages": {"en": one, "sw": one}})
     return Pipeline(cc, languages, identifier=None, embedder=None, codebook=sync, windows=windows, unserved=None,
-                    checkpoint=None, dead_letters=dl.NullDeadLetters(), metrics=None, quality_key=None)
+                    checkpoint=None, dead_letters=dl.NullDeadLetters(), metrics=None, quality_key=None,
+                    sampler=Sampler(languages, None))
 
 
 @pytest.mark.parametrize("stale_times,calls,reloads", [
@@ -278,3 +281,22 @@ def test_a_window_still_stale_after_three_tries_raises():
     with pytest.raises(StaleCodebookError):
         pipeline(windows, sync)._apply([query(0, lang="sw", bucket=0, vector=np.zeros(2))])
     assert len(windows.calls) == 3 and sync.reloads == 2
+
+
+def test_the_embedding_cache_metric_counts_from_the_monitor_start():
+    from consumers.metrics import ConsumerMetrics
+
+    m, emb = ConsumerMetrics(), SimpleNamespace(hits=7, misses=3)  # 10 lookups before this monitor existed
+    m.observe_cache(emb, baseline=True)
+    emb.hits, emb.misses = 10, 4  # one batch: 3 hits, 1 miss
+    m.observe_cache(emb)
+    emb.hits, emb.misses = 10, 8  # another: 4 misses
+    m.observe_cache(emb)
+    m.observe_cache(object())  # an embedder without a cache counts nothing
+
+    def get(name, labels=None):
+        return m.registry.get_sample_value(name, labels or {})
+
+    assert (get("compass_consumer_embed_cache_total", {"outcome": "hit"}),
+            get("compass_consumer_embed_cache_total", {"outcome": "miss"})) == (3, 5)
+    assert get("compass_consumer_embed_cache_hit_ratio") == 3 / 8

@@ -3,6 +3,9 @@ from BLAKE2b-64 and must never change: a change would move queries in or out of 
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from compass.sampling import keep, unit
@@ -47,19 +50,71 @@ def test_deterministic_and_nested():
         assert 0.0 <= unit(qid) < 1.0
 
 
-def test_the_consumer_stage_marks_only_sampled_languages():
+def test_the_consumer_stage_marks_only_the_ids_out_of_their_rate():
     from types import SimpleNamespace
 
     from consumers.events import QueryEvent
     from consumers.query import Query
     from consumers.stages import sample
 
-    def q(qid: str, lang: str | None) -> Query:
+    def q(qid: str, lang: str | None, rate: float) -> Query:
         return Query(SimpleNamespace(topic="t", partition=0, offset=0), QueryEvent(id=qid, text="x", lang=lang),
-                     lang=lang)
+                     lang=lang, rate=rate)
 
-    # q1 is out of the 0.5 sample (see KEPT), q0 in it; en is not sampled; a query without a language yet waits
-    queries = [q("q1", "fr"), q("q0", "fr"), q("q1", "en"), q("q1", None)]
-    marked = sample(queries, {"fr": 0.5})
+    # q1 is out of the 0.5 sample (see KEPT), q0 in it; a query at rate 1.0 is never sampled out
+    queries = [q("q1", "fr", 0.5), q("q0", "fr", 0.5), q("q1", "en", 1.0), q("q1", None, 1.0)]
+    marked = sample(queries)
     assert [m.sampled_out for m in marked] == [True, False, False, False]
-    assert [m.sampled_out for m in sample(marked, {"fr": 0.5})] == [True, False, False, False]  # idempotent
+    assert [m.sampled_out for m in sample(marked)] == [True, False, False, False]  # idempotent
+
+
+@pytest.mark.parametrize("cap,previous,bucket_s,rate", [
+    (10.0, 0, 10, 1.0),  # nothing counted before: keep all
+    (10.0, 50, 10, 1.0),  # 5/s under a cap of 10/s
+    (10.0, 100, 10, 1.0),  # exactly at the cap
+    (10.0, 400, 10, 0.25),  # 40/s, cap 10/s
+    (2.0, 1000, 10, 0.02),
+    (0.5, 3, 1, 0.5 / 3),
+])
+def test_capped_rate(cap, previous, bucket_s, rate):
+    from compass.sampling import capped_rate
+
+    assert capped_rate(cap, previous, bucket_s) == rate
+
+
+@pytest.mark.parametrize("samples,arrivals,rate,seconds", [
+    (100, 10.0, 1.0, 10.0),
+    (100, 10.0, 0.5, 20.0),  # the same 100 kept queries take twice as long at half the rate
+    (50, 200.0, 0.25, 1.0),
+    (1, 0.0, 1.0, float("inf")),
+])
+def test_seconds_for(samples, arrivals, rate, seconds):
+    from compass.sampling import seconds_for
+
+    assert seconds_for(samples, arrivals, rate) == seconds
+
+
+def test_a_language_has_a_rate_or_a_cap_not_both():
+    from pydantic import ValidationError
+
+    from compass.languages import LanguagesConfig
+
+    ok = LanguagesConfig.model_validate({"defaults": {"sampling": {"max_per_second": 50}}, "languages": {"en": {}}})
+    assert ok.get("en").sampling.max_per_second == 50 and ok.get("en").sampling.sampled
+    with pytest.raises(ValidationError, match=r"both rate \(0.5\) and max_per_second \(50.0\); give one"):
+        LanguagesConfig.model_validate({"languages": {"en": {"sampling": {"rate": 0.5, "max_per_second": 50}}}})
+    with pytest.raises(ValidationError, match="max_per_second"):
+        LanguagesConfig.model_validate({"languages": {"en": {"sampling": {"max_per_second": 0}}}})
+
+
+def test_the_hash_is_the_same_in_another_process():
+    # Python's own hash() is salted per process; the sample must not be
+    import subprocess
+    import sys
+
+    ids = sorted(UNITS) + [f"evt-{i}" for i in range(200)]
+    code = ("import json,sys; from compass.sampling import keep; "
+            "print(json.dumps([keep(i, 0.3) for i in json.load(sys.stdin)]))")
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(ids), capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert json.loads(out.stdout) == [keep(i, 0.3) for i in ids]

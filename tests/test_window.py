@@ -146,6 +146,20 @@ def test_apply_batch_is_one_transaction_over_languages(redis):
     assert store.snapshot("fr").counts.tolist() == [0, 0, 1]
 
 
+def test_the_window_records_the_sampling_rate_it_was_last_filled_at(redis):
+    store = WindowStore(redis)
+    assert store.snapshot("en").sampling_rate == 1.0  # no window: every query
+    store.apply_batch({"en": (5, items([(0, 0)])), "fr": (5, items([(0, 0)]))}, "v1", 3,
+                      sampling_rates={"en": 0.25})
+    assert (store.snapshot("en").sampling_rate, store.snapshot("fr").sampling_rate) == (0.25, 1.0)
+    store.apply("en", 5, "v1", 3, items([(1, 0)]), sampling_rate=0.5)  # a re-delivery applies nothing: kept
+    assert store.snapshot("en").sampling_rate == 0.25
+    store.apply("en", 5, "v1", 3, items([(1, 1)]), sampling_rate=1 / 3)
+    assert store.snapshot("en").sampling_rate == 1 / 3  # repr round trip: the exact double
+    with pytest.raises(WindowInputError, match=r"sampling_rate must be a number in \(0, 1\] or None; got 0"):
+        store.apply("en", 5, "v1", 3, items([(1, 2)]), sampling_rate=0)
+
+
 def test_store_texts_false_keeps_ids_only(redis):
     store = WindowStore(redis, store_texts=False)
     store.apply("en", 10, "v1", 2, [Assignment("q1", 0, TOPIC, 0, 0, text="my secret question")])

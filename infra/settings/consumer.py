@@ -36,6 +36,14 @@ class ConsumerConfig(Frozen):
     unserved_bucket_s: int = Field(
         60, ge=1, le=86400, description="seconds per time bucket of the unserved-language counts, in [1, 86400]"
     )
+    sampling_bucket_s: int = Field(
+        10, ge=1, le=3600, description="seconds per time bucket of capped sampling (languages.yaml "
+        "sampling.max_per_second): each bucket's rate is set from the previous one's traffic, in [1, 3600]"
+    )
+    sampling_ttl_s: int = Field(
+        86400, ge=60, le=30 * 86400, description="how long the frozen rates and traffic counts of capped sampling "
+        "are kept in Redis (a re-delivery or replay within it samples alike), seconds in [60, 2592000]"
+    )
     unserved_samples_max: int = Field(
         20, ge=1, le=10_000, description="sample query ids kept per unserved language, in [1, 10000]"
     )

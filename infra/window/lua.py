@@ -7,7 +7,8 @@ consistent snapshot read. ``LUA_OLDER`` (byte order of version strings) is share
 #       positions ("topic:partition", "\n"-joined), per item: position index (1-based), offset, bucket
 #       (","-joined each), recent entries (JSON, "\n"-joined; JSON never holds a raw newline), quality
 #       (","-joined repr of the float, "-" for none); then QUALITY_MAX, the dedup horizon (ms, 0 = off), now (ms)
-#       and the ids (a JSON array; "" when the horizon is 0)
+#       and the ids (a JSON array; "" when the horizon is 0), then the sampling rate the batch was kept at ("": not
+#       recorded; compass/sampling.py), stored in meta ``sampling_rate`` when the batch applied something
 # Version strings compared in Lua, as bytes: shared by the window script and the codebook pointer script.
 LUA_OLDER = r"""
 -- byte order, not Lua's `<` (strcoll: redis-server sets LC_COLLATE from its environment)
@@ -129,6 +130,7 @@ if #new > 0 then
   -- a window written before `seen` existed: its items count as seen, so that seen >= LLEN holds from now on
   if redis.call('HEXISTS', KEYS[5], 'seen') == 0 then redis.call('HSET', KEYS[5], 'seen', oldlen) end
   redis.call('HINCRBY', KEYS[5], 'seen', #new)
+  if ARGV[18] ~= '' then redis.call('HSET', KEYS[5], 'sampling_rate', ARGV[18]) end
 end
 if #entries > 0 then
   for i = 1, #entries, 1000 do

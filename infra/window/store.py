@@ -6,8 +6,10 @@ Keys of language ``ll`` (all share the hash tag ``{ll}``, so a language lives in
   {prefix}:{ll}:counts   hash   bucket id -> count of that id in the window (zero counts are removed)
   {prefix}:{ll}:offsets  hash   "topic:partition" -> last applied Kafka offset of this language
   {prefix}:{ll}:recent   list   JSON [id, text] (or [id] when store_texts is false), newest last; capped, TTL
-  {prefix}:{ll}:meta     hash   codebook_version (newest seen), lineage, n_buckets, window_size, and ``seen``: a
-                                monotone count of the items ever applied (never lowered; gone only with ``reset``)
+  {prefix}:{ll}:meta     hash   codebook_version (newest seen), lineage, n_buckets, window_size, ``seen``: a
+                                monotone count of the items ever applied (never lowered; gone only with ``reset``),
+                                and ``sampling_rate``: the share of the language's queries the consumers kept
+                                (compass/sampling.py) when they last applied items (absent: every query)
   {prefix}:{ll}:quality  list   quality scores carried by the events (consumer.quality_meta_key), newest last,
                                 capped at QUALITY_MAX; the daemon pops them into its quality detector
   {prefix}:{ll}:ids      zset   event id -> when it was first applied (ms); entries older than the dedup horizon are
@@ -100,10 +102,12 @@ class WindowStore:
     # ------------------------------------------------------------------ writes
 
     def apply(
-        self, lang: str, window_size: int, codebook_version: str, n_buckets: int, items: Sequence[Assignment]
+        self, lang: str, window_size: int, codebook_version: str, n_buckets: int, items: Sequence[Assignment],
+        *, sampling_rate: float | None = None,
     ) -> ApplyResult:
-        """Apply one language's items in order with one Lua call (atomic); see the module docstring."""
-        keys, args = self._script_call(lang, window_size, codebook_version, n_buckets, items)
+        """Apply one language's items in order with one Lua call (atomic); see the module docstring.
+        ``sampling_rate``: the rate the items were kept at, recorded in meta (None: leave it)."""
+        keys, args = self._script_call(lang, window_size, codebook_version, n_buckets, items, sampling_rate)
         try:
             reply = self._apply(keys=keys, args=args)
         except redis.ResponseError as e:  # the script's own validation: nothing was written
@@ -115,8 +119,11 @@ class WindowStore:
         by_lang: Mapping[str, tuple[int, Sequence[Assignment]]],
         codebook_version: str,
         n_buckets: int,
+        *,
+        sampling_rates: Mapping[str, float] | None = None,
     ) -> dict[str, ApplyResult]:
-        """Apply all languages of a poll batch: ``by_lang`` maps lang -> (window_size, items).
+        """Apply all languages of a poll batch: ``by_lang`` maps lang -> (window_size, items); ``sampling_rates``
+        the rate each language's items were kept at (recorded in its meta; a language left out: not recorded).
 
         Every input is validated before anything is sent. On a single Redis the scripts run in one MULTI/EXEC:
         no reader sees a half-applied batch and a crash cannot leave one. (A script that refuses its language,
@@ -130,7 +137,7 @@ class WindowStore:
         older than some language's window; those languages are not written.
         """
         calls = {
-            lang: self._script_call(lang, size, codebook_version, n_buckets, items)
+            lang: self._script_call(lang, size, codebook_version, n_buckets, items, (sampling_rates or {}).get(lang))
             for lang, (size, items) in by_lang.items()
         }
         if not calls:
@@ -174,12 +181,48 @@ class WindowStore:
         With ``since`` (the ``seen`` of the reader's previous snapshot; 0 for a first read) the snapshot's ``tail``
         holds the bucket ids applied after it, oldest first: the last min(seen - since, size) of the window (all of
         it when ``since`` > ``seen``, i.e. the language was reset since)."""
+        keys, args = self._snapshot_call(lang, since)
+        return self._snapshot_of(lang, self._snapshot(keys=keys, args=args))
+
+    def snapshot_many(self, requests: Mapping[str, int | None]) -> dict[str, WindowSnapshot | Exception]:
+        """``snapshot(lang, since)`` of every ``lang -> since`` of ``requests`` in one round trip (a pipeline of the
+        read-only scripts; each language's read is consistent on its own, as with ``snapshot``). On Redis Cluster
+        the languages are spread over slots: one call per language, as ``apply_batch`` does.
+
+        A language whose read fails maps to the exception ``snapshot`` would raise for it (a damaged window:
+        ``WindowStateError``; a key of the wrong type: ``redis.ResponseError``), so that one broken language does
+        not hide the others. Invalid requests (a bad code, a bad ``since``) raise before anything is sent."""
+        calls = {lang: self._snapshot_call(lang, since) for lang, since in requests.items()}
+        if self.is_cluster:
+            replies: list = []
+            for k, a in calls.values():
+                try:
+                    replies.append(self._snapshot(keys=k, args=a))
+                except redis.ResponseError as e:
+                    replies.append(e)
+        else:
+            with self.client.pipeline(transaction=False) as pipe:
+                for k, a in calls.values():
+                    self._snapshot(keys=k, args=a, client=pipe)
+                replies = pipe.execute(raise_on_error=False)
+        out: dict[str, WindowSnapshot | Exception] = {}
+        for lang, reply in zip(calls, replies, strict=True):
+            try:
+                out[lang] = reply if isinstance(reply, Exception) else self._snapshot_of(lang, reply)
+            except WindowStateError as e:
+                out[lang] = e
+        return out
+
+    def _snapshot_call(self, lang: str, since: int | None) -> tuple[list[str], list[int]]:
         if since is not None and (not is_int(since, allow_numpy=True) or since < 0):
             raise WindowInputError(f"since must be an integer >= 0 (a previous snapshot's seen) or None; got {since!r}")
         k = self.keys(lang)
-        meta_raw, counts_raw, size, offsets_raw, seen, tail_raw = self._snapshot(
-            keys=[k["window"], k["counts"], k["offsets"], k["meta"]], args=[-1 if since is None else int(since)]
-        )
+        return [k["window"], k["counts"], k["offsets"], k["meta"]], [-1 if since is None else int(since)]
+
+    def _snapshot_of(self, lang: str, reply: list) -> WindowSnapshot:
+        """A ``WindowSnapshot`` from SNAPSHOT_LUA's reply for ``lang``."""
+        k = self.keys(lang)
+        meta_raw, counts_raw, size, offsets_raw, seen, tail_raw = reply
         meta = pairs(meta_raw)
         version = meta.get("codebook_version")
         n_buckets = int(meta.get("n_buckets", 0))
@@ -194,7 +237,8 @@ class WindowStore:
             counts[b] = int(count)
         offsets = {p: int(o) for p, o in pairs(offsets_raw).items()}
         tail = np.fromiter((int(b) for b in tail_raw), dtype=np.int64, count=len(tail_raw))
-        return WindowSnapshot(lang, counts, int(size), version, offsets, int(seen), tail)
+        return WindowSnapshot(lang, counts, int(size), version, offsets, int(seen), tail,
+                              float(meta.get("sampling_rate", 1.0)))
 
     def recent(self, lang: str, limit: int | None = None) -> list[tuple[str, str | None]]:
         """The recent queries of ``lang`` as (id, text or None), newest last; at most ``limit`` of them."""
@@ -221,7 +265,8 @@ class WindowStore:
     # ------------------------------------------------------------------ helpers
 
     def _script_call(
-        self, lang: str, window_size: int, version: str, n_buckets: int, items: Sequence[Assignment]
+        self, lang: str, window_size: int, version: str, n_buckets: int, items: Sequence[Assignment],
+        sampling_rate: float | None = None,
     ) -> tuple[list[str], list[str | int]]:
         keys = self.keys(lang)  # validates lang
         problems = []
@@ -233,6 +278,9 @@ class WindowStore:
             )
         if not is_int(n_buckets, allow_numpy=True) or n_buckets < 1:
             problems.append(f"n_buckets must be an integer >= 1 (clusters + 1 noise bucket); got {n_buckets!r}")
+        if sampling_rate is not None and (isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, float))
+                                          or not 0.0 < sampling_rate <= 1.0):
+            problems.append(f"sampling_rate must be a number in (0, 1] or None; got {sampling_rate!r}")
         if problems:
             raise WindowInputError(f"window of {lang!r}: " + "; ".join(problems))
         positions: dict[str, int] = {}
@@ -257,6 +305,7 @@ class WindowStore:
             ",".join(map(str, buckets)), "\n".join(entries), ",".join(quality), QUALITY_MAX,
             self.dedup_horizon_s * 1000, int(time.time() * 1000),
             json.dumps([item.query_id for item in items], ensure_ascii=False) if self.dedup_horizon_s else "",
+            "" if sampling_rate is None else repr(float(sampling_rate)),
         ]
         return [keys[kind] for kind in KINDS], args
 

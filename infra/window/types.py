@@ -74,3 +74,4 @@ class WindowSnapshot:
     seen: int = 0  # items ever applied to the window (meta ``seen``): the cursor of the next ``snapshot(since=)``
     tail: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # bucket ids applied after
     # ``since``, oldest first (empty without ``since``)
+    sampling_rate: float = 1.0  # the share of the language's queries kept when items were last applied (meta)
