@@ -168,3 +168,79 @@ def test_cli_labels_outside_the_reference_are_refused(files, tmp_path):
     result = CliRunner().invoke(app, ["calibrate", "sw", "--counts", "1,1", "--labels", str(path),
                                       "--languages", str(languages)])
     assert result.exit_code == 2 and "outside P_ref's 2 buckets" in result.output and not suggestion.exists()
+
+
+# ------------------------------------------------------------------------------------------------ sampling (issue 20)
+
+
+@pytest.mark.parametrize("arrivals, rate, cap, window, check, budget, want", [
+    # kept/s, check s, window s, budget s: counts / kept_per_s
+    (10, 0.1, None, 400, 100, 50_000, (1.0, 100.0, 400.0, 50_000.0)),
+    (10, 1.0, None, 400, 100, 50_000, (10.0, 10.0, 40.0, 5_000.0)),
+    (100, 1.0, 50, 500, 100, 10_000, (50.0, 2.0, 10.0, 200.0)),  # a cap below the traffic: min(Q, N) = 50
+    (100, 1.0, 400, 500, 100, 10_000, (100.0, 1.0, 5.0, 100.0)),  # above it: every query
+])
+def test_in_seconds_converts_kept_query_counts(arrivals, rate, cap, window, check, budget, want):
+    from compass.drift.calibrate import in_seconds
+    from compass.drift.timing import Sampling
+
+    t = in_seconds(Sampling(arrivals, rate, cap), window, check, budget)
+    assert (t.kept_per_s, t.check_s, t.window_s, t.false_alarm_every_s) == pytest.approx(want)
+    with pytest.raises(CalibrationError, match="false_alarm_every: got 0"):
+        in_seconds(Sampling(arrivals, rate, cap), window, check, 0)
+
+
+def test_sampling_by_id_leaves_the_no_drift_js_of_kept_windows_unchanged():
+    # a stationary stream of cluster ids from P; windows of 200 kept queries, at rate 1 and at rate 0.25 (keep by
+    # the id's hash, as the consumers do). Both are multinomial(200, P) windows: mean JS near (K - 1) / (8 n ln 2)
+    # = 2 / (1600 ln 2) = 0.0018 bits for the K = 3 used buckets (module docstring of compass/drift/calibrate.py)
+    from compass.drift.calibrate import js_rows
+    from compass.sampling import keep
+
+    p = np.array(P)
+    labels = np.random.default_rng(3).choice(4, size=80_000, p=p)
+    kept = labels[[i for i in range(len(labels)) if keep(f"q{i}", 0.25)]]
+
+    def mean_js(x: np.ndarray) -> float:
+        windows = x[: len(x) // 200 * 200].reshape(-1, 200)
+        return float(js_rows(p, np.stack([np.bincount(w, minlength=4) / 200 for w in windows])).mean())
+
+    expected = 2 / (1600 * math.log(2))
+    assert 19_000 < len(kept) < 21_000
+    assert mean_js(labels) == pytest.approx(expected, rel=0.3)
+    assert mean_js(kept) == pytest.approx(expected, rel=0.3)
+
+
+def test_cli_reports_the_proposal_in_seconds_and_the_same_theta_at_any_rate(files, tmp_path):
+    languages, _ = files
+    base = ["calibrate", "sw", "--counts", "50,30,20,0", "--languages", str(languages)]
+    plain = CliRunner().invoke(app, base)
+    sampled = CliRunner().invoke(app, [*base, "--arrival-rate", "10", "--sampling-rate", "0.1"])
+    assert plain.exit_code == 0 and sampled.exit_code == 0, sampled.output
+    prop = propose_theta([50, 30, 20, 0], 400, 100, 1.0)
+    assert f"proposed theta {prop.theta:.6g}" in plain.output and f"proposed theta {prop.theta:.6g}" in sampled.output
+    assert "kept/s" not in plain.output
+    # 10/s at 0.1 = 1 kept/s: a check (100) 100 s, a window (400) 400 s, 1 per 10k -> 10,000 s = 2.78 h
+    assert ("sw: at 10 queries/s kept at rate 0.1 (1 kept/s): a check every 100 kept queries = 100.0 s, a full "
+            "window of 400 = 400.0 s") in sampled.output
+    assert "one false alarm per 10,000 kept queries = 10,000 s (2.78 h)" in sampled.output
+    # the language's own sampling is the default: a cap of 5/s on 10/s -> 5 kept/s
+    capped = tmp_path / "capped.yaml"
+    capped.write_text("defaults:\n  window_size: 400\nlanguages:\n  sw: {sampling: {rate: 0.5}}\n")
+    result = CliRunner().invoke(app, ["calibrate", "sw", "--counts", "50,30,20,0", "--languages", str(capped),
+                                      "--arrival-rate", "10"])
+    assert result.exit_code == 0, result.output
+    assert "kept at rate 0.5 (5 kept/s): a check every 100 kept queries = 20.0 s" in result.output
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--sampling-rate", "0.5"], "give the language's queries a second with --arrival-rate"),
+    (["--arrival-rate", "10", "--sampling-rate", "0.5", "--max-per-second", "3"], "give one, a fixed share or a cap"),
+    (["--arrival-rate", "10", "--sampling-rate", "2"], "got 2.0; give the share of queries kept"),
+    (["--arrival-rate", "-1"], "got -1.0; give the language's offered queries a second"),
+])
+def test_cli_sampling_flags_errors(files, args, match):
+    languages, suggestion = files
+    result = CliRunner().invoke(app, ["calibrate", "sw", "--counts", "1,1", "--languages", str(languages), *args])
+    assert result.exit_code == 2 and match in " ".join(result.output.replace("│", " ").split()), result.output
+    assert not suggestion.exists()

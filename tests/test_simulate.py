@@ -47,7 +47,9 @@ SHIFT, N, INC, WINDOW = 600, 1000, 100, 200
 CENTERS = np.eye(3, 8, dtype=np.float32)  # orthogonal unit vectors: cosine-separated blobs
 ROW_KEYS = {"detector", "theta", "updates", "detected", "transitions", "avg_delay", "false_positives", "fp_rate",
             "fired_at", "delays", "n_checks", "check_ms", "false_alarms_per_10k", "detected_at", "thresholds",
-            "n_samples", "reclusterings", "reclustered_at"}
+            "n_samples", "reclusterings", "reclustered_at",
+            # the same in seconds (compass/drift/timing.py)
+            "delays_offered", "delays_s", "avg_delay_s", "fired_at_s", "false_alarm_spacing", "false_alarm_spacing_s"}
 
 
 def _planted(seed: int = 0) -> tuple[np.ndarray, list[str], list[int]]:

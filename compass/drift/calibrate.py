@@ -2,8 +2,9 @@
 
 The paper tunes theta_JS "empirically" per language (§3.3.2). With no drift at all, the monitor window (eq. 4) is
 still a finite sample of P_ref, so JS(P_ref || P_mon) > 0 by sampling noise alone, and that noise grows as the
-window shrinks (roughly (K - 1) / (2 n ln 4) bits for K used buckets and n queries). ``null_js_samples`` draws that
-null distribution: ``n_boot`` multinomial windows of ``window_size`` queries from P_ref, each compared with P_ref.
+window shrinks (roughly (K - 1) / (8 n ln 2) bits for K used buckets and n queries: JS ~ chi^2 / 8n nats).
+``null_js_samples`` draws that null distribution: ``n_boot`` multinomial windows of ``window_size`` queries from
+P_ref, each compared with P_ref.
 
 ``propose_theta`` turns a false-alarm budget into a threshold. With one check every ``check_every`` queries, a
 budget of F false alarms per 10,000 queries allows a per-check false-alarm probability
@@ -18,6 +19,20 @@ the rate of *alarms* is at most the budget: conservative-ish. What is not covere
 (bursts, time-of-day topics widen the true null), P_ref is itself estimated from finite data, and a window that is
 not yet full (between min_samples and window_size) has a wider null than a full one. Treat the proposal as a floor
 to review, never as a setting to apply blindly.
+
+Sampling (issue 20; ``compass/sampling.py``) leaves every threshold here, and the live one of
+``compass/drift/calibrated.py``, unchanged. A consumer keeps a query iff a hash of its event id falls below the
+rate: the decision does not look at the query, so it is independent of its cluster. Under the null the kept
+queries are therefore still independent draws from the same mix (a thinned stationary stream is the same
+stationary stream), and a window of n kept queries is the multinomial(n, P) window that eq. 4 counts at rate 1.
+Its P_mon, hence JS(P_ref || P_mon) of eq. 5, hence the (1 - alpha) quantile compared in eq. 6, have the null they
+have unsampled; the same holds under a cap (``max_per_second``), whose rate changes per time bucket but still by
+the id alone. Everything above counts kept queries: ``window_size``, ``check_every`` and the budget (false alarms
+per 10,000 *kept* queries, or ``false_alarm_every`` kept queries). What sampling changes is time: at ``Q``
+queries a second kept at rate ``r`` (or under a cap ``N``: min(Q, N) kept a second), n kept queries take
+n / (Q * r) seconds, so the same budget is a false alarm r times less often in wall time and the same delay in
+samples is 1 / r times longer in seconds. ``in_seconds`` converts a proposal's counts (``compass calibrate
+--arrival-rate``); ``compass simulate --sampling-rate`` measures the delays themselves.
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from compass.drift.timing import Sampling
 from compass.errors import CompassError
 from compass.params import check_int
 
@@ -145,3 +161,28 @@ def propose_theta(
         n_boot=int(n_boot),
         seed=int(seed),
     )
+
+
+@dataclass(frozen=True)
+class InSeconds:
+    """A calibration's kept-query counts in wall seconds at a language's arrival and sampling rates."""
+
+    kept_per_s: float  # kept queries a second: Q * r, or min(Q, N) under a cap
+    check_s: float  # between two checks (check_every kept queries): the smallest possible detection delay
+    window_s: float  # for a full window (window_size kept queries) to fill: the scale of a detection's delay
+    false_alarm_every: float  # the budget: kept queries between false alarms
+    false_alarm_every_s: float  # the same in seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def in_seconds(sampling: Sampling, window_size: int, check_every: int, false_alarm_every: float) -> InSeconds:
+    """``window_size``, ``check_every`` and ``false_alarm_every`` (kept queries; the thresholds are the same at
+    any sampling rate, module docstring) in seconds at ``sampling``'s arrival and sampling rates."""
+    if not math.isfinite(false_alarm_every) or false_alarm_every <= 0:
+        raise CalibrationError(f"false_alarm_every: got {false_alarm_every!r}; give the kept queries between false "
+                               "alarms, > 0, e.g. 50000")
+    return InSeconds(kept_per_s=sampling.kept_per_s, check_s=sampling.seconds(check_every),
+                     window_s=sampling.seconds(window_size), false_alarm_every=float(false_alarm_every),
+                     false_alarm_every_s=sampling.seconds(false_alarm_every))

@@ -15,7 +15,17 @@ The simulated lifecycle (``compass/drift/replay.py``) is production's:
     ``LanguageSettings`` (``SimulationConfig.settings`` builds them; ``from_settings`` takes a language's
     settings as the daemon reads them): P_mon of the last ``window_size`` samples (eq. 4), JS (eq. 5), the
     detector (fixed theta, a calibrated theta, or the sequential CUSUM), min_samples, hysteresis, cooldown and
-    settle. Time is the sample count: every ``*_s`` setting is read in samples;
+    settle. Time is the sample count: every ``*_s`` setting is read in (kept) samples;
+  * sampling (issue 20; ``compass/drift/timing.py``): the language's queries arrive at ``arrival_rate`` a second
+    and are sampled as the consumers sample them, ``compass.sampling.keep`` on each query's event id (``ids=``,
+    default the stable ``sim:{lang}:{i}``) at ``sampling_rate``, or under the cap ``max_per_second`` at the rate
+    of each ``sampling_bucket_s`` bucket. The lifecycle sees the kept queries only: windows, checks, delays and
+    ``n_samples`` count kept queries, and the stream's transitions are the first kept query of each new period.
+    The codebook fitted on the pool and the default pool are the offered stream's distinct texts (offline data
+    that sampling does not thin, so a rate changes nothing else). Every row also gives its times in seconds
+    (``timing.timed``): a delay in seconds is the offered queries from the change through the detecting kept
+    one, / ``arrival_rate``; the false-alarm spacing in kept samples and in seconds of traffic. At rate 1 and
+    no cap the replay is the unsampled one, query for query;
   * P_ref (eq. 3, ``compass/drift/eq3.py``): a cycle's training data is its usage part plus the auxiliary rows
     COMPASS selects from a pool for it, and P_ref = counts(usage part) + counts(selected) per bucket. The initial
     cycle's usage part (and D_t) are the stream's first ``reference_samples`` samples, and its reference is in
@@ -71,6 +81,7 @@ from compass.drift.stream import (
     transitions,
     write_stream,
 )
+from compass.drift.timing import DEFAULT_ARRIVAL_RATE, DEFAULT_BUCKET_S, Clock, Sampling, stream_ids, timed
 from compass.languages import LanguageSettings
 
 if TYPE_CHECKING:
@@ -118,6 +129,10 @@ class SimulationConfig:
     stale_distance_quantile: float = 0.95  # "far": beyond this quantile of the fit rows' distances
     base: LanguageSettings | None = None
     update_lag: int | None = None  # deprecated alias of settle_samples
+    arrival_rate: float = DEFAULT_ARRIVAL_RATE  # the language's offered queries a second: the clock of the seconds
+    sampling_rate: float = 1.0  # share of the offered queries kept (languages.yaml sampling.rate)
+    max_per_second: float | None = None  # or a cap on kept queries a second (sampling.max_per_second)
+    sampling_bucket_s: float = DEFAULT_BUCKET_S  # seconds per bucket of a cap's rate
 
     def __post_init__(self) -> None:
         def bad(name: str, fix: str) -> ValueError:
@@ -167,19 +182,34 @@ class SimulationConfig:
             raise bad("stale_distance_quantile", "use a quantile in (0, 1), e.g. 0.95")
         if self.recluster == "auto" and self.stale_distance_quantile not in (0.90, 0.95, 0.99):
             raise bad("stale_distance_quantile", "a codebook records the quantiles 0.90, 0.95 and 0.99; use one")
+        try:
+            self.sampling  # noqa: B018 -- validates arrival_rate, sampling_rate, max_per_second, sampling_bucket_s
+        except ValueError as e:
+            field_of = {"arrival_rate": "arrival_rate", "rate": "sampling_rate", "max_per_second": "max_per_second",
+                        "bucket_s": "sampling_bucket_s"}
+            name, _, rest = str(e).partition(":")
+            raise ValueError(f"SimulationConfig.{field_of.get(name, name)}:{rest}") from None
         for label, theta in self.runs():
             self.settings(label, theta)  # every run's settings must validate now, not halfway through a sweep
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampling of the replayed language at its arrival rate (``compass/drift/timing.py``)."""
+        return Sampling(self.arrival_rate, self.sampling_rate, self.max_per_second, self.sampling_bucket_s)
 
     @classmethod
     def from_settings(cls, settings: LanguageSettings, **kw: Any) -> SimulationConfig:
         """A config that replays exactly ``settings`` (a language's, as ``load_languages`` reads them; seconds
-        read as samples): its detector's row plus the baselines, unless ``detectors`` is given."""
+        read as samples; its ``sampling`` applied): its detector's row plus the baselines, unless ``detectors`` is
+        given."""
         label = detector_label(settings)
         own = dict(thetas=(settings.theta,), window_size=settings.window_size, min_samples=settings.min_samples,
                    cooldown_samples=settings.cooldown_s, rearm_ratio=settings.rearm_ratio,
                    settle_samples=settings.settle_s, budget=settings.budget,
                    false_alarm_every=settings.false_alarm_every, burn_in=settings.burn_in,
-                   guard_theta=settings.theta, detectors=(label, *BASELINES), base=settings)
+                   guard_theta=settings.theta, detectors=(label, *BASELINES), base=settings,
+                   sampling_rate=settings.sampling.rate,
+                   max_per_second=getattr(settings.sampling, "max_per_second", None))
         clash = sorted(set(kw) & (set(own) - {"detectors"}))
         if clash:
             raise ValueError(f"SimulationConfig.from_settings: {', '.join(clash)} come from the language's settings; "
@@ -232,13 +262,50 @@ class SimulationConfig:
         return out
 
 
-def _check_inputs(x: np.ndarray, n_periods: int, config: SimulationConfig) -> None:
+def _check_inputs(x: np.ndarray, n_periods: int, config: SimulationConfig, n_kept: int | None = None) -> None:
     if x.ndim != 2 or len(x) != n_periods:
         raise ValueError(f"embeddings: got shape {x.shape} for {n_periods} period labels; give one row per "
                          "sample, in arrival order")
     if len(x) < config.reference_samples:
         raise ValueError(f"SimulationConfig.reference_samples: got {config.reference_samples} but the stream has "
                          f"{len(x)} samples; lower it or give a longer stream")
+    if n_kept is not None and n_kept < config.reference_samples:
+        raise ValueError(f"SimulationConfig.reference_samples: got {config.reference_samples} but sampling "
+                         f"({config.sampling.to_dict()}) keeps {n_kept} of the stream's {len(x)} samples; lower "
+                         "it, raise the sampling rate or give a longer stream")
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """The offered stream after sampling: which queries the lifecycle sees, and the clock of the seconds."""
+
+    kept: np.ndarray  # offered indices of the kept queries, in order
+    periods: tuple[Any, ...]  # the kept queries' period labels
+    transitions: list[int]  # in kept samples: the first kept query of each new period
+    clock: Clock
+
+    def summary(self) -> dict[str, Any]:
+        """What a report says of the sampling: counts, the observed kept rate, transitions in seconds."""
+        c = self.clock
+        return {"offered": c.n_offered, "kept": c.n_kept, "duration_s": c.duration_s,
+                "kept_share": c.n_kept / c.n_offered if c.n_offered else 0.0,
+                "kept_per_s": c.n_kept / c.duration_s if c.n_offered else 0.0,
+                "offered_transitions": list(c.changes),
+                "transitions_s": [c.change_of(t) / c.arrival_rate for t in self.transitions]}
+
+
+def sample(periods: Sequence[Any], config: SimulationConfig, lang: str = "und",
+           ids: Sequence[str] | None = None) -> Sampled:
+    """The queries of a stream of ``periods`` that ``config.sampling`` keeps, decided on ``ids`` (default
+    ``sim:{lang}:{i}``) as the consumers decide (``compass/drift/timing.py``)."""
+    ids = stream_ids(lang, len(periods)) if ids is None else list(ids)
+    if len(ids) != len(periods):
+        raise ValueError(f"ids: got {len(ids)} event ids for {len(periods)} samples; give one id per sample")
+    sampling = config.sampling
+    kept = sampling.kept(ids) if sampling.sampled else np.arange(len(periods), dtype=np.int64)
+    kept_periods = tuple(periods[int(i)] for i in kept)
+    return Sampled(kept, kept_periods, transitions(kept_periods),
+                   Clock(kept, tuple(transitions(periods)), float(config.arrival_rate), len(periods)))
 
 
 def fit_codebook(embeddings: np.ndarray, config: SimulationConfig) -> Codebook:
@@ -270,24 +337,32 @@ def simulate(
     *,
     pool: Pool | None = None,
     lang: str = "und",
+    ids: Sequence[str] | None = None,
 ) -> list[SweepRow]:
     """Replay the stream and score it: one ``SweepRow`` per (detector, theta), in ``config.detectors`` order
     (``js`` expanded over ``config.thetas``).
 
-    ``embeddings`` row i embeds sample i (arrival order); ``periods`` labels each sample. ``pool`` is the eq. 3
-    auxiliary pool (default: the stream's distinct rows, tagged ``lang``). ``on_check`` is called after every
-    check (for a progress bar: ``len(config.runs()) * ceil(n / increment)`` calls).
+    ``embeddings`` row i embeds offered sample i (arrival order); ``periods`` labels each sample; ``ids`` are
+    their event ids, which the sampling decides on (default ``sim:{lang}:{i}``). The lifecycle replays the kept
+    samples (all of them at rate 1), and each row's counts are in kept samples, its ``extra`` also in seconds
+    (module docstring). ``pool`` is the eq. 3 auxiliary pool (default: the offered stream's distinct rows,
+    tagged ``lang``). ``on_check`` is called after every check (for a progress bar:
+    ``len(config.runs()) * ceil(n_kept / increment)`` calls).
     """
-    x = np.asarray(embeddings, dtype=np.float32)
-    _check_inputs(x, len(periods), config)
-    change_points = transitions(periods)
-    pool = pool if pool is not None else stream_pool(x, lang)
-    base = fit_codebook(x, config)
+    offered = np.asarray(embeddings, dtype=np.float32)
+    _check_inputs(offered, len(periods), config)
+    sampled = sample(periods, config, lang, ids)
+    _check_inputs(offered, len(periods), config, len(sampled.kept))
+    x = offered[sampled.kept]
+    change_points = sampled.transitions
+    pool = pool if pool is not None else stream_pool(offered, lang)
+    fit_rows = offered if config.fit_on == "pool" else x  # "reference": the first kept samples, D_t
+    base = fit_codebook(fit_rows, config)
     replayed: dict[tuple[str, float | None], SweepRow] = {}
     for label, theta in config.runs():
         settings = config.settings(label, theta)
         # eq. 2 updates must not leak across runs: refit (seeded, so the same codebook) rather than copy
-        book = fit_codebook(x, config) if config.eta > 0 else base
+        book = fit_codebook(fit_rows, config) if config.eta > 0 else base
         trace = replay(x, book, references_for(book, x, lang, pool, config, settings), settings,
                        increment=config.increment, eta=config.eta, on_check=on_check,
                        limits=Limits(stale_far_share=config.stale_far_share),
@@ -299,7 +374,8 @@ def simulate(
                                             n_checks=trace.n_checks, check_s=trace.check_s,
                                             detected_at=trace.detected, thresholds=trace.thresholds, extra=extra,
                                             reclustered_at=trace.reclustered)
-    return assemble(config, replayed, change_points, len(x))
+    rows = assemble(config, replayed, change_points, len(x))
+    return [timed(row, sampled.clock, change_points) for row in rows]
 
 
 def assemble(config: SimulationConfig, replayed: dict[tuple[str, float | None], SweepRow],
@@ -325,15 +401,16 @@ class SimulationReport:
     config: dict[str, Any]
     rows: list[SweepRow] = field(default_factory=list)
     embed_s: float = 0.0
+    sampling: dict[str, Any] = field(default_factory=dict)  # Sampled.summary(): offered, kept, seconds
 
     def to_dict(self) -> dict[str, Any]:
         return {"lang": self.lang, "n_samples": self.n_samples, "periods": [list(p) for p in self.periods],
                 "transitions": self.transitions, "config": self.config, "embed_s": self.embed_s,
-                "rows": [r.to_dict() for r in self.rows]}
+                "sampling": self.sampling, "rows": [r.to_dict() for r in self.rows]}
 
 
 __all__ = ["BASELINES", "CHATTERBOT_PERIODS", "DEFAULT_THETAS", "DETECTORS", "LIFECYCLE_DETECTORS",
-           "Pool", "References", "SimulationConfig", "SimulationReport", "Stream", "SweepRow", "assemble",
+           "Pool", "References", "Sampled", "SimulationConfig", "SimulationReport", "Stream", "SweepRow", "assemble",
            "baseline_row", "build_chatterbot_stream", "detector_label", "fit_codebook", "make_row",
-           "read_pool", "read_stream", "reclustering_for", "references_for", "score", "simulate", "stream_pool",
-           "transitions", "write_stream"]
+           "read_pool", "read_stream", "reclustering_for", "references_for", "sample", "score", "simulate",
+           "stream_pool", "transitions", "write_stream"]

@@ -11,12 +11,18 @@ traffic against P_ref, so the eq. 3 offset and the traffic's burstiness are insi
 The proposal is printed and written to a *suggestion* file (default ``languages.suggested.yaml`` next to
 languages.yaml); languages.yaml is never edited: ops review the proposal and copy it over (or set
 ``threshold: calibrated`` and let the daemon recalibrate after every new reference).
+
+Sampling (issue 20) does not change the proposal: window, checks and budget count kept queries, and the no-drift
+JS of n kept queries is the one at rate 1 (``compass/drift/calibrate.py`` says why). With ``--arrival-rate Q`` the
+report also says what those counts mean in seconds at the language's sampling (its ``sampling`` in
+languages.yaml, or ``--sampling-rate`` / ``--max-per-second``): a check, a full window, the false-alarm spacing.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -76,8 +82,46 @@ def read_labels(path: Path) -> list[int]:
     return values
 
 
+def _sampling(arrival_rate: float | None, rate: float | None, cap: float | None, settings) -> Any:
+    """The language's sampling at ``arrival_rate`` (None without one): the flags, else its languages.yaml's."""
+    from compass.drift.timing import Sampling
+
+    if rate is not None and cap is not None:
+        raise typer.BadParameter(f"--sampling-rate {rate} and --max-per-second {cap}: give one, a fixed share or a "
+                                 "cap that adapts to the traffic", param_hint="--max-per-second")
+    if arrival_rate is None:
+        if rate is not None or cap is not None:
+            raise typer.BadParameter("the sampling only converts counts to seconds; give the language's queries a "
+                                     "second with --arrival-rate, e.g. --arrival-rate 10", param_hint="--arrival-rate")
+        return None
+    if rate is None and cap is None:
+        rate, cap = settings.sampling.rate, getattr(settings.sampling, "max_per_second", None)
+    flag = {"arrival_rate": "--arrival-rate", "rate": "--sampling-rate", "max_per_second": "--max-per-second"}
+    try:
+        return Sampling(arrival_rate, 1.0 if rate is None else rate, cap)
+    except ValueError as e:
+        name, _, rest = str(e).partition(":")
+        raise typer.BadParameter(rest.strip(), param_hint=flag.get(name, name)) from None
+
+
+def _seconds(lang: str, sampling: Any, window_size: int, check_every: int, false_alarm_every: float) -> None:
+    """What the kept-query counts of the proposal are in seconds (nothing without --arrival-rate)."""
+    if sampling is None:
+        return
+    from compass.drift.calibrate import in_seconds
+
+    t = in_seconds(sampling, window_size, check_every, false_alarm_every)
+    how = (f"capped at {sampling.max_per_second:g}/s" if sampling.max_per_second is not None
+           else f"kept at rate {sampling.rate:g}")
+    typer.echo(f"{lang}: at {sampling.arrival_rate:g} queries/s {how} ({t.kept_per_s:.4g} kept/s): a check every "
+               f"{check_every} kept queries = {t.check_s:,.1f} s, a full window of {window_size} = "
+               f"{t.window_s:,.1f} s (delays in samples take samples / {t.kept_per_s:.4g} s), one false alarm per "
+               f"{t.false_alarm_every:,.0f} kept queries = {t.false_alarm_every_s:,.0f} s "
+               f"({t.false_alarm_every_s / 3600:,.2f} h); the threshold is the same at any sampling rate")
+
+
 def _live(lang: str, p_ref: list[float], labels: list[int], check_every: int, settings, budget: float,
-          seed: int, source: str, suggestion: Path) -> None:
+          seed: int, source: str, suggestion: Path, sampling: Any = None) -> None:
     import numpy as np
 
     from compass.drift.calibrated import BurnIn, calibrate_js
@@ -96,6 +140,7 @@ def _live(lang: str, p_ref: list[float], labels: list[int], check_every: int, se
                f"min_samples {settings.min_samples}): {thr.how}; P_ref from {source}")
     typer.echo(f"{lang}: no-drift JS of live traffic against P_ref: mean {thr.null_mean:.6g} bits (the eq. 3 offset "
                "plus sampling noise)")
+    _seconds(lang, sampling, settings.window_size, check_every, budget)
     if len(labels) < settings.window_size:
         typer.echo(f"{lang}: only {len(labels)} recorded queries, fewer than one window ({settings.window_size}); "
                    "the live mix is uncertain: record more before relying on it", err=True)
@@ -140,6 +185,13 @@ def calibrate(
     suggestion: Path | None = typer.Option(None, "--write-suggestion", help="where to write the proposal (default: "
                                            "languages.suggested.yaml next to the languages file)"),
     config: Path | None = typer.Option(None, "--config", "-c", help="service config YAML (for Redis)"),
+    arrival_rate: float | None = typer.Option(None, "--arrival-rate", help="the language's queries a second: also "
+                                              "report the check spacing, window fill and false-alarm spacing in "
+                                              "seconds (the threshold does not depend on it)"),
+    sampling_rate: float | None = typer.Option(None, "--sampling-rate", help="with --arrival-rate: the share of "
+                                               "queries kept (default: the language's sampling.rate)"),
+    max_per_second: float | None = typer.Option(None, "--max-per-second", help="with --arrival-rate: or the cap on "
+                                                "queries kept a second (default: the language's sampling)"),
 ) -> None:
     """Propose theta for LANG from a bootstrap of its no-drift JS; writes a suggestion file, never languages.yaml."""
     from compass import langcodes
@@ -150,6 +202,7 @@ def calibrate(
     languages = languages or DEFAULT_LANGUAGES
     suggestion = suggestion or languages.parent / SUGGESTION_NAME
     settings = load_languages(languages).get(lang)
+    sampling = _sampling(arrival_rate, sampling_rate, max_per_second, settings)
     recorded: list[int] = []
     if counts is not None:
         p_ref, source = _counts(counts), f"--counts {counts}"
@@ -162,7 +215,7 @@ def calibrate(
 
         try:
             _live(lang, p_ref, recorded, check_every, settings, false_alarm_every or settings.false_alarm_every,
-                  seed, source, suggestion)
+                  seed, source, suggestion, sampling)
         except CalibrationError as e:
             raise typer.BadParameter(str(e)) from None
         return
@@ -178,6 +231,7 @@ def calibrate(
                f"no-drift windows (alpha {prop.per_check_alpha:.6g} per check every {check_every} queries, "
                f"{false_alarms_per_10k:g} false alarms per 10k queries; P_ref from {source})")
     typer.echo(f"{lang}: null JS mean {prop.null_mean:.6g}, p99 {prop.null_p99:.6g}, max {prop.null_max:.6g} bits")
+    _seconds(lang, sampling, settings.window_size, check_every, 10_000 / false_alarms_per_10k)
     if prop.floored:
         typer.echo(f"{lang}: the null is ~0 (one bucket used?); proposed the floor {prop.theta:g}", err=True)
     if not prop.resolved:

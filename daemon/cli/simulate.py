@@ -16,7 +16,13 @@ window plus the pool, the last cycle's P_ref recomputed on it and the window res
 (alias ``--fit-on``) fits the first codebook on the reference period only, as a production codebook is.
 
 ``--languages FILE`` replays each language with its settings in that languages.yaml (as the daemon reads them;
-seconds are read as samples), instead of the flags that set them here.
+seconds are read as samples; its ``sampling`` applied), instead of the flags that set them here.
+
+Sampling (issue 20): the language's queries arrive at ``--arrival-rate`` a second (default 10) and are sampled as
+the consumers sample them, by a hash of each query's event id (``sim:{lang}:{i}``): a fixed ``--sampling-rate``
+or a cap ``--max-per-second`` (the rate of each ``--sampling-bucket-s`` bucket from the previous bucket's count).
+The lifecycle sees the kept queries: samples are kept queries, and every delay, update and false-alarm spacing is
+also given in seconds (the offered queries from the change through the detecting one, / the arrival rate).
 
 ``--through-kafka`` drives the production pieces instead (``daemon/demo/simulate_kafka.py``): per run, the stream is
 produced to Kafka in ``--increment`` batches, the monitor consumer fills the window in Redis and the daemon
@@ -48,7 +54,8 @@ _FROM_LANGUAGES = {"thetas": "--thetas (theta)", "window_size": "--window-size (
                    "settle": "--settle (settle_s)", "update_lag": "--update-lag (settle_s)",
                    "rearm_ratio": "--rearm-ratio (rearm_ratio)", "budget": "--budget (budget)",
                    "false_alarm_every": "--false-alarm-every (false_alarm_every)", "burn_in": "--burn-in (burn_in)",
-                   "guard_theta": "--guard-theta (theta)"}
+                   "guard_theta": "--guard-theta (theta)", "sampling_rate": "--sampling-rate (sampling.rate)",
+                   "max_per_second": "--max-per-second (sampling.max_per_second)"}
 
 
 def _embedder(config: Path | None) -> Any:
@@ -253,6 +260,16 @@ def simulate(
     eta: float = typer.Option(0.0, help="eq. 2 learning rate at each simulated update (0: fixed codebook)"),
     period_samples: int = typer.Option(2000, min=1, help="samples per period of a chatterbot-built stream"),
     seed: int = typer.Option(0, help="seed of the built stream, k-means and the selection"),
+    arrival_rate: float = typer.Option(10.0, "--arrival-rate", help="the language's offered queries a second: "
+                                       "the clock of every time in seconds (default: 10)"),
+    sampling_rate: float | None = typer.Option(None, "--sampling-rate", help="keep this share of the queries, "
+                                               "in (0, 1], decided by a hash of each query's id as the consumers "
+                                               "do (languages.yaml sampling.rate; default: 1, every query)"),
+    max_per_second: float | None = typer.Option(None, "--max-per-second", help="or keep at most this many "
+                                                "queries a second: the rate of each bucket is min(1, N * bucket / "
+                                                "previous bucket's count) (sampling.max_per_second)"),
+    sampling_bucket_s: float = typer.Option(10.0, "--sampling-bucket-s", help="seconds per bucket of "
+                                            "--max-per-second's rate (consumer.sampling_bucket_s; default: 10)"),
     save_stream: Path | None = typer.Option(None, "--save-stream", help="also write the built stream as JSONL"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON instead of tables"),
     config: Path | None = typer.Option(None, "--config", "-c", help="service config YAML (embedder; Kafka and "
@@ -264,11 +281,14 @@ def simulate(
 ) -> None:
     """Replay T1-T5 streams through the drift lifecycle; print Table 11, one row per (detector, theta).
 
-    Times are samples: cooldown_s, settle_s and backoff_max_s (flags or a --languages file) are read as samples."""
+    Times are samples: cooldown_s, settle_s and backoff_max_s (flags or a --languages file) are read as samples.
+    Delays, updates and false-alarm spacing are also given in seconds at --arrival-rate."""
     import numpy as np
 
-    from compass.drift.simulate import Pool, SimulationReport, read_pool
+    from compass.drift.simulate import Pool, SimulationReport, Stream, read_pool, sample
     from compass.drift.simulate import simulate as run_simulation
+
+    _check_sampling(arrival_rate, sampling_rate, max_per_second, sampling_bucket_s)
 
     if recluster not in ("off", "auto"):
         raise typer.BadParameter(f"got {recluster!r}; use off or auto", param_hint="--recluster")
@@ -284,6 +304,10 @@ def simulate(
                                  param_hint="--stack")
     if settle is not None and update_lag is not None:
         raise typer.BadParameter("--update-lag is the old name of --settle; give one", param_hint="--update-lag")
+    if through_kafka and (sampling_rate not in (None, 1.0) or max_per_second is not None):
+        given = f"--sampling-rate {sampling_rate}" if max_per_second is None else f"--max-per-second {max_per_second}"
+        raise typer.BadParameter(f"{given}: --through-kafka replays every query (sampling is modelled in process "
+                                 "only); drop the flag or --through-kafka", param_hint="--through-kafka")
     if through_kafka and eta != 0:
         raise typer.BadParameter(f"--eta {eta}: --through-kafka keeps the codebook fixed; use --eta 0 (or run in "
                                  "process)", param_hint="--through-kafka")
@@ -299,10 +323,12 @@ def simulate(
     flags = {"thetas": None if thetas is None else _floats(thetas, "--thetas", "JS thresholds, e.g. 0.05,0.10,0.15"),
              "window_size": window_size, "min_samples": min_samples, "cooldown": cooldown, "settle": settle,
              "update_lag": update_lag, "rearm_ratio": rearm_ratio, "budget": budget,
-             "false_alarm_every": false_alarm_every, "burn_in": burn_in, "guard_theta": guard_theta}
+             "false_alarm_every": false_alarm_every, "burn_in": burn_in, "guard_theta": guard_theta,
+             "sampling_rate": sampling_rate, "max_per_second": max_per_second}
     common = {"increment": increment, "n_clusters": n_clusters, "fit_on": fit_on, "eta": eta, "seed": seed,
               "reference": reference, "recluster": recluster, "recluster_min_interval": recluster_min_interval,
-              "stale_far_share": stale_far_share}
+              "stale_far_share": stale_far_share, "arrival_rate": arrival_rate,
+              "sampling_bucket_s": sampling_bucket_s}
     if languages is None:
         window = window_size or 500
         common["reference_samples"] = reference_samples or window
@@ -317,6 +343,11 @@ def simulate(
             common["reference_samples"] = reference_samples
         configs = _configs(list(streams), languages, common, flags, _names(detectors))
 
+    sampled_langs = [code for code, c in configs.items() if c.sampling.sampled]
+    if through_kafka and sampled_langs:
+        raise typer.BadParameter(f"{languages} samples {', '.join(sampled_langs)} (sampling:): --through-kafka "
+                                 "replays every query; replay in process or drop their sampling",
+                                 param_hint="--through-kafka")
     console = Console(stderr=as_json, soft_wrap=True)
     if not console.is_terminal:  # a pipe or a log: room for the table's eleven columns
         console = Console(stderr=as_json, soft_wrap=True, width=160)
@@ -331,11 +362,19 @@ def simulate(
                 aux = Pool(_embed(embedder, [t for t, _ in pool_rows]), tuple(code for _, code in pool_rows))
         for code, s in streams.items():
             sim = configs[code]
+            try:
+                sampled = sample(s.periods, sim, code)
+            except ValueError as e:
+                raise typer.BadParameter(str(e)) from None
+            if len(sampled.kept) < sim.reference_samples:
+                raise typer.BadParameter(f"{code}: sampling keeps {len(sampled.kept)} of {len(s)} samples, fewer than "
+                                         f"--reference-samples {sim.reference_samples}; raise --sampling-rate or "
+                                         "--max-per-second, or give a longer stream (--period-samples)")
             t0 = time.perf_counter()
             with console.status(f"{code}: embedding {len(set(s.texts))} distinct texts of {len(s)} samples"):
                 x = _embed(embedder, list(s.texts))
             embed_s = time.perf_counter() - t0
-            n_checks = len(sim.runs()) * -(-len(s) // sim.increment)
+            n_checks = len(sim.runs()) * -(-len(sampled.kept) // sim.increment)
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=console, transient=as_json) as bar:
                 task = bar.add_task(f"{code}: checks", total=n_checks)
@@ -346,11 +385,12 @@ def simulate(
                     rows_out = sweep_through_kafka(s, x, sim, service, embedder=embedder, pool=aux, on_check=advance)
                 else:
                     rows_out = run_simulation(x, s.periods, sim, advance, pool=aux, lang=code)
-            reports.append(SimulationReport(code, len(s), s.period_lengths(), s.transitions(),
+            kept = Stream(code, tuple(s.texts[int(i)] for i in sampled.kept), sampled.periods)
+            reports.append(SimulationReport(code, len(kept), kept.period_lengths(), sampled.transitions,
                                             {**sim.to_dict(), "through_kafka": through_kafka, "stable": stable,
                                              "pool": str(pool) if pool else "stream",
                                              "languages": str(languages) if languages else None},
-                                            rows_out, embed_s))
+                                            rows_out, embed_s, sampled.summary()))
     if as_json:
         typer.echo(json.dumps({"languages": [r.to_dict() for r in reports]}, indent=2))
         return
@@ -362,13 +402,55 @@ def simulate(
             if row.detector in ("js", "calibrated", "sequential"):
                 settled = "" if row.detected_at == row.fired_at else f" (detected at {list(row.detected_at)})"
                 reclustered = f", re-clustered at {list(row.reclustered_at)}" if row.reclusterings else ""
-                console.print(f"  {_label(row)}: updates at samples {list(row.fired_at)}{settled}, delay per "
-                              f"transition {list(row.delays)}{reclustered}")
+                x = row.extra
+                spacing = ("" if x["false_alarm_spacing"] is None else f", a false alarm every "
+                           f"{x['false_alarm_spacing']:,.0f} samples = {x['false_alarm_spacing_s']:,.1f} s")
+                console.print(f"  {_label(row)}: updates at samples {list(row.fired_at)} = {_secs(x['fired_at_s'])} s"
+                              f"{settled}, delay per transition {list(row.delays)} samples = "
+                              f"{_secs(x['delays_s'])} s{spacing}{reclustered}")
         periods = ", ".join(f"{p} {n}" for p, n in r.periods)
         ms = [row.check_ms for row in r.rows if row.n_checks]
         timing = f"time per check {np.mean(ms):.2f} ms (min {min(ms):.2f}, max {max(ms):.2f}; {what})" if ms else ""
-        console.print(f"{r.lang}: periods {periods}; transitions at samples {r.transitions}; embedding "
-                      f"{r.embed_s:.1f} s; {timing}")
+        console.print(f"{r.lang}: periods {periods}; transitions at samples {r.transitions} = "
+                      f"{_secs(r.sampling['transitions_s'])} s; embedding {r.embed_s:.1f} s; {timing}")
+        console.print(f"{r.lang}: {_sampling_line(r.config, r.sampling)}")
+
+
+def _check_sampling(arrival_rate: float, rate: float | None, cap: float | None, bucket_s: float) -> None:
+    """The sampling flags' errors, naming the flag, the value and the fix."""
+    import math
+
+    if not math.isfinite(arrival_rate) or arrival_rate <= 0:
+        raise typer.BadParameter(f"got {arrival_rate}; give the language's offered queries a second, > 0, e.g. 10",
+                                 param_hint="--arrival-rate")
+    if rate is not None and not 0.0 < rate <= 1.0:
+        raise typer.BadParameter(f"got {rate}; give the share of queries kept, in (0, 1], e.g. 0.25 (1 keeps all)",
+                                 param_hint="--sampling-rate")
+    if cap is not None and (not math.isfinite(cap) or cap <= 0):
+        raise typer.BadParameter(f"got {cap}; give the most queries kept a second, > 0, e.g. 50",
+                                 param_hint="--max-per-second")
+    if rate is not None and cap is not None:
+        raise typer.BadParameter(f"--sampling-rate {rate} and --max-per-second {cap}: give one, a fixed share or a "
+                                 "cap that adapts to the traffic (as languages.yaml's sampling does)",
+                                 param_hint="--max-per-second")
+    if not math.isfinite(bucket_s) or bucket_s <= 0:
+        raise typer.BadParameter(f"got {bucket_s}; give the seconds per bucket of the cap's rate, > 0, e.g. 1",
+                                 param_hint="--sampling-bucket-s")
+
+
+def _secs(values: Any) -> str:
+    """Seconds, short: [20.1, None] -> '[20.1, -]'."""
+    return "[" + ", ".join("-" if v is None else f"{v:,.1f}" for v in values) + "]"
+
+
+def _sampling_line(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
+    if cfg["max_per_second"] is not None:
+        how = f"cap {cfg['max_per_second']:g}/s (rate per {cfg['sampling_bucket_s']:g} s bucket)"
+    else:
+        how = f"rate {cfg['sampling_rate']:g}"
+    return (f"sampling {how} of {cfg['arrival_rate']:g} queries/s: kept {summary['kept']} of {summary['offered']} "
+            f"offered ({summary['kept_per_s']:.3g}/s), {summary['duration_s']:,.1f} s of traffic; samples are kept "
+            "queries")
 
 
 def _label(row: Any) -> str:
@@ -392,13 +474,15 @@ def _table(report: Any) -> Table:
     table = Table(title=f"Table 11 ({report.lang}): {report.n_samples} samples in {len(report.periods)} periods, "
                         f"{cfg['increment']}-sample increments, window {cfg['window_size']}, K={cfg['n_clusters']}, "
                         f"P_ref {cfg['reference']}, codebook fit on {cfg['fit_on']}, recluster {cfg['recluster']}")
-    for col in ("detector", "theta", "updates", "detected", "avg delay (samples)", "false pos", "FP rate (%)",
-                "FP / 10k", "threshold", "reclusterings", "ms/check"):
+    for col in ("detector", "theta", "updates", "detected", "avg delay (samples)", "avg delay (s)", "false pos",
+                "FP rate (%)", "FP / 10k", "threshold", "reclusterings", "ms/check"):
         table.add_column(col, justify="left" if col in ("detector", "threshold") else "right")
     for r in report.rows:
         delay = "-" if r.avg_delay is None else f"{r.avg_delay:,.0f}"
+        seconds = r.extra.get("avg_delay_s")
         table.add_row(r.detector, "-" if r.theta is None else f"{r.theta:.2f}", str(r.updates),
-                      f"{r.detected} of {r.transitions}", delay, str(r.false_positives), f"{r.fp_rate:.1f}",
+                      f"{r.detected} of {r.transitions}", delay, "-" if seconds is None else f"{seconds:,.1f}",
+                      str(r.false_positives), f"{r.fp_rate:.1f}",
                       f"{r.false_alarms_per_10k:.2f}", _threshold(r), str(r.reclusterings),
                       f"{r.check_ms:.2f}" if r.n_checks else "-")
     return table

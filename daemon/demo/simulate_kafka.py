@@ -23,8 +23,11 @@ The daemon's far-share re-clustering check is off (``daemon.stale_far_max_texts`
 replay, the run measures the drift lifecycle alone (the noise share stays 0 with a k-means codebook).
 
 The dispatched updates are scored with ``compass.drift.scoring``, as in process; the ``fixed-interval`` and
-``never`` rows need no run. Not supported here: ``eta > 0`` (it changes the codebook outside the production
-path). The consumers embed the texts with the ``embedder`` given (pass the one that embedded ``embeddings``; a
+``never`` rows need no run; every row also gives its times in seconds at ``arrival_rate`` (unsampled: one offered
+query every 1 / arrival_rate s). Not supported here: ``eta > 0`` (it changes the codebook outside the production
+path) and sampling (``sampling_rate`` < 1 or ``max_per_second``: the run's consumer would have to sample on its
+own event ids and the daemon's checks be counted in kept queries; the in-process replay models it). The
+consumers embed the texts with the ``embedder`` given (pass the one that embedded ``embeddings``; a
 cached one makes the second pass cheap) and keep their codebook fixed (``consumer.eta`` = 0).
 """
 
@@ -46,6 +49,7 @@ from compass.drift.eq3 import Pool
 from compass.drift.replay import batches, ready_threshold
 from compass.drift.scoring import make_row
 from compass.drift.simulate import SimulationConfig, Stream, SweepRow, assemble, fit_codebook, references_for
+from compass.drift.timing import Clock, timed
 from compass.langid import UND
 from compass.languages import LanguagesConfig
 from consumers.events import QueryEvent
@@ -76,6 +80,10 @@ def check_supported(config: SimulationConfig) -> None:
     if config.eta != 0:
         raise SimulationSetupError(f"SimulationConfig.eta: got {config.eta}; --through-kafka keeps the codebook "
                                    "fixed: use eta 0 (or run in process)")
+    if config.sampling.sampled:
+        raise SimulationSetupError(f"SimulationConfig.sampling_rate {config.sampling_rate}, max_per_second "
+                                   f"{config.max_per_second}: --through-kafka replays every query; drop the "
+                                   "sampling (rate 1, no cap) or run in process, which samples")
 
 
 def _run_config(service: ServiceConfig, run: str, codebook_dir: Path) -> ServiceConfig:
@@ -271,4 +279,6 @@ def sweep_through_kafka(
     replayed = {(d, theta): simulate_through_kafka(stream, embeddings, config, service, embedder=embedder,
                                                    detector=d, theta=theta, pool=pool, on_check=on_check)
                 for d, theta in config.runs()}
-    return assemble(config, replayed, stream.transitions(), len(stream))
+    rows = assemble(config, replayed, stream.transitions(), len(stream))
+    clock = Clock.unsampled(len(stream), stream.transitions(), config.arrival_rate)
+    return [timed(row, clock, stream.transitions()) for row in rows]
