@@ -1,7 +1,12 @@
 """The live status page for on-call: ``GET /`` (a self-contained HTML page) and ``GET /v1/status`` (its JSON).
 
 The page (``daemon/api/static/status.html``: inline CSS and JS drawing SVG, nothing fetched from outside, the
-machines are offline) polls ``/v1/status`` and shows one card per language: JS(P_ref || P_mon) over time against
+machines are offline) polls ``/v1/status`` and shows first a summary table of every language, one row each (badge,
+JS vs theta, window fill, the sampling rate the window was filled at, its inflow and span, last trigger, last
+check), problems first (stuck, attention, stale: not checked for 3 check intervals, drift, updating, ...), read from
+the stored statuses in one Redis round trip; then the cards of one page of languages (``?page=&per_page=``, in
+the summary's order), so that 200 languages stay responsive: a card reads its window, P_ref, history and registry,
+a summary row reads only its status. Each card shows JS(P_ref || P_mon) over time against
 theta (eq. 5, eq. 6) and the effective threshold of a calibrated detector, with trigger markers, the detector's
 mode, effective threshold and burn-in progress, the window's cluster proportions P_mon (eq. 4) against P_ref (eq. 3),
 the clusters driving JS with their labels (``explanation``),
@@ -20,7 +25,7 @@ import time
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
 from compass.registry import AdapterRegistry
@@ -47,6 +52,13 @@ _BADGES = {
     "disabled": ("disabled",),
 }
 BADGE_OF = {state: badge for badge, states in _BADGES.items() for state in states}
+# the summary's order: what on-call must look at first; "stale" is a language whose last check is older than
+# STALE_CHECKS check intervals (the daemon is not checking it: stopped, standby forever, crashing before the write)
+PROBLEM_ORDER = ("stuck", "attention", "stale", "drift", "updating", "cooldown", "warming", "unknown", "paused",
+                 "standby", "disabled", "ok")
+PROBLEMS = frozenset(PROBLEM_ORDER[:5])
+STALE_CHECKS = 3
+PER_PAGE, PER_PAGE_MAX = 25, 200  # cards per page: the default and the most one request may ask for
 
 
 def badge(state: str | None, phase: str | None) -> str:
@@ -113,6 +125,63 @@ def unserved_status(daemon: Daemon) -> dict[str, Any]:
         return {"languages": [], "error": f"{type(e).__name__}: {e}"}
 
 
+def summary_rows(daemon: Daemon, langs: list[str], now: float) -> list[dict[str, Any]]:
+    """One row per language from its stored status and paused key (one pipeline for all), problems first (by
+    ``PROBLEM_ORDER``, then by language); a status that cannot be parsed gives an ``attention`` row naming it."""
+    from daemon.scheduler.state import LanguageStatus
+
+    with daemon.client.pipeline(transaction=False) as pipe:
+        for lang in langs:
+            pipe.get(daemon.keys.status(lang))
+            pipe.exists(daemon.keys.paused(lang))
+        replies = pipe.execute()
+    stale_after = STALE_CHECKS * daemon.dcfg.check_interval_s
+    current = daemon.languages.current
+    rows = []
+    for i, lang in enumerate(langs):
+        settings = current.get(lang)
+        row: dict[str, Any] = {"language": lang, "enabled": settings.enabled and lang in current.languages,
+                               "theta": settings.theta, "window_size": settings.window_size, "error": None}
+        try:
+            st = LanguageStatus.from_json(replies[2 * i])
+        except Exception as e:  # one damaged status must not hide the other 199 rows
+            rows.append({**row, "badge": "attention", "state": None, "error": f"{type(e).__name__}: {e}"})
+            continue
+        last = st.last_check or {}
+        paused = bool(replies[2 * i + 1])
+        state = "paused" if paused else st.phase if st.phase in ("updating", "stuck") else last.get("state")
+        b = badge(state, st.phase)
+        at = last.get("at")
+        if row["enabled"] and not paused and b not in ("stuck", "attention") and (at is None or now - at > stale_after):
+            b = "stale" if at is not None else b  # never checked: "unknown" until its first check
+        size = last.get("size")
+        lt = st.last_trigger
+        row.update(badge=b, state=state, phase=st.phase, paused=paused, js=last.get("js"),
+                   threshold=last.get("threshold"), size=size,
+                   fill=None if size is None else size / settings.window_size,
+                   sampling_rate=last.get("sampling_rate"), inflow_qps=last.get("inflow_qps"),
+                   window_span_s=last.get("window_span_s"), traffic_qps=last.get("traffic_qps"),
+                   last_check_at=at, last_trigger_at=(lt or {}).get("at"), last_trigger_reason=(lt or {}).get("reason"),
+                   failures=st.failures, problem=b in PROBLEMS)
+        rows.append(row)
+    rank = {b: i for i, b in enumerate(PROBLEM_ORDER)}
+    rows.sort(key=lambda r: (rank.get(r["badge"], len(rank)), r["language"]))
+    return rows
+
+
+def page_of(total: int, page: int, per_page: int) -> tuple[int, int]:
+    """The [start, end) of ``page`` (1-based) of ``total`` rows ``per_page`` a page; HTTP 422 naming the parameter,
+    the value and the fix when out of range (a page past the last of a non-empty list included)."""
+    if per_page < 1 or per_page > PER_PAGE_MAX:
+        raise HTTPException(422, f"per_page: got {per_page}; must be an integer in [1, {PER_PAGE_MAX}] (cards per "
+                                 f"page; the summary lists every language whatever per_page)")
+    pages = max(1, -(-total // per_page))
+    if page < 1 or page > pages:
+        raise HTTPException(422, f"page: got {page}; must be an integer in [1, {pages}] ({total} language(s) at "
+                                 f"{per_page} per page); ask for page=1 or a larger per_page")
+    return (page - 1) * per_page, min(total, page * per_page)
+
+
 def status_router(daemon: Daemon, registry: AdapterRegistry | None = None) -> APIRouter:
     """``GET /`` and ``GET /v1/status`` over ``daemon`` (the registry: ``daemon.config.adapters.registry``)."""
     registry = registry or AdapterRegistry(daemon.config.adapters.registry)
@@ -128,11 +197,19 @@ def status_router(daemon: Daemon, registry: AdapterRegistry | None = None) -> AP
         points: int | None = Query(None, ge=0, le=history.JS_MAX * 10,
                                    description="JS readings per language (newest); all kept when omitted"),
         events: int = Query(50, ge=0, le=history.EVENTS_MAX * 10, description="timeline events per language"),
+        page: int = Query(1, description="which page of cards, from 1, in the summary's order"),
+        per_page: int = Query(PER_PAGE, description=f"cards per page, 1..{PER_PAGE_MAX}"),
     ) -> dict[str, Any]:
-        """Every known language's card data at once (the status page polls this)."""
-        langs = daemon.known_languages()
-        return {"generated_at": time.time(), "owner": daemon.owner, "poll_s": POLL_S,
-                "languages": [language_status(daemon, registry, lang, points, events) for lang in langs],
+        """Every known language's summary row, and the cards of one page of them (the status page polls this)."""
+        now = time.time()
+        rows = summary_rows(daemon, daemon.known_languages(), now)
+        start, end = page_of(len(rows), page, per_page)
+        return {"generated_at": now, "owner": daemon.owner, "poll_s": POLL_S,
+                "page": {"page": page, "per_page": per_page, "pages": max(1, -(-len(rows) // per_page)),
+                         "total": len(rows)},
+                "summary": rows,
+                "languages": [language_status(daemon, registry, r["language"], points, events)
+                              for r in rows[start:end]],
                 "unserved": unserved_status(daemon)}
 
     return router

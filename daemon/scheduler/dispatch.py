@@ -118,6 +118,11 @@ def drain_inbox(client: redis.Redis, lang: str, prefix: str) -> list[Event]:
         pipe.lrange(key, 0, -1)
         pipe.delete(key)
         raw, _ = pipe.execute()
+    return decode_inbox(key, raw)
+
+
+def decode_inbox(key: str, raw: list[bytes]) -> list[Event]:
+    """The reports of an inbox's entries (``key``: where they were read); malformed entries are logged and dropped."""
     events = []
     for item in raw:
         try:

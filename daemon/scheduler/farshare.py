@@ -42,7 +42,10 @@ class RecentFarShare:
     daemon to log and count. The embedder (``infra.embedders.make_embedder``) is built on first use, once."""
 
     def __init__(self, config: ServiceConfig, windows: WindowStore, client: redis.Redis,
-                 embedder: Embedder | None = None):
+                 embedder: Embedder | None = None, *, reuse: bool = True):
+        """``reuse``: a window with no query applied since the last measurement keeps that measurement (False:
+        measure on every call, the behaviour before issue 20; for benchmarks/daemon_scale.py)."""
+        self.reuse = reuse
         self.dcfg = config.daemon
         self.embedder_config = config.embedder
         self.windows = windows
@@ -51,10 +54,23 @@ class RecentFarShare:
         self._lock = threading.Lock()  # checks of several languages run in parallel; one embedder, one codebook
         self._codebook: Codebook | None = None  # the last one loaded: windows of a lineage share it
         self._logged: set[tuple[str, str]] = set()
+        # lang -> ((seen, codebook version, max texts), share): the recent texts change only with the window's
+        # `seen` (one apply writes both), so a check of a window without new queries reuses the last measurement
+        self._last: dict[str, tuple[tuple[int, str, int], float | None]] = {}
 
     def __call__(self, lang: str, snap: WindowSnapshot) -> float | None:
         if snap.codebook_version is None or self.dcfg.stale_far_max_texts == 0:
             return None
+        key = (snap.seen, snap.codebook_version, self.dcfg.stale_far_max_texts)
+        last = self._last.get(lang)
+        if self.reuse and last is not None and last[0] == key:  # nothing applied since: same texts, same share
+            return last[1]
+        share = self._measure(lang, snap)
+        self._last[lang] = (key, share)
+        return share
+
+    def _measure(self, lang: str, snap: WindowSnapshot) -> float | None:
+        assert snap.codebook_version is not None
         texts = [t for _, t in self.windows.recent(lang, limit=self.dcfg.stale_far_max_texts) if t]
         if not texts:
             self._once(lang, "no_texts", "%s: far share unknown: no recent texts in the window store (with "

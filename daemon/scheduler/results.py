@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compass.drift.inflow import Inflow
 from compass.drift.lifecycle import Observation
 from infra.messages import Event, UpdateJob
 from infra.reference import Reference
@@ -43,3 +44,4 @@ class Reading:
     snap: WindowSnapshot
     ref: Reference | None
     drained: list[Event]  # the inbox reports taken for ``obs.reports``
+    inflow: Inflow | None = None  # the window's inflow after this check (compass/drift/inflow.py)

@@ -176,6 +176,11 @@ class Daemon:
         counted."""
         return self.checks.check(lang, now)
 
+    def check_round(self, langs: list[str] | None = None, now: float | None = None) -> list[CheckResult]:
+        """One check of each of ``langs`` (default: the enabled languages) at ``now``, their Redis reads batched
+        (scheduler/check.py); what the schedule runs every check_interval_s. Never raises."""
+        return self.checks.check_round(self.languages.current.enabled if langs is None else langs, now)
+
     # ------------------------------------------------------------------ unserved languages
 
     def emerging_states(self) -> dict[str, EmergingState]:
@@ -223,11 +228,13 @@ class Daemon:
             self.metrics.errors.labels("", "events_poll").inc()
             return 0
 
-    def start(self, interval_s: float | None = None) -> None:
-        """Run the checks in a background scheduler (scheduler/run.py); ``interval_s`` overrides check_interval_s."""
+    def start(self, interval_s: float | None = None, *, batched: bool = True) -> None:
+        """Run the checks in a background scheduler (scheduler/run.py); ``interval_s`` overrides check_interval_s.
+        ``batched``: one round of all languages per interval, reads batched (``check_round``); False: one job per
+        language, each reading on its own (the path before issue 20, kept to compare: benchmarks/daemon_scale.py)."""
         if interval_s is not None:
             self.dcfg = self.dcfg.model_copy(update={"check_interval_s": interval_s})
-        self.scheduler = CheckSchedule(self, self.dcfg.check_interval_s, self.dcfg.events_poll_s)
+        self.scheduler = CheckSchedule(self, self.dcfg.check_interval_s, self.dcfg.events_poll_s, batched=batched)
         self.scheduler.start()
         log.info("daemon %s checking %d language(s) every %.1f s", self.owner, len(self.languages.current.enabled),
                  self.dcfg.check_interval_s)

@@ -52,7 +52,11 @@ class LanguageViews:
             "state": "paused" if paused else st.phase if st.phase in ("updating", "stuck") else last.get("state"),
             "phase": st.phase,
             "window": {"size": snap.size, "window_size": settings.window_size,
-                       "fill": snap.size / settings.window_size, "codebook_version": snap.codebook_version},
+                       "fill": snap.size / settings.window_size, "codebook_version": snap.codebook_version,
+                       # the rate the consumers kept its queries at (meta, now) and its pace at the last check:
+                       # sampling stretches the span, not the JS null (compass/drift/inflow.py)
+                       "sampling_rate": snap.sampling_rate, "inflow_qps": last.get("inflow_qps"),
+                       "window_span_s": last.get("window_span_s"), "traffic_qps": last.get("traffic_qps")},
             "js": last.get("js"),
             "theta": settings.theta,
             "effective_threshold": detector["effective_threshold"],

@@ -13,6 +13,7 @@ import logging
 
 import redis
 
+from compass.drift import inflow
 from compass.drift.lifecycle import Step, detector_mode
 from compass.languages import LanguageSettings
 from daemon.scheduler.dispatch import requeue_inbox
@@ -22,6 +23,7 @@ from daemon.scheduler.state import LanguageStatus, effective_threshold
 from infra import history
 from infra.keys import Keys
 from infra.lock import LanguageLease
+from infra.window import WindowSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ class StatusWriter:
         st.last_check = {"at": obs.now, "state": result.state, "js": result.js, "n_samples": result.n_samples,
                          "theta": settings.theta, "detail": result.detail, "detector": detector_mode(settings),
                          "statistic": out.statistic, "threshold": threshold, "noise_share": obs.noise_share,
-                         "far_share": obs.far_share, "size": snap.size, "codebook_version": snap.codebook_version}
+                         "far_share": obs.far_share, "size": snap.size, "codebook_version": snap.codebook_version,
+                         **window_rates(snap, read.inflow)}
         if settings.quality_signal != "none":
             st.last_check.update(quality=obs.quality, quality_alarm=st.drift.quality_alarm)
         return lease.fenced_set("status", st.to_json(), token)
@@ -77,3 +80,13 @@ class StatusWriter:
             if asked:
                 self.client.set(self.keys.language(lang, name),
                                 json.dumps({"at": obs.now, "by": self.owner, "requeued": True}))
+
+
+def window_rates(snap: WindowSnapshot, flow: inflow.Inflow | None) -> dict[str, float | None]:
+    """What the status shows of the window's pace: the sampling rate it was filled at (its meta), its inflow in
+    queries/s, the seconds its queries span, and the language's own query rate (the inflow undoing the sampling).
+    Sampling stretches the span, not the JS null (compass/drift/inflow.py)."""
+    qps = flow.qps if flow is not None else None
+    rate = snap.sampling_rate
+    return {"sampling_rate": rate, "inflow_qps": qps, "window_span_s": inflow.window_span_s(snap.size, qps),
+            "traffic_qps": inflow.traffic_qps(qps, rate) if 0.0 < rate <= 1.0 else None}
