@@ -13,7 +13,8 @@ event id, never of a random draw or of the consumer, because several parties mus
 ``u`` uniform in [0, 1) and keeps the query iff ``u < rate``: rate 1.0 keeps every query, 0.0 none.
 
 A cap (``sampling.max_per_second``) turns the fixed rate into one per time bucket of the events' own time:
-``capped_rate`` of the language's queries counted in the previous bucket by all consumers together. The rate of a
+``capped_rate`` of the language's queries counted in the buckets just before (a look-back of a few seconds) by all
+consumers together. The rate of a
 bucket is frozen where every consumer reads it (infra/sampling.py), so the decision stays a function of the id
 and of a shared, immutable number. A language under its cap keeps rate 1 (every query); one over it keeps about
 ``max_per_second`` queries a second, uniformly, whatever its traffic.
@@ -28,6 +29,7 @@ is not: ``n`` kept queries take ``n / (rate * arrivals_per_s)`` seconds, so a de
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 _SCALE = float(1 << 64)
 
@@ -47,13 +49,30 @@ def keep(event_id: str, rate: float) -> bool:
     return unit(event_id) < rate
 
 
-def capped_rate(max_per_second: float, previous_count: int, bucket_s: float) -> float:
-    """The rate of a bucket under a cap: ``min(1, max_per_second * bucket_s / previous_count)``, from the
-    language's queries counted in the previous bucket (all consumers); 1.0 when it counted none (no evidence of
-    load: keep everything rather than guess). infra/sampling.py computes the same in Lua; tests pin both."""
-    if previous_count <= 0:
+def capped_rate(max_per_second: float, before: Sequence[int], bucket_s: float) -> float:
+    """The rate of a bucket under a cap, from the language's queries counted in the buckets before it, newest first
+    (``before[0]`` is bucket b-1, ``before[i]`` bucket b-1-i; the look-back): the traffic is measured from the start
+    of the oldest of them that counted any query up to bucket b, so a language that just started (or came back
+    after a quiet spell) is measured over the time it has been sending, not over the whole look-back:
+
+        rate = min(1, max_per_second * span * bucket_s / sum(before)),  span = 1 + index of the oldest nonzero
+
+    1.0 when none counted anything (no evidence of load: keep everything rather than guess). infra/sampling.py
+    computes the same in Lua, in the same order of operations; tests pin both."""
+    total, span = 0, 0
+    for i, n in enumerate(before, 1):
+        if n > 0:
+            total, span = total + int(n), i
+    if total <= 0:
         return 1.0
-    return min(1.0, max_per_second * bucket_s / previous_count)
+    return min(1.0, max_per_second * span * bucket_s / total)
+
+
+def bucket_rates(counts: Sequence[int], max_per_second: float, bucket_s: float, lookback: int) -> list[float]:
+    """The rate of each of a stream's consecutive buckets ``0..len(counts)-1`` (``counts[b]``: its queries) under a
+    cap with a look-back of ``lookback`` buckets, every earlier bucket counted in full (a consumer without lag)."""
+    return [capped_rate(max_per_second, [counts[b - i] for i in range(1, min(lookback, b) + 1)], bucket_s)
+            for b in range(len(counts))]
 
 
 def seconds_for(samples: float, arrivals_per_s: float, rate: float = 1.0) -> float:
@@ -63,4 +82,4 @@ def seconds_for(samples: float, arrivals_per_s: float, rate: float = 1.0) -> flo
     return float("inf") if kept_per_s <= 0 else samples / kept_per_s
 
 
-__all__ = ["capped_rate", "keep", "seconds_for", "unit"]
+__all__ = ["bucket_rates", "capped_rate", "keep", "seconds_for", "unit"]

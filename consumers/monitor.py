@@ -87,7 +87,7 @@ class Monitor:
                                       retention_s=config.daemon.emerging_horizon_s,
                                       samples_max=cc.unserved_samples_max, samples_ttl_s=cc.recent_ttl_s)
         self.sampler = Sampler(languages, SamplingRates(self.redis, prefix, bucket_s=cc.sampling_bucket_s,
-                                                        ttl_s=cc.sampling_ttl_s))
+                                                        lookback_s=cc.sampling_lookback_s, ttl_s=cc.sampling_ttl_s))
         self.codebooks = open_codebooks(cc, self.redis, prefix, restore=self.restores_codebook)
         self.codebook_sync = CodebookSync(self.codebooks, self.redis, prefix, self.embedder.model_id, eta=cc.eta,
                                           revision_interval_s=cc.revision_interval_s, metrics=self.metrics,

@@ -26,8 +26,7 @@ Language ``ll`` (``Keys.language(ll, name)``; ``Keys.window(ll)`` gives the firs
   {p}:{ll}:history:events          list    daemon events intake                     status page
   {p}:{ll}:lease (+ lease:fence)   string  daemon replicas (infra/lock.py)          daemon replicas
   {p}:{ll}:worker-lock (+ :fence)  string  worker (job in progress)                 worker
-  {p}:{ll}:traffic:<b>             string  monitor (capped sampling, expires)       monitor (the next bucket's rate)
-  {p}:{ll}:rate:<b>                string  monitor, first of the group (expires)    monitor (frozen rate of bucket b)
+  {p}:{ll}:sampling:<epoch>        hash    monitor (capped sampling, expires)       monitor (infra/sampling.py)
 
 Unserved languages (``Keys.unserved(name)``; infra/unserved.py):
 
@@ -139,11 +138,9 @@ class Keys:
 
     # ------------------------------------------------------------------ families without a language
 
-    def sampling_traffic(self, lang: str, bucket: int) -> str:
-        return self.language(lang, f"traffic:{int(bucket)}")
-
-    def sampling_rate(self, lang: str, bucket: int) -> str:
-        return self.language(lang, f"rate:{int(bucket)}")
+    def sampling(self, lang: str, epoch: int) -> str:
+        """The traffic counts and frozen rates of capped sampling, one hash per epoch (infra/sampling.py)."""
+        return self.language(lang, f"sampling:{int(epoch)}")
 
     def unserved(self, name: str) -> str:
         """Key ``name`` of the unserved-language counts (``counts``, ``offsets``, ``emerging``, ``bucket:*``...)."""

@@ -70,8 +70,10 @@ def test_kept_applies_keep_to_each_id_at_its_rate():
     assert Sampling(10).kept(ids).tolist() == list(range(400))
     capped = [i for i, e in enumerate(ids) if i < 100 or unit(e) < 0.25]  # bucket 0 all, then 25 / 100 = 0.25
     assert Sampling(100, max_per_second=25, bucket_s=1).kept(ids).tolist() == capped
-    # the default bucket is consumer.sampling_bucket_s's, 10 s: 40 queries at 4/s, all in bucket 0, all kept
-    assert Sampling(4, max_per_second=1).kept(ids[:40]).tolist() == list(range(40))
+    # the default bucket is consumer.sampling_bucket_s's, 1 s, with a 10 s look-back: 40 queries at 4/s, bucket 0
+    # (ids 0-3) kept whole, then 1 * span / (4 * span) = 0.25 whatever the span
+    assert Sampling(4, max_per_second=1).kept(ids[:40]).tolist() == [i for i in range(40)
+                                                                      if i < 4 or unit(ids[i]) < 0.25]
 
 
 def test_clock_counts_offered_queries_from_the_change_through_the_detecting_one():

@@ -581,7 +581,7 @@ def test_capped_sampling_on_kafka_keeps_the_predicted_ids_and_a_replay_keeps_the
     langs["fr"]["sampling"] = {"max_per_second": 3}
     capped = LanguagesConfig.model_validate({"languages": langs})
     topic, dlq = topic_factory(2), topic_factory(1)
-    cfg = make_config(services, tmp_path, topic, dlq, embedder_cfg, sampling_bucket_s=10)
+    cfg = make_config(services, tmp_path, topic, dlq, embedder_cfg, sampling_bucket_s=10, sampling_lookback_s=10)
     publish(cfg, redis, fitted[0], embedder)
     t0 = (int(time.time()) // 10 - 5) * 10_000  # the start of a bucket 50 s ago (a bucket is never in the future)
     first = [QueryEvent(id=f"a{i}", text=f"Bonjour numéro {i}", lang="fr", ts_ms=t0 + i) for i in range(90)]

@@ -68,18 +68,30 @@ def test_the_consumer_stage_marks_only_the_ids_out_of_their_rate():
     assert [m.sampled_out for m in sample(marked)] == [True, False, False, False]  # idempotent
 
 
-@pytest.mark.parametrize("cap,previous,bucket_s,rate", [
-    (10.0, 0, 10, 1.0),  # nothing counted before: keep all
-    (10.0, 50, 10, 1.0),  # 5/s under a cap of 10/s
-    (10.0, 100, 10, 1.0),  # exactly at the cap
-    (10.0, 400, 10, 0.25),  # 40/s, cap 10/s
-    (2.0, 1000, 10, 0.02),
-    (0.5, 3, 1, 0.5 / 3),
+@pytest.mark.parametrize("cap,before,bucket_s,rate", [
+    (10.0, [], 1, 1.0),  # nothing before: keep all
+    (10.0, [0, 0, 0], 1, 1.0),  # a quiet look-back: no evidence of load
+    (10.0, [50], 10, 1.0),  # 5/s under a cap of 10/s
+    (10.0, [100], 10, 1.0),  # exactly at the cap
+    (10.0, [400], 10, 0.25),  # 40/s, cap 10/s
+    (2.0, [1000], 10, 0.02),
+    (10.0, [30, 50, 20], 1, 10 * 3 / 100),  # 100 queries in 3 s
+    (10.0, [90, 0, 0, 0], 1, 10 / 90),  # it started sending 1 s ago: measured over 1 s, not 4
+    (10.0, [0, 0, 40, 0], 1, 10 * 3 / 40),  # span to the oldest nonzero: 3 s (b-3 .. b-1)
+    (0.5, [3], 1, 0.5 / 3),
 ])
-def test_capped_rate(cap, previous, bucket_s, rate):
+def test_capped_rate(cap, before, bucket_s, rate):
     from compass.sampling import capped_rate
 
-    assert capped_rate(cap, previous, bucket_s) == rate
+    assert capped_rate(cap, before, bucket_s) == rate
+
+
+def test_bucket_rates_of_a_stream():
+    from compass.sampling import bucket_rates
+
+    # 1 s buckets, cap 5/s, a look-back of 2 buckets (the span starts at the oldest that counted anything)
+    counts = [2, 20, 20, 20, 0, 0, 0, 20]
+    assert bucket_rates(counts, 5.0, 1, 2) == [1.0, 1.0, 10 / 22, 10 / 40, 10 / 40, 10 / 20, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("samples,arrivals,rate,seconds", [

@@ -18,17 +18,21 @@ from infra.unserved import Traffic
 BUCKET_S = 10
 
 
-def rates_store(redis) -> SamplingRates:
-    return SamplingRates(redis, "t", bucket_s=BUCKET_S, ttl_s=3600)
+def rates_store(redis, lookback_s: int = BUCKET_S) -> SamplingRates:
+    return SamplingRates(redis, "t", bucket_s=BUCKET_S, lookback_s=lookback_s, ttl_s=3600)
 
 
-@pytest.mark.parametrize("cap,previous", [(10.0, 0), (10.0, 99), (10.0, 100), (10.0, 400), (3.0, 7), (0.7, 123456)])
-def test_the_frozen_rate_is_the_pure_rule_in_the_same_doubles(redis, cap, previous):
-    store = rates_store(redis)
-    if previous:
-        store.rates({"en": Counter({4: previous})}, {"en": cap})
-    got = store.rates({"en": Counter({5: 1})}, {"en": cap})
-    assert got == {("en", 5): capped_rate(cap, previous, BUCKET_S)}
+@pytest.mark.parametrize("cap,before", [(10.0, []), (10.0, [99]), (10.0, [100]), (10.0, [400]), (3.0, [7]),
+                                        (0.7, [123456]), (10.0, [30, 0, 50]), (10.0, [0, 0, 40, 0, 0]),
+                                        (1.5, [1, 2, 3, 4, 5]), (10.0, [0, 0, 0, 0, 0])])
+def test_the_frozen_rate_is_the_pure_rule_in_the_same_doubles(redis, cap, before):
+    # the epoch boundary (600 buckets) falls inside the look-back: b = 1201 looks back to 1196
+    store, b = rates_store(redis, lookback_s=5 * BUCKET_S), 1201
+    for i, n in enumerate(before, 1):
+        if n:
+            store.rates({"en": Counter({b - i: n})}, {"en": cap})
+    got = store.rates({"en": Counter({b: 1})}, {"en": cap})
+    assert got == {("en", b): capped_rate(cap, before[:5], BUCKET_S)}
 
 
 def test_a_rate_once_frozen_never_changes_and_counts_add_up(redis):
@@ -38,6 +42,7 @@ def test_a_rate_once_frozen_never_changes_and_counts_add_up(redis):
     store.rates({"en": Counter({0: 400})}, {"en": 10.0})  # b-1 counts more later (a lagging worker, a re-delivery)
     assert store.rates({"en": Counter({1: 2})}, {"en": 10.0}) == {("en", 1): 0.25}  # frozen at the first decision
     assert (store.traffic("en", 0), store.traffic("en", 1)) == (800, 5)
+    assert all(0 < redis.ttl(k) <= 3600 for k in redis.scan_iter(match="t:{en}:sampling:*"))
 
 
 def test_a_batch_counts_its_older_bucket_before_deciding_the_newer(redis):
@@ -55,6 +60,8 @@ def test_a_bad_language_is_refused_before_anything_is_written(redis):
     assert redis.dbsize() == 0
     with pytest.raises(WindowInputError, match="bucket_s must be an integer >= 1"):
         SamplingRates(redis, "t", bucket_s=0)
+    with pytest.raises(WindowInputError, match=r"lookback_s must be in \[bucket_s, 600 \* bucket_s\]"):
+        SamplingRates(redis, "t", bucket_s=2, lookback_s=1)
 
 
 def queries(n: int, lang: str, bucket: int, start: int = 0) -> list[Query]:

@@ -141,9 +141,10 @@ def test_a_cap_above_the_arrival_rate_keeps_every_query_and_changes_nothing(tmp_
 
 
 def test_a_cap_below_the_arrival_rate_keeps_the_first_bucket_then_n_a_second(tmp_path, monkeypatch):
-    # 25/s of 100/s in 10 s buckets (the default, consumer.sampling_bucket_s's): bucket 0 (offered 0-999) has no
-    # previous count and keeps all, every later one min(1, 25 * 10 / 1000) = 0.25
-    kept = [i for i in range(N) if i < 1000 or unit(f"sim:it:{i}") < 0.25]
+    # 25/s of 100/s in 1 s buckets with a 10 s look-back (consumer.sampling_bucket_s's and sampling_lookback_s's
+    # defaults): bucket 0 (offered 0-99) has nothing before it and keeps all, every later one
+    # min(1, 25 * span / (100 * span)) = 0.25
+    kept = [i for i in range(N) if i < 100 or unit(f"sim:it:{i}") < 0.25]
     report = _report(_cli(tmp_path, monkeypatch, [*ARGS, "--max-per-second", "25", "--json"]))
     assert (report["n_samples"], report["sampling"]["kept"]) == (len(kept), len(kept))
     js = report["rows"][0]

@@ -6,8 +6,8 @@ Sampling changes none of that (``compass/drift/calibrate.py`` says why the null 
 changes how long those queries take to arrive. A language offered ``Q`` queries a second and sampled keeps
 
     rate r (``sampling.rate``):                   Q * r queries a second;
-    cap N (``sampling.max_per_second``):          min(Q, N) a second once the cap is in force (bucket rate
-                                                  min(1, N * bucket_s / previous bucket's count), ``capped_rate``),
+    cap N (``sampling.max_per_second``):          min(Q, N) a second once the cap is in force (each bucket's rate
+                                                  from the traffic of the buckets just before, ``capped_rate``),
 
 so ``n`` kept queries take ``n / kept_per_s`` seconds (``compass.sampling.seconds_for``): a delay of 300 samples is
 30 s at 10 queries/s unsampled and 300 s at rate 0.1.
@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from compass.sampling import capped_rate, keep, seconds_for
+from compass.sampling import bucket_rates, keep, seconds_for
 
 DEFAULT_ARRIVAL_RATE = 10.0  # queries a second offered when no rate is given: a modest language
-DEFAULT_BUCKET_S = 10.0  # seconds per bucket of a cap's rate: consumer.sampling_bucket_s's default
+DEFAULT_BUCKET_S = 1.0  # seconds per bucket of a cap's rate: consumer.sampling_bucket_s's default
+DEFAULT_LOOKBACK_S = 10.0  # seconds of traffic a cap's rate is measured over: consumer.sampling_lookback_s's
 
 
 def kept_per_second(arrival_rate: float, rate: float = 1.0, max_per_second: float | None = None) -> float:
@@ -66,6 +67,7 @@ class Sampling:
     rate: float = 1.0
     max_per_second: float | None = None
     bucket_s: float = DEFAULT_BUCKET_S
+    lookback_s: float = DEFAULT_LOOKBACK_S
 
     def __post_init__(self) -> None:
         _positive("arrival_rate", self.arrival_rate, "give the language's offered queries a second, > 0, e.g. 10")
@@ -77,6 +79,7 @@ class Sampling:
                 raise ValueError(f"max_per_second: got {self.max_per_second!r} with rate {self.rate}; give one, a "
                                  "fixed share (rate) or a cap (max_per_second), as languages.yaml's sampling does")
         _positive("bucket_s", self.bucket_s, "give the seconds per bucket of the cap's rate, > 0, e.g. 1")
+        _positive("lookback_s", self.lookback_s, "give the seconds of traffic a cap's rate is measured over, > 0")
 
     @property
     def sampled(self) -> bool:
@@ -99,14 +102,15 @@ class Sampling:
 
     def rates(self, n: int) -> np.ndarray:
         """The rate each of ``n`` offered queries is sampled at. A cap's rate is per bucket of ``bucket_s``
-        seconds (offered query i falls in bucket floor(i / (Q * bucket_s))), from the previous bucket's count;
-        the first bucket has no previous count and keeps everything, as the consumers do."""
+        seconds (offered query i falls in bucket floor(i / (Q * bucket_s))), from the counts of the ``lookback_s``
+        before it (``compass.sampling.bucket_rates``); the first bucket has nothing before it and keeps
+        everything, as the consumers do."""
         if self.max_per_second is None:
             return np.full(n, float(self.rate))
         bucket = np.floor(np.arange(n) / (self.arrival_rate * self.bucket_s)).astype(np.int64)
         counts = np.bincount(bucket) if n else np.zeros(0, dtype=np.int64)
-        per_bucket = [capped_rate(self.max_per_second, int(counts[b - 1]) if b > 0 else 0, self.bucket_s)
-                      for b in range(len(counts))]
+        lookback = max(1, int(round(self.lookback_s / self.bucket_s)))
+        per_bucket = bucket_rates([int(c) for c in counts], self.max_per_second, self.bucket_s, lookback)
         return np.asarray(per_bucket, dtype=np.float64)[bucket]
 
     def kept(self, ids: Sequence[str]) -> np.ndarray:
@@ -117,7 +121,7 @@ class Sampling:
 
     def to_dict(self) -> dict[str, Any]:
         return {"arrival_rate": self.arrival_rate, "rate": self.rate, "max_per_second": self.max_per_second,
-                "bucket_s": self.bucket_s, "kept_per_s": self.kept_per_s}
+                "bucket_s": self.bucket_s, "lookback_s": self.lookback_s, "kept_per_s": self.kept_per_s}
 
 
 def stream_ids(lang: str, n: int) -> list[str]:
@@ -187,5 +191,5 @@ def timed(row: Any, clock: Clock, kept_changes: Sequence[int]) -> Any:
     return replace(row, extra={**row.extra, **extra})
 
 
-__all__ = ["DEFAULT_ARRIVAL_RATE", "DEFAULT_BUCKET_S", "Clock", "Sampling", "kept_per_second", "offered_seconds",
-           "spacing", "stream_ids", "timed"]
+__all__ = ["DEFAULT_ARRIVAL_RATE", "DEFAULT_BUCKET_S", "DEFAULT_LOOKBACK_S", "Clock", "Sampling", "kept_per_second",
+           "offered_seconds", "spacing", "stream_ids", "timed"]

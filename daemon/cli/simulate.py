@@ -20,7 +20,7 @@ seconds are read as samples; its ``sampling`` applied), instead of the flags tha
 
 Sampling (issue 20): the language's queries arrive at ``--arrival-rate`` a second (default 10) and are sampled as
 the consumers sample them, by a hash of each query's event id (``sim:{lang}:{i}``): a fixed ``--sampling-rate``
-or a cap ``--max-per-second`` (the rate of each ``--sampling-bucket-s`` bucket from the previous bucket's count).
+or a cap ``--max-per-second`` (the rate of each ``--sampling-bucket-s`` bucket from the traffic of the 10 s before it).
 The lifecycle sees the kept queries: samples are kept queries, and every delay, update and false-alarm spacing is
 also given in seconds (the offered queries from the change through the detecting one, / the arrival rate).
 
@@ -266,10 +266,10 @@ def simulate(
                                                "in (0, 1], decided by a hash of each query's id as the consumers "
                                                "do (languages.yaml sampling.rate; default: 1, every query)"),
     max_per_second: float | None = typer.Option(None, "--max-per-second", help="or keep at most this many "
-                                                "queries a second: the rate of each bucket is min(1, N * bucket / "
-                                                "previous bucket's count) (sampling.max_per_second)"),
-    sampling_bucket_s: float = typer.Option(10.0, "--sampling-bucket-s", help="seconds per bucket of "
-                                            "--max-per-second's rate (consumer.sampling_bucket_s; default: 10)"),
+                                                "queries a second: each bucket's rate comes from the traffic of "
+                                                "the 10 s before it (sampling.max_per_second)"),
+    sampling_bucket_s: float = typer.Option(1.0, "--sampling-bucket-s", help="seconds per bucket of "
+                                            "--max-per-second's rate (consumer.sampling_bucket_s; default: 1)"),
     save_stream: Path | None = typer.Option(None, "--save-stream", help="also write the built stream as JSONL"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON instead of tables"),
     config: Path | None = typer.Option(None, "--config", "-c", help="service config YAML (embedder; Kafka and "

@@ -9,6 +9,14 @@ from pydantic import Field
 from compass.validation import Frozen
 
 
+def _sampling_rule(sampling_bucket_s: int, sampling_lookback_s: int) -> str | None:
+    # the look-back is counted in whole buckets, and infra/sampling.py reads at most one epoch (600 buckets) back
+    if sampling_lookback_s % sampling_bucket_s or not 1 <= sampling_lookback_s // sampling_bucket_s <= 600:
+        return (f"sampling_lookback_s ({sampling_lookback_s}) must be a multiple of sampling_bucket_s "
+                f"({sampling_bucket_s}), 1 to 600 buckets; e.g. sampling_lookback_s: {10 * sampling_bucket_s}")
+    return None
+
+
 class ConsumerConfig(Frozen):
     """The streaming monitor (`compass consume`): Kafka consumer group -> language ID -> embed -> assign -> Redis."""
 
@@ -37,12 +45,16 @@ class ConsumerConfig(Frozen):
         60, ge=1, le=86400, description="seconds per time bucket of the unserved-language counts, in [1, 86400]"
     )
     sampling_bucket_s: int = Field(
-        10, ge=1, le=3600, description="seconds per time bucket of capped sampling (languages.yaml "
-        "sampling.max_per_second): each bucket's rate is set from the previous one's traffic, in [1, 3600]"
+        1, ge=1, le=60, description="seconds per time bucket of capped sampling (languages.yaml "
+        "sampling.max_per_second): each bucket's rate is set from the traffic before it, in [1, 60]"
+    )
+    sampling_lookback_s: int = Field(
+        10, ge=1, le=600, description="seconds of traffic a capped language's rate is measured over (a multiple "
+        "of sampling_bucket_s, at most 600 buckets), in [1, 600]"
     )
     sampling_ttl_s: int = Field(
-        86400, ge=60, le=30 * 86400, description="how long the frozen rates and traffic counts of capped sampling "
-        "are kept in Redis (a re-delivery or replay within it samples alike), seconds in [60, 2592000]"
+        3600, ge=60, le=7 * 86400, description="how long the frozen rates and traffic counts of capped sampling "
+        "are kept in Redis (a re-delivery or replay within it samples alike), seconds in [60, 604800]"
     )
     unserved_samples_max: int = Field(
         20, ge=1, le=10_000, description="sample query ids kept per unserved language, in [1, 10000]"
@@ -69,6 +81,7 @@ class ConsumerConfig(Frozen):
         1_000_000, ge=4096, le=100 << 20, description="dead letters are truncated to fit this many bytes (keep it "
         "below the dead-letter topic's max.message.bytes), in [4096, 104857600]",
     )
+    _rules = (_sampling_rule,)
 
 
 class CodebookConfig(Frozen):
