@@ -103,6 +103,7 @@ class Pipeline:
             stats.unserved_duplicates = counted.duplicates_unserved
             stats.sampled_out_langs = Counter(q.lang for q in sampled_out)
             stats.sampled_out = len(sampled_out)
+            self.windows.add_sampled_out(stats.sampled_out_langs)  # for the daemon's status page
 
         with m.stage_seconds.labels("dead_letter").time():
             self.dead_letters.flush()

@@ -158,6 +158,11 @@ def test_the_window_records_the_sampling_rate_it_was_last_filled_at(redis):
     assert store.snapshot("en").sampling_rate == 1 / 3  # repr round trip: the exact double
     with pytest.raises(WindowInputError, match=r"sampling_rate must be a number in \(0, 1\] or None; got 0"):
         store.apply("en", 5, "v1", 3, items([(1, 2)]), sampling_rate=0)
+    store.add_sampled_out({"en": 7, "fr": 0})
+    store.add_sampled_out({"en": 3})
+    assert (store.snapshot("en").sampled_out, store.snapshot("fr").sampled_out) == (10, 0)
+    with pytest.raises(WindowInputError, match="sampled-out count of 'en' must be an integer >= 0; got -1"):
+        store.add_sampled_out({"en": -1})
 
 
 def test_store_texts_false_keeps_ids_only(redis):

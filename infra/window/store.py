@@ -8,8 +8,10 @@ Keys of language ``ll`` (all share the hash tag ``{ll}``, so a language lives in
   {prefix}:{ll}:recent   list   JSON [id, text] (or [id] when store_texts is false), newest last; capped, TTL
   {prefix}:{ll}:meta     hash   codebook_version (newest seen), lineage, n_buckets, window_size, ``seen``: a
                                 monotone count of the items ever applied (never lowered; gone only with ``reset``),
-                                and ``sampling_rate``: the share of the language's queries the consumers kept
-                                (compass/sampling.py) when they last applied items (absent: every query)
+                                ``sampling_rate``: the share of the language's queries the consumers kept
+                                (compass/sampling.py) when they last applied items (absent: every query), and
+                                ``sampled_out``: the queries left out of the sample (at least once: a re-delivered
+                                batch counts again, like the consumers' metric)
   {prefix}:{ll}:quality  list   quality scores carried by the events (consumer.quality_meta_key), newest last,
                                 capped at QUALITY_MAX; the daemon pops them into its quality detector
   {prefix}:{ll}:ids      zset   event id -> when it was first applied (ms); entries older than the dedup horizon are
@@ -163,6 +165,19 @@ class WindowStore:
             raise StaleCodebookError(codebook_version, stale, results)
         return results
 
+    def add_sampled_out(self, counts: Mapping[str, int]) -> None:
+        """Add each language's sampled-out queries of a batch to its meta ``sampled_out`` (one round trip)."""
+        todo = {lang: n for lang, n in counts.items() if n}
+        for lang, n in todo.items():
+            _check_lang(lang)
+            if not is_int(n, allow_numpy=True) or n < 0:
+                raise WindowInputError(f"sampled-out count of {lang!r} must be an integer >= 0; got {n!r}")
+        if todo:
+            with self.client.pipeline(transaction=False) as pipe:
+                for lang, n in todo.items():
+                    pipe.hincrby(self._keys.window(lang)["meta"], "sampled_out", int(n))
+                pipe.execute()
+
     def reset(self, lang: str | None = None) -> None:
         """Delete the state of ``lang`` (window, counts, offsets, recent, meta), or of every language.
 
@@ -238,7 +253,7 @@ class WindowStore:
         offsets = {p: int(o) for p, o in pairs(offsets_raw).items()}
         tail = np.fromiter((int(b) for b in tail_raw), dtype=np.int64, count=len(tail_raw))
         return WindowSnapshot(lang, counts, int(size), version, offsets, int(seen), tail,
-                              float(meta.get("sampling_rate", 1.0)))
+                              float(meta.get("sampling_rate", 1.0)), int(meta.get("sampled_out", 0)))
 
     def recent(self, lang: str, limit: int | None = None) -> list[tuple[str, str | None]]:
         """The recent queries of ``lang`` as (id, text or None), newest last; at most ``limit`` of them."""

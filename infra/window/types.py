@@ -75,3 +75,4 @@ class WindowSnapshot:
     tail: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # bucket ids applied after
     # ``since``, oldest first (empty without ``since``)
     sampling_rate: float = 1.0  # the share of the language's queries kept when items were last applied (meta)
+    sampled_out: int = 0  # queries of the language left out of its sample, ever (meta; at least once)
