@@ -8,6 +8,9 @@ without ``lang`` so language ID runs. Each measurement runs in its own process(e
 per process. Pipeline throughput is measured from the end of each worker's first batch to the end of the last
 one (group join and model load excluded; the embedder-alone side excludes model load and a warm-up too).
 
+Offered load beyond what the embedder sustains, with per-language sampling (issue 20), is
+benchmarks/consume_load.py: a Zipf mix of 20 languages at 1x, 10x and 30x, lag and detection delay in seconds.
+
 Without --bootstrap/--redis a temporary stack (deploy.local.stack) is started on free ports in a tmp dir and
 stopped at the end; with them, the running servers are used, under a unique topic and Redis key prefix that
 are deleted at the end.

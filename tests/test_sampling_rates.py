@@ -115,3 +115,12 @@ def test_only_served_queries_are_sampled_and_the_window_records_the_newest_rate(
     assert batch_rates([q for q in marked if not q.sampled_out]) == {"en": 0.5}
     with pytest.raises(ValueError, match="max_per_second"):
         Sampler(LanguagesConfig.model_validate({"languages": {"en": {"sampling": {"max_per_second": 1}}}}), None)
+
+
+def test_a_language_under_its_cap_keeps_every_query(redis):
+    """fr capped at 5 queries/s sends 4 a second (40 per 10 s bucket) for a minute: every bucket's rate is 1."""
+    languages = LanguagesConfig.model_validate({"languages": {"fr": {"sampling": {"max_per_second": 5}}}})
+    sampler = Sampler(languages, rates_store(redis, lookback_s=3 * BUCKET_S))
+    stream = [q for b in range(6) for q in queries(40, "fr", b, start=100 * b)]
+    marked = [q for i in range(0, len(stream), 32) for q in sampler.mark(stream[i:i + 32])]
+    assert not any(q.sampled_out for q in marked) and {q.rate for q in marked} == {1.0}
