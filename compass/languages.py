@@ -56,6 +56,15 @@ class SamplingSettings(Frozen):
         return self.rate < 1.0 or self.max_per_second is not None
 
 
+class AdapterSettings(Frozen):
+    """The kind of adapter the worker trains for the language (compass/adapt/model.py ``lora_config``)."""
+
+    kind: Literal["dora", "lora"] = Field(
+        "dora", description="dora (weight-decomposed LoRA, §4.3) or lora (plain LoRA: what vLLM and SGLang load, "
+        "see `compass adapters export --format peft`)"
+    )
+
+
 class LanguageSettings(Frozen):
     enabled: bool = Field(True, description="true or false")
     theta: float = Field(0.15, gt=0.0, le=1.0, description="a JS divergence threshold in bits, in (0, 1]")
@@ -103,6 +112,9 @@ class LanguageSettings(Frozen):
     sampling: SamplingSettings = Field(
         SamplingSettings(), description="a mapping {rate: a float in (0, 1]} or {max_per_second: a number > 0}: "
         "the share of queries monitored, fixed or capped"
+    )
+    adapters: AdapterSettings = Field(
+        AdapterSettings(), description="a mapping {kind: dora or lora}: the adapter type trained for the language"
     )
     _rules = (_window_rule,)
 

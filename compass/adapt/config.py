@@ -27,9 +27,10 @@ def bad_param(name: str, owner: str, expected: str, got: object) -> AdaptError:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """DoRA fine-tuning of one language adapter. Defaults are §4.3's (Phi-4-mini / Qwen2.5 setting: r=16, lr 2e-4;
-    the paper uses r=8 and lr 1e-4 for LLaMA-8B). alpha, dropout, patience, batch size and max length are not given
-    in the paper; the defaults here are common PEFT choices (alpha = 2r)."""
+    """DoRA (or, with use_dora=False, plain LoRA) fine-tuning of one language adapter. Defaults are §4.3's
+    (Phi-4-mini / Qwen2.5 setting: r=16, lr 2e-4; the paper uses r=8 and lr 1e-4 for LLaMA-8B). alpha, dropout,
+    patience, batch size and max length are not given in the paper; the defaults here are common PEFT choices
+    (alpha = 2r)."""
 
     rank: int = 16  # §4.3 r
     alpha: int = 32  # LoRA scaling numerator (scale = alpha / rank)
@@ -46,9 +47,12 @@ class TrainConfig:
     max_length: int = 128  # tokens per example (truncation)
     val_fraction: float = 0.1  # share of the training texts held out when no validation texts are given
     seed: int = 0  # shuffling, validation split and dropout
+    use_dora: bool = True  # DoRA (§4.3); False trains a plain LoRA, the kind vLLM and SGLang serve
 
     def __post_init__(self) -> None:
         owner, err = "TrainConfig", AdaptError
+        if not isinstance(self.use_dora, bool):
+            raise bad_param("use_dora", owner, "True (DoRA) or False (plain LoRA)", self.use_dora)
         for name in ("rank", "alpha", "max_epochs", "patience", "batch_size", "max_length"):
             check_int(name, owner, getattr(self, name), 1, err)
         check_real("dropout", owner, self.dropout, ge=0.0, lt=1.0, error=err)

@@ -100,21 +100,21 @@ def _check_lang(lang: object) -> str:
 
 
 def lora_config(cfg: TrainConfig) -> LoraConfig:
-    """peft config of one DoRA adapter (use_dora=True: weight-decomposed low-rank adaptation)."""
+    """peft config of one adapter: DoRA (weight-decomposed low-rank adaptation) unless ``cfg.use_dora`` is False."""
     tm = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
     return LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=tm,
-        use_dora=True,
+        use_dora=cfg.use_dora,
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
 def add_language_adapter(model: PreTrainedModel | PeftModel, lang: str, cfg: TrainConfig) -> PeftModel:
-    """Attach a fresh DoRA adapter named ``lang`` and make it the active one.
+    """Attach a fresh DoRA (or plain LoRA, ``cfg.use_dora=False``) adapter named ``lang`` and make it the active one.
 
     A plain model is wrapped (``get_peft_model``); a PeftModel gets another adapter. A language that already has an
     adapter is refused (update it in place with ``train_adapter`` instead)."""

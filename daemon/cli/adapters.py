@@ -1,4 +1,5 @@
-"""``compass adapters list|show|promote|rollback``: inspect the adapter registry and move a language's pointer.
+"""``compass adapters list|show|promote|rollback|export``: inspect the adapter registry, move a language's pointer
+and export a version for servers outside compass (vLLM, SGLang: ``export --format peft``, or ``--merge``).
 
 A manual ``promote`` is ops overriding the gate; it is recorded as ``gate={"outcome": "manual", ...}`` in the
 language's promotion history so the override stays visible.
@@ -13,7 +14,7 @@ from typing import Any
 
 import typer
 
-app = typer.Typer(help="Versioned per-language adapters: list, show, promote, roll back.", no_args_is_help=True)
+app = typer.Typer(help="Versioned per-language adapters: list, show, promote, roll back, export.", no_args_is_help=True)
 REGISTRY = typer.Option(None, "--registry", "-r",
                         help="registry root: a directory or an fsspec URL such as s3://bucket/adapters "
                              "(default: adapters.registry from the service config)")
@@ -122,6 +123,49 @@ def rollback(
     reg, lang, before = _pointer(registry, config, lang)
     after = reg.rollback(lang, to=to, reason=reason)
     typer.echo(f"{lang}: current {before or '-'} -> {after} (rollback)")
+
+
+@app.command()
+def export(
+    lang: str = typer.Argument(..., help="language code"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory to write (new or empty)"),
+    version: str | None = typer.Option(None, "--version", help="version (default: the current, promoted one)"),
+    fmt: str = typer.Option("peft", "--format", help="peft: adapter_config.json + adapter_model.safetensors, the "
+                            "LoRA layout vLLM (--lora-modules) and SGLang (--lora-paths) load"),
+    merge: bool = typer.Option(False, "--merge", help="write the base model with the adapter merged in (full "
+                               "weights + tokenizer, any server loads it; works for DoRA too)"),
+    model: Path | None = typer.Option(None, "--model", help="base model directory for --merge (default: model.path "
+                                      "from the service config)"),
+    registry: str | None = REGISTRY,
+    config: Path | None = CONFIG,
+) -> None:
+    """Export a version of LANG's adapter for an external server. DoRA versions export only with --merge."""
+    from compass.registry.export import FORMATS, ExportError, export_merged, export_peft
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"got {fmt!r}; supported: {', '.join(FORMATS)}", param_hint="--format")
+    reg = _registry(registry, config)
+    lang = _lang(lang)
+    try:
+        if merge:
+            gguf = None
+            if model is None:
+                from infra.settings import load_service_config
+
+                mcfg = load_service_config(config).model
+                if mcfg.path is None:
+                    raise typer.BadParameter("no base model: pass --model DIR or set model.path in the service "
+                                             "config", param_hint="--model")
+                model, gguf = mcfg.path, mcfg.gguf_file
+            written = export_merged(reg, lang, out, model, version=version, gguf_file=gguf)
+            typer.echo(f"{lang}: merged model written to {written} (load it with from_pretrained or any server)")
+        else:
+            written = export_peft(reg, lang, out, version=version)
+            typer.echo(f"{lang}: peft LoRA written to {written} (e.g. vllm serve BASE --enable-lora "
+                       f"--lora-modules {lang}={written})")
+    except ExportError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _user() -> str:

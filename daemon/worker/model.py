@@ -1,4 +1,4 @@
-"""The base model of a worker process: loaded once, one DoRA adapter per language swapped in per job.
+"""The base model of a worker process: loaded once, one adapter (DoRA or LoRA) per language swapped in per job.
 
 The base weights are frozen at load and never written: a job only replaces the adapter named after its language
 (fresh for a first version, else theta_prev from the registry).
@@ -29,10 +29,14 @@ class WorkerError(CompassError, RuntimeError):
     """A job cannot run; the message names what is missing and the fix."""
 
 
-def train_config(s: TrainSettings) -> TrainConfig:
+def train_config(s: TrainSettings, kind: str = "dora") -> TrainConfig:
+    """The update's TrainConfig: ``worker.train`` plus the language's ``adapters.kind`` (dora or lora)."""
+    if kind not in ("dora", "lora"):
+        raise WorkerError(f"The 'adapters.kind' setting of a language must be 'dora' or 'lora'. Got {kind!r} instead.")
     tm = s.target_modules if isinstance(s.target_modules, str) else tuple(s.target_modules)
     return TrainConfig(rank=s.rank, alpha=s.alpha, target_modules=tm, lr=s.lr, weight_decay=s.weight_decay,
-                       max_epochs=s.max_epochs, batch_size=s.batch_size, max_length=s.max_length, seed=s.seed)
+                       max_epochs=s.max_epochs, batch_size=s.batch_size, max_length=s.max_length, seed=s.seed,
+                       use_dora=kind == "dora")
 
 
 class ModelHost:

@@ -14,7 +14,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +170,7 @@ def train_and_register(
     """Plan, train, score, write and (when the gate passes) promote; fills and returns ``report``."""
     wcfg = ctx.config.worker
     settings = ctx.languages.get(lang)
-    tcfg = train_config(wcfg.train)
+    tcfg = train_config(wcfg.train, settings.adapters.kind)
     pool, X_pool = ctx.pool(pool_path)
     X_t = ctx.embed([r.text for r in target])
     d = X_t.shape[1]
@@ -187,9 +187,9 @@ def train_and_register(
     bt, br, bp = (assign(X) if len(X) else np.zeros(0, np.int64) for X in (X_t, X_r, X_pool))
 
     parent = ctx.registry.current(lang) if use_current else None
-    tensors, prev_anchors, fisher = None, [], None
+    tensors, prev_anchors, fisher, parent_config = None, [], None, {}
     if parent is not None:
-        tensors, _, prev_manifest = ctx.registry.read_version(lang, parent)
+        tensors, parent_config, prev_manifest = ctx.registry.read_version(lang, parent)
         files = ctx.registry.files(lang, parent)
         if ANCHORS_FILE in files:
             prev_anchors = [t for _, t in read_anchors(ctx.registry.read_file(lang, parent, ANCHORS_FILE))]
@@ -201,26 +201,38 @@ def train_and_register(
         seed=wcfg.train.seed,
     )
     report["selection"] = name_selection(plan.selection, _labels(ctx, codebook))  # which clusters were filled
-    model = ctx.host.install(lang, tcfg, tensors)
-    if parent is not None and FISHER_FILE in ctx.registry.files(lang, parent) and prev_anchors:
+    adaptation = plan.adaptation or plan.retention
+    # adapters.kind changed (dora <-> lora): theta_prev has another shape, so the new kind starts fresh without
+    # ECDA; the gate still compares it with the parent, scored in the parent's own kind.
+    switched = parent is not None and bool(parent_config.get("use_dora", True)) != tcfg.use_dora
+    if switched:
+        log.info("%s: adapters.kind is now %s; the parent %s is of the other kind, training a fresh adapter",
+                 lang, settings.adapters.kind, parent)
+        model = ctx.host.install(lang, replace(tcfg, use_dora=not tcfg.use_dora), tensors)
+        cur_a = nll(model, adaptation, ctx.host.tokenizer, tcfg)
+        cur_r = nll(model, plan.retention, ctx.host.tokenizer, tcfg)
+        model = ctx.host.install(lang, tcfg, None)
+    else:
+        model = ctx.host.install(lang, tcfg, tensors)
+        cur_a = nll(model, adaptation, ctx.host.tokenizer, tcfg) if parent is not None else None
+        cur_r = nll(model, plan.retention, ctx.host.tokenizer, tcfg) if parent is not None else None
+    if parent is not None and not switched and FISHER_FILE in ctx.registry.files(lang, parent) and prev_anchors:
         from compass.adapt import adapter_parameters
 
         raw = st_load(ctx.registry.read_file(lang, parent, FISHER_FILE))
         names = set(adapter_parameters(model, lang))
         fisher = raw if set(raw) == names else None  # another layout (e.g. other rank): recompute at theta_prev
-    adaptation = plan.adaptation or plan.retention
-    cur_a = nll(model, adaptation, ctx.host.tokenizer, tcfg) if parent is not None else None
-    cur_r = nll(model, plan.retention, ctx.host.tokenizer, tcfg) if parent is not None else None
 
     ckpt_dir = ctx.checkpoint_dir(job_id)
     resume = load_checkpoint(ckpt_dir)
     if resume is not None:
         log.info("%s: job %s resumes from its checkpoint at step %d", lang, job_id, resume.step)
     e = wcfg.ecda
+    ecda_on = parent is not None and not switched
     result = train_update(
         model, lang, plan, ctx.host.tokenizer, tcfg, centroids,
-        ecda=ECDAConfig(beta=e.beta, lam=e.lam, anchor_fraction=e.anchor_fraction) if parent else None,
-        prev_anchor_texts=prev_anchors if parent else (), fisher=fisher, anchor_fraction=e.anchor_fraction,
+        ecda=ECDAConfig(beta=e.beta, lam=e.lam, anchor_fraction=e.anchor_fraction) if ecda_on else None,
+        prev_anchor_texts=prev_anchors if ecda_on else (), fisher=fisher, anchor_fraction=e.anchor_fraction,
         progress=progress, checkpoint_every=wcfg.checkpoint_every,
         on_checkpoint=lambda st: save_checkpoint(ckpt_dir, st), resume=resume, should_stop=should_stop,
     )
