@@ -1,8 +1,9 @@
-"""CPU share of one drift daemon checking 200 languages every 2 s, before and after batching a round's reads
+"""CPU share of one drift daemon checking 200 languages every 2 s, before and after batching a round's Redis I/O
 (issue 20: "stays under 10% of one core"), its Redis round trips per round, and the status JSON's render time.
 
     .venv/bin/python benchmarks/daemon_scale.py [--langs 200] [--interval 2] [--seconds 60]
         [--mode both|before|after] [--bootstrap HOST:PORT --redis redis://HOST:PORT/DB]
+    .venv/bin/python benchmarks/daemon_scale.py --profile 10 [--redis redis://HOST:PORT/DB] [--profile-out FILE]
 
 Setup: 200 language codes from compass/langcodes.py (its 120 ISO 639-1 codes, then ISO 639-3 codes of the same
 table: compass knows fewer than 200 languages), each with a full window of 2000 synthetic cluster ids over 33
@@ -14,12 +15,18 @@ production: a few busy languages, a long tail.
 
 Each mode runs the real ``Daemon`` with its real schedule (``Daemon.start``, APScheduler, the events poller on
 Kafka) in this process and measures process CPU seconds (``time.process_time``: all threads) over wall seconds
-after a warm-up: the share of one core. ``before``: one job per language, each reading on its own
-(``start(batched=False)``, the far share measured on every check, the path before issue 20). ``after``: one round
-per interval, reads batched (``check_round``: two round trips for all languages' reads), a far share reused while
-a window has not moved. Redis round trips are counted by wrapping redis-py's ``Connection.send_packed_command``
-(one per command, one per pipeline). The status JSON (``GET /v1/status``) is timed after the ``after`` run, with
-the default 25 cards per page and with all 200 cards (what the page fetched before issue 20).
+after a warm-up: the share of one core. ``before``: one job per language, each reading and writing on its own
+(``start(batched=False)``, the far share reading all the newest recent entries on every check: the path before
+issue 20). ``after``: one round per interval (``check_round``): the leases, the reads, the far share's new recent
+entries, the fenced status writes and the JS history appends each in one pipeline for all languages, the far share
+measured incrementally (only the entries added since the last check). Redis round trips are counted by wrapping
+redis-py's ``Connection.send_packed_command`` (one per command, one per pipeline). The status JSON
+(``GET /v1/status``) is timed after the ``after`` run, with the default 25 cards per page and with all 200 cards
+(what the page fetched before issue 20).
+
+``--profile ROUNDS`` (Redis only: ``--redis``, or the temporary stack) runs ``check_round`` directly instead, ROUNDS
+rounds unprofiled (their CPU ms per round) then ROUNDS under cProfile, and prints the top entries by own and by
+cumulative time (``--profile-out``: the stats file, for ``python -m pstats``).
 
 Without --bootstrap/--redis a temporary stack (deploy.local.stack) is started on free ports in a tmp dir and
 stopped at the end; with them, the running servers are used under a unique Redis key prefix deleted at the end.
@@ -142,7 +149,7 @@ def run_mode(mode: str, cfg, languages, langs: list[str], args, calls: Calls) ->
 
     d = Daemon(cfg, languages, owner=f"bench-{mode}-{uuid.uuid4().hex[:4]}")
     if mode == "before":  # the far share measured on every check, as before issue 20
-        d.far_share = d.reader.far_share = RecentFarShare(cfg, d.windows, d.client, reuse=False)
+        d.far_share = d.reader.far_share = RecentFarShare(cfg, d.windows, d.client, incremental=False)
     d.start(interval_s=args.interval, batched=mode == "after")
     time.sleep(args.warmup)
     checks0 = _checks(d)
@@ -200,6 +207,67 @@ def time_status(d, tries: int = 5) -> dict:
     return out
 
 
+def profile_rounds(cfg, languages, langs: list[str], args, calls: Calls) -> dict:
+    """``--profile``: ``check_round`` alone under cProfile (no schedule, no Kafka: a dispatcher that never sends),
+    ``args.profile`` rounds, each after one interval's queries applied in this process (not profiled). Prints the
+    top entries by own time and by cumulative time; the CPU ms and Redis round trips per round."""
+    import cProfile
+    import io
+    import pstats
+
+    from daemon.scheduler.dispatch import Dispatcher
+    from daemon.scheduler.service import Daemon
+    from infra.window import Assignment, WindowStore
+
+    class Unsent:  # every check stays below its threshold: nothing is ever published
+        def close(self, timeout: float | None = None) -> None:
+            pass
+
+    d = Daemon(cfg, languages, owner=f"bench-profile-{uuid.uuid4().hex[:4]}",
+               dispatcher=Dispatcher(cfg.kafka, producer=Unsent()))  # type: ignore[arg-type]
+    store, rng, per_s = WindowStore(d.client, d.prefix), np.random.default_rng(2), rates(langs)
+    owed, offset = dict.fromkeys(langs, 0.0), dict.fromkeys(langs, 10**7)
+
+    def feed() -> None:
+        batch = {}
+        for lang in langs:
+            owed[lang] += per_s[lang] * args.interval
+            n, owed[lang] = int(owed[lang]), owed[lang] - int(owed[lang])
+            if n:
+                batch[lang] = (WINDOW, [Assignment(f"p{offset[lang] + i}", int(b), "bench", 0, offset[lang] + i)
+                                        for i, b in enumerate(rng.integers(0, K, size=n))])
+                offset[lang] += n
+        store.apply_batch(batch, "v1", K)
+
+    now = time.time()
+    d.check_round(langs, now)  # the first round takes the leases and reads whole windows: not the steady state
+    prof, cpu, sends, plain = cProfile.Profile(), 0.0, 0, 0.0
+    for i in range(2 * args.profile):  # first unprofiled (the CPU time per round), then under cProfile
+        feed()
+        n0, c0 = calls.n, time.process_time()
+        profiled = i >= args.profile
+        prof.enable() if profiled else None
+        d.check_round(langs, now + (i + 1) * args.interval)
+        prof.disable() if profiled else None
+        if profiled:
+            cpu, sends = cpu + time.process_time() - c0, sends + calls.n - n0
+        else:
+            plain += time.process_time() - c0
+    d.stop()
+    d.client.close()
+    if args.profile_out:
+        prof.dump_stats(str(args.profile_out))
+    for order in ("tottime", "cumulative"):
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).strip_dirs().sort_stats(order).print_stats(25)
+        print(out.getvalue())
+    res = {"rounds": args.profile, "cpu_ms_per_round": 1000 * plain / args.profile,
+           "cpu_ms_per_round_profiled": 1000 * cpu / args.profile,
+           "redis_calls_per_round": sends / args.profile}
+    print(json.dumps(res))
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--langs", type=int, default=200)
@@ -210,6 +278,9 @@ def main() -> None:
     ap.add_argument("--bootstrap", help="a running Kafka, host:port")
     ap.add_argument("--redis", help="a running Redis, redis://host:port/db")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "daemon_scale")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROUNDS",
+                    help="instead of the modes: cProfile ROUNDS direct check_round calls (Redis only, no schedule)")
+    ap.add_argument("--profile-out", type=Path, help="with --profile: write the cProfile stats here")
     ap.add_argument("--_feed", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._feed:
@@ -227,8 +298,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="compass-bench-"))
     stack = None
-    if args.bootstrap and args.redis:
-        base = load_service_config(env={"COMPASS_KAFKA_BOOTSTRAP": args.bootstrap, "COMPASS_REDIS_URL": args.redis})
+    if args.redis and (args.bootstrap or args.profile):  # a profile needs no Kafka
+        env = {"COMPASS_REDIS_URL": args.redis}
+        base = load_service_config(env=env | ({"COMPASS_KAFKA_BOOTSTRAP": args.bootstrap} if args.bootstrap else {}))
     else:
         stack = Stack.on_free_ports(load_service_config(env={}), tmp / "stack")
         print("starting a temporary stack ...", file=sys.stderr)
@@ -252,6 +324,9 @@ def main() -> None:
     calls = Calls()
     try:
         seed(client, prefix, langs)
+        if args.profile:
+            profile_rounds(cfg, languages, langs, args, calls)
+            return
         feed_s = len(modes) * (args.seconds + args.warmup + 10) + 30
         feeder = subprocess.Popen([sys.executable, __file__, "--_feed", redis_url, prefix, json.dumps(langs),
                                    str(feed_s)], cwd=REPO)

@@ -94,13 +94,22 @@ def reading_of(reading: Mapping[str, Any]) -> dict[str, Any]:
 def record_check(client: redis.Redis, lang: str, reading: Mapping[str, Any], prefix: str = "compass",
                  cap: int = JS_MAX) -> dict[str, Any]:
     """Append one check's reading to ``lang``'s JS history, keeping the newest ``cap``; returns what was stored."""
+    with client.pipeline(transaction=True) as pipe:
+        row = queue_check(pipe, lang, reading, prefix, cap)
+        pipe.execute()
+    return row
+
+
+def queue_check(pipe: redis.client.Pipeline, lang: str, reading: Mapping[str, Any], prefix: str = "compass",
+                cap: int = JS_MAX) -> dict[str, Any]:
+    """Add the commands of ``record_check`` to ``pipe`` (for a daemon round appending all its languages' readings
+    in one round trip: a MULTI pipeline keeps each append and trim together); returns what will be stored.
+    Raises HistoryError before queueing anything."""
     cap = _cap(cap, "cap")
     row = reading_of(reading)
     key = js_key(lang, prefix)
-    with client.pipeline(transaction=True) as pipe:
-        pipe.rpush(key, json.dumps(row))
-        pipe.ltrim(key, -cap, -1)
-        pipe.execute()
+    pipe.rpush(key, json.dumps(row))
+    pipe.ltrim(key, -cap, -1)
     return row
 
 

@@ -41,3 +41,9 @@ class LanguageLease(Lease):
             return False
         key = self._keys.language(self.lang, name)
         return bool(self._fenced_set(keys=[key, fence(key)], args=[token, value]))
+
+    def queue_fenced_set(self, pipe: redis.client.Pipeline, name: str, value: str | bytes, token: int) -> None:
+        """Add ``fenced_set(name, value, token)`` to ``pipe`` (the same script: fenced alike); its reply in the
+        pipeline's results is 1 when written, 0 when a holder with a newer token has written."""
+        key = self._keys.language(self.lang, name)
+        self._fenced_set(keys=[key, fence(key)], args=[token, value], client=pipe)

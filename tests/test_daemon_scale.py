@@ -87,6 +87,8 @@ def seed(redis, prefix: str, langs: list[str], rng: np.random.Generator) -> None
         redis.set(f"{prefix}:{{{langs[6]}}}:force", "{}")
         redis.hset(f"{prefix}:{{{langs[7]}}}:counts", "99", 1)  # a bucket outside the codebook: WindowStateError
         redis.set(f"{prefix}:{{{langs[8]}}}:status", "{")  # not JSON
+    if len(langs) > 9:
+        redis.set(f"{prefix}:{{{langs[9]}}}:history:js", "x")  # not a list: its readings cannot be appended
 
 
 def feed(redis, prefix: str, langs: list[str], rng: np.random.Generator, start: int) -> None:
@@ -128,6 +130,49 @@ def test_a_batched_round_decides_as_the_per_language_checks(make_daemon, service
     assert {"below_threshold", "no_reference", "codebook_mismatch", "insufficient_samples", "paused", "error",
             "updating"} <= states, states
     assert batched.status(langs[0]).last_check["inflow_qps"] == pytest.approx(7 / 2)  # 7 queries in 2 s, then 7
+    # a reading that cannot be appended is counted, the check's outcome unchanged, the same on both paths
+    assert errors(one, langs[9], "history") == errors(batched, langs[9], "history") == 3.0
+    assert redis.llen(f"round:{{{langs[0]}}}:history:js") == redis.llen(f"one:{{{langs[0]}}}:history:js") == 3
+
+
+def errors(daemon, lang: str, kind: str) -> float:
+    return daemon.metrics.registry.get_sample_value("compass_daemon_errors_total", {"lang": lang, "kind": kind}) or 0
+
+
+class Overtaken:
+    """A far share that lets another replica take the lease of the languages in ``steal`` and check them: mid-check,
+    after this replica's hold and reads and before its fenced write (a stall past the lease's TTL)."""
+
+    def __init__(self, thief, steal: set[str]):
+        self.thief, self.steal = thief, steal
+
+    def __call__(self, lang: str, snap) -> None:
+        if lang in self.steal:
+            self.thief.client.delete(self.thief.keys.lease(lang))  # our lease expired ...
+            assert self.thief.check(lang, T0).state != "standby"  # ... and the other replica acted first
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_round_loses_an_overtaken_language_as_a_single_check_does(make_daemon, services, redis):
+    langs = fifty()[:12]
+    steal = {langs[0], langs[1], langs[6]}  # below theta, drifted (a job), a manual trigger (a job)
+    results, kept = {}, {}
+    for p in ("one", "round"):
+        config = services.config.redis.model_copy(update={"key_prefix": p})
+        daemon = make_daemon(languages_yaml(langs), f"overtaken-{p}", redis=config)
+        thief = make_daemon(languages_yaml(langs), f"thief-{p}", redis=config)
+        seed(redis, p, langs, np.random.default_rng(7))
+        daemon.far_share = daemon.reader.far_share = Overtaken(thief, steal)
+        got = [daemon.check(lang, T0) for lang in langs] if p == "one" else daemon.check_round(langs, T0)
+        results[p] = outcome(daemon, got)
+        kept[p] = [(lang, redis.exists(daemon.keys.force(lang))) for lang in sorted(steal)]
+    assert results["one"] == results["round"]
+    assert kept["one"] == kept["round"]  # a manual trigger taken and not acted on is handed back alike
+    lost = {r[0]: r[1] for r in results["round"] if r[0] in steal}
+    assert lost[langs[0]] == lost[langs[1]] == "standby", lost  # the other replica wrote first: it acts
 
 
 def test_status_json_summarises_every_language_and_paginates(make_daemon, services, redis, tmp_path):

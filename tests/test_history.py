@@ -10,7 +10,7 @@ import pytest
 
 from infra import history
 from infra.clients import kafka_producer
-from infra.history import HistoryError, js_history, queue_event, record_check, timeline
+from infra.history import HistoryError, js_history, queue_check, queue_event, record_check, timeline
 from infra.messages import Event, encode
 from infra.reference import set_reference
 from infra.window import Assignment, WindowStore
@@ -51,6 +51,16 @@ def test_record_check_stores_the_reading_fields_only(redis):
     assert row == {"at": 5.0, "js": None, "theta": 0.15, "n_samples": 3, "state": "insufficient_samples"}
     assert json.loads(redis.lindex("compass:{it}:history:js", 0)) == row
     assert js_history(redis, "it") == [row]
+
+
+def test_queued_checks_store_as_record_check_does(redis):
+    with redis.pipeline(transaction=True) as pipe:
+        rows = [queue_check(pipe, lang, reading(i), "cp", cap=2) for i in range(3) for lang in ("it", "es")]
+        with pytest.raises(HistoryError, match="reading field 'state'"):  # refused before anything is queued
+            queue_check(pipe, "it", {"at": 1, "js": 0.1, "theta": 0.2, "n_samples": 4}, "cp")
+        pipe.execute()
+    assert rows[:2] == [reading(0), reading(0)]
+    assert js_history(redis, "it", "cp") == js_history(redis, "es", "cp") == [reading(1), reading(2)]
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -11,14 +11,16 @@ the growth of its ``seen`` counter since the last check: compass/drift/inflow.py
 
 A check reads its language on its own (``fetch``: one Redis call per key); a round of checks reads all its
 languages first in two round trips (``fetch_many``: one MULTI/EXEC for the status, inbox, operator keys and P_ref of
-every language, one pipeline of the window snapshots), then steps each language from what was fetched. Both give
-the same ``Fetched``, so a check decides the same either way.
+every language, one pipeline of the window snapshots) and lets the far share read ahead (``prefetch``: one pipeline
+of the windows' new recent entries), then steps each language from what was fetched. Both give the same
+``Fetched``, so a check decides the same either way.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -136,6 +138,18 @@ class LanguageReader:
                                     force is not None, resume is not None, bool(paused))
         return statuses, fetched
 
+    def prefetch(self, fetched: Mapping[str, Fetched]) -> None:
+        """Let the far share read ahead, in one round trip, what the checks of a round will ask it (its optional
+        ``prefetch``: ``RecentFarShare`` reads the new recent entries of the windows that moved). Never raises: a
+        failure here leaves each check's own call to read, and to report its failure."""
+        ahead = getattr(self.far_share, "prefetch", None)
+        if self.far_max_texts == 0 or ahead is None:
+            return
+        try:
+            ahead({lang: f.snap for lang, f in fetched.items() if not isinstance(f.snap, Exception)})
+        except Exception as e:
+            log.debug("far share prefetch failed (each check reads on its own): %s", e)
+
     def read(self, lang: str, now: float, settings: LanguageSettings, before: LanguageStatus,
              fetched: Fetched | None = None) -> Reading:
         """The observation of one check; the reports it drained go back on a check that does not act on them.
@@ -145,11 +159,12 @@ class LanguageReader:
         if isinstance(f.snap, Exception):
             raise f.snap
         snap = f.snap
-        self.metrics.fill.labels(lang).set(snap.size / settings.window_size)
+        m = self.metrics
+        m.of(m.fill, lang).set(snap.size / settings.window_size)
         ref, reference, detail = self.reference(lang, snap, f.ref_raw)
         noise = noise_share(snap.counts) if snap.size else None
         if noise is not None:
-            self.metrics.noise.labels(lang).set(noise)
+            m.of(m.noise, lang).set(noise)
         obs = Observation(
             now=now, counts=snap.counts, p_ref=np.asarray(ref.probs) if reference == "ok" and ref else None,
             ref_id=ref.identity if ref else None, reference=reference, reference_detail=detail,

@@ -230,8 +230,9 @@ class Daemon:
 
     def start(self, interval_s: float | None = None, *, batched: bool = True) -> None:
         """Run the checks in a background scheduler (scheduler/run.py); ``interval_s`` overrides check_interval_s.
-        ``batched``: one round of all languages per interval, reads batched (``check_round``); False: one job per
-        language, each reading on its own (the path before issue 20, kept to compare: benchmarks/daemon_scale.py)."""
+        ``batched``: one round of all languages per interval, its Redis I/O batched (``check_round``); False: one job
+        per language, each reading and writing on its own (the path before issue 20, kept to compare:
+        benchmarks/daemon_scale.py)."""
         if interval_s is not None:
             self.dcfg = self.dcfg.model_copy(update={"check_interval_s": interval_s})
         self.scheduler = CheckSchedule(self, self.dcfg.check_interval_s, self.dcfg.events_poll_s, batched=batched)
