@@ -48,7 +48,8 @@ class DaemonConfig(Frozen):
         0.95, gt=0.0, lt=1.0, description="quantile of training distances that defines 'far', in (0, 1)"
     )
     stale_far_max_texts: int = Field(
-        500, ge=0, description="recent texts embedded per far-share check, >= 0; 0 turns the far share off"
+        500, ge=0, description="the newest recent texts the far share covers (a check embeds only those added since "
+        "the last one), >= 0; 0 turns the far share off"
     )
     history_js_max: int = Field(
         2000, ge=1, le=1_000_000, description="JS readings kept per language for the status page, in [1, 1000000]"
