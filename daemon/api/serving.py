@@ -8,6 +8,10 @@
                          "reason"}
   GET  /openapi.json, /docs
 
+OpenAI-compatible endpoints (GET /v1/models, POST /v1/chat/completions, /v1/completions, streaming included) and
+vLLM's runtime LoRA protocol (POST /v1/load_lora_adapter, /v1/unload_lora_adapter): daemon/api/openai_compat.py;
+those answer errors in OpenAI's shape {"error": {"message", "type", "param", "code"}}.
+
 Invalid bodies answer 422 with FastAPI's ``detail`` list, whose ``loc`` names the field (e.g. ["body", "lang"]) and
 whose ``input`` is cut to a short prefix; bodies over ``http.max_body_bytes`` answer 413 (daemon/api/limits.py).
 """
@@ -73,8 +77,9 @@ class _NoMetrics:
 _NO_METRICS = _NoMetrics()
 
 
-def create_serving_app(server: AdapterServer) -> FastAPI:
-    """The API over one ``AdapterServer`` (sync endpoints: FastAPI runs them in its thread pool)."""
+def create_serving_app(server: AdapterServer, lora_updates: bool = False) -> FastAPI:
+    """The API over one ``AdapterServer`` (sync endpoints: FastAPI runs them in its thread pool).
+    ``lora_updates``: allow /v1/load_lora_adapter and /v1/unload_lora_adapter (they read server-side paths)."""
     app = FastAPI(title="compass serving", version="1",
                   description="Language-routed generation over per-language adapters (paper §3.2.5).")
     cfg = getattr(server, "cfg", None)
@@ -110,4 +115,8 @@ def create_serving_app(server: AdapterServer) -> FastAPI:
             raise HTTPException(422, str(e)[:MSG_MAX]) from None
         return gen.to_dict()
 
+    if hasattr(server, "models"):  # a stand-in server without OpenAI-style generation serves the routes above only
+        from daemon.api.openai_compat import add_openai_routes
+
+        add_openai_routes(app, server, lora_updates)
     return app

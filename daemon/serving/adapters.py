@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,3 +69,30 @@ def load_into(model: PreTrainedModel | PeftModel, name: str, tensors: Mapping[st
 def _drop(peft: PeftModel, name: str) -> None:
     if name in peft.peft_config and len(peft.peft_config) > 1:
         peft.delete_adapter(name)
+
+
+def read_peft_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and ``adapter_config.json`` of a PEFT adapter directory (``save_pretrained``'s layout:
+    ``adapter_model.safetensors``, or the older ``adapter_model.bin``), on the server's file system."""
+    d = Path(path)
+    if not d.is_dir():
+        raise AdapterLoadError(f"lora_path {str(path)!r} is not a directory on the server; give the directory "
+                               "peft's save_pretrained wrote (adapter_config.json + adapter_model.safetensors)")
+    cfg_file = d / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise AdapterLoadError(f"lora_path {str(path)!r} has no adapter_config.json; is it a PEFT adapter "
+                               "directory (peft_model.save_pretrained(dir))?")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise AdapterLoadError(f"{cfg_file}: not readable JSON ({e}); re-export the adapter") from None
+    if (d / "adapter_model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(d / "adapter_model.safetensors"))
+    elif (d / "adapter_model.bin").is_file():
+        tensors = torch.load(d / "adapter_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise AdapterLoadError(f"lora_path {str(path)!r} has neither adapter_model.safetensors nor "
+                               "adapter_model.bin; save the adapter with peft's save_pretrained")
+    return tensors, config

@@ -9,6 +9,14 @@ Concurrency. Three locks, never nested across each other except table -> nothing
   * ``_sync_lock``: one registry sync at a time (the promotion listener and the registry poll both sync).
 A promotion loads the new version beside the old one, then swaps the routing entry; requests already routed
 finish on the old version, which is unloaded when its last request releases it.
+
+OpenAI-style requests (``complete``/``stream``, daemon/api/openai_compat.py) take the same route: ``model="auto"``
+goes through ``Router.decide`` under ``_table_lock`` exactly as ``generate`` does; a pinned adapter name takes a
+reference the same way. A stream generates on a thread of its own that holds ``_model_lock`` for the whole
+generation (other requests queue behind it, as behind any generation) and releases its reference when done; the
+HTTP side only reads the streamer's queue, under no lock. Adapters loaded at runtime from a PEFT directory
+(``load_adapter_dir``, vLLM's /v1/load_lora_adapter) live beside the registry's; ``unload_adapter`` retires one
+(no new request can pin it), waits until its in-flight requests released it, then deletes it.
 """
 
 from __future__ import annotations
@@ -23,11 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers import StoppingCriteriaList, TextIteratorStreamer
 
 from compass.errors import CompassError
 from compass.languages import LanguagesConfig
 from compass.route import RouteDecision, RouteError, Router, RouteTarget
-from daemon.serving.adapters import AdapterLoadError, adapter_name, load_into
+from daemon.serving.adapters import AdapterLoadError, adapter_name, load_into, read_peft_dir
+from daemon.serving.chat import Completion, RequestError, Sampling, Served, StopBuffer, StopOn, cut_at_stop
 from daemon.serving.metrics import ServingMetrics
 from infra.settings import ServiceConfig
 
@@ -118,15 +128,19 @@ class AdapterServer:
         self.model = model.eval()  # the plain base model until the first adapter wraps it in a PeftModel
         self._peft: Any = None
         self._loaded: dict[str, tuple[str, str]] = {}  # adapter name -> (lang, version)
+        self._kinds: dict[str, str] = {}  # adapter name -> manifest kind, or "external" (load_adapter_dir)
+        self._external: dict[str, str] = {}  # runtime-loaded adapter name -> its PEFT directory
+        self._pending: set[str] = set()  # external names being loaded: a second load of one name is refused
         self._refs: Counter[str] = Counter()
         self._retired: set[str] = set()
         self._table_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._sync_lock = threading.Lock()
+        self._released = threading.Condition(self._table_lock)  # notified when requests release references
         self.listener: PromotionListener | _NoListener = NO_LISTENER
         self.load_errors = 0
         self.metrics = ServingMetrics()
-        self.metrics.adapters_loaded.set_function(lambda: len(self._loaded))
+        self.metrics.adapters_loaded.set_function(lambda: len(self._loaded) + len(self._external))
         # Test/diagnostic hook: called with the decisions of a request after routing, before generation.
         self.on_routed: Callable[[list[RouteDecision]], None] = _ignore_decisions
         if sync:
@@ -156,7 +170,7 @@ class AdapterServer:
                     if target == self.router.table.get(code):
                         continue
                     if target is not None:
-                        self._load(code, target.version)
+                        self._load(code, target.version, target.kind)
                     self._swap(code, target)
                     changed[code] = target
                 except CompassError as e:
@@ -165,9 +179,10 @@ class AdapterServer:
                     log.error("serving: %s stays on %s: %s", code, self.router.table.get(code), e)
             return changed
 
-    def _load(self, lang: str, version: str) -> None:
+    def _load(self, lang: str, version: str, kind: str = "compass") -> None:
         name = adapter_name(lang, version)
         with self._table_lock:
+            self._kinds[name] = kind
             if name in self._loaded:
                 self._retired.discard(name)  # e.g. a rollback to a version still draining
                 return
@@ -204,10 +219,12 @@ class AdapterServer:
                 with self._table_lock:
                     if self._refs[name] or name not in self._retired:
                         continue  # re-acquired or un-retired meanwhile
-                    if len(self._loaded) <= 1:
+                    if len(self._loaded) + len(self._external) <= 1:
                         continue  # peft keeps at least one adapter; an unrouted one costs memory only
                     self._retired.discard(name)
                     self._loaded.pop(name, None)
+                    self._external.pop(name, None)
+                    self._kinds.pop(name, None)
                 self._peft.delete_adapter(name)
             log.info("serving: unloaded %s", name)
 
@@ -274,6 +291,7 @@ class AdapterServer:
         idle = []
         with self._table_lock:
             self._refs.subtract(names)
+            self._released.notify_all()
             for name in set(names):
                 if self._refs[name] <= 0:
                     del self._refs[name]
@@ -315,6 +333,160 @@ class AdapterServer:
             logits = model(**enc).logits[:, -1, :]  # left padding: the last position is each text's last token
         return [row.float().cpu() for row in logits]
 
+    # ----- OpenAI-style requests (daemon/api/openai_compat.py) -----
+    @property
+    def base_name(self) -> str:
+        """The base model's id in GET /v1/models: its directory's name (``model.path``), else ``base``."""
+        path = self.cfg.model.path or getattr(getattr(self.model, "config", None), "name_or_path", None)
+        return Path(str(path)).name if path else "base"
+
+    def models(self) -> list[dict[str, Any]]:
+        """What a request can name as ``model``: the base model, then every adapter being served (registry
+        versions as ``LANG@VERSION``, runtime-loaded ones by their name); retired ones (draining) are left out."""
+        with self._table_lock:
+            adapters = [(n, lang, v) for n, (lang, v) in self._loaded.items() if n not in self._retired]
+            adapters += [(n, None, None) for n in self._external if n not in self._retired]
+            kinds = dict(self._kinds)
+        out: list[dict[str, Any]] = [{"id": self.base_name, "parent": None, "language": None, "version": None,
+                                      "kind": "base"}]
+        for name, lang, version in sorted(adapters, key=lambda a: a[0]):
+            out.append({"id": name, "parent": self.base_name, "language": lang, "version": version,
+                        "kind": kinds.get(name, "external" if lang is None else "compass")})
+        return out
+
+    def _reserve(self, model: str, text: str) -> tuple[Served, str | None]:
+        """Pick the model of one request and hold a reference to its adapter (release with ``_release``).
+        ``model == "auto"``: the §3.2.5 decision on ``text``; else the base model's id or an adapter name."""
+        if model == "auto":
+            ident = self.router.detect(text)
+            with self._table_lock:  # decide and take the reference together, as _routed does
+                d = self.router.decide(ident, False, self.router.table)
+                name = adapter_name(d.language, d.version) if d.version else None
+                if name:
+                    self._refs[name] += 1
+            self.metrics.requests.labels(d.language, d.kind).inc()
+            try:
+                self.on_routed([d])
+            except BaseException:
+                self._release([name] if name else [])
+                raise
+            return Served(name or self.base_name, name, d.language, d.version, d.kind, d.reason, True), name
+        if model == self.base_name:
+            return Served(model, None, None, None, "base", "pinned by the request's model", False), None
+        key = model.replace(".", "_") if "@" in model else model  # LANG@1.2 is served as LANG@1_2
+        with self._table_lock:
+            if key in self._retired or (key not in self._loaded and key not in self._external):
+                raise RequestError(f"model {model!r} is not served here; GET /v1/models lists what is: 'auto' "
+                                   f"(route by language), {self.base_name!r} (the base model) and the loaded "
+                                   "adapters", param="model", code="model_not_found", status=404)
+            self._refs[key] += 1
+            lang, version = self._loaded.get(key, (None, None))
+            kind = self._kinds.get(key, "external")
+        return Served(key, key, lang, version, kind, "pinned by the request's model", False), key
+
+    def _encode(self, prompt: str, special: bool) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=special).to(self.device)
+        if enc["input_ids"].shape[1] == 0:
+            raise RequestError("the prompt tokenises to no tokens; send text", param="prompt")
+        return enc
+
+    def _run(self, name: str | None, enc: dict[str, torch.Tensor], sampling: Sampling,
+             streamer: TextIteratorStreamer | None = None, cancel: threading.Event | None = None) -> list[int]:
+        """The new token ids of one prompt (cut after the first EOS) on adapter ``name`` (None: base model)."""
+        n = enc["input_ids"].shape[1]
+        stop = StoppingCriteriaList([StopOn(self.tokenizer, n, sampling.stop, cancel)])
+        with self._active(name) as model:
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)  # the model lock serialises generation: the global RNG is ours
+            seqs = model.generate(**enc, max_new_tokens=sampling.max_new_tokens,
+                                  pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stop,
+                                  streamer=streamer, **sampling.generate_kwargs())
+        new = seqs[0, n:].tolist()
+        eos = self.tokenizer.eos_token_id
+        return new[:new.index(eos) + 1] if eos is not None and eos in new else new
+
+    def complete(self, prompt: str, text: str, model: str, sampling: Sampling, special: bool = True) -> Completion:
+        """One continuation of ``prompt`` on the model ``model`` names ("auto": routed by ``text``'s language).
+        ``special``: tokenising adds the tokenizer's special tokens (False for chat-template prompts)."""
+        enc = self._encode(prompt, special)
+        served, name = self._reserve(model, text)
+        try:
+            with self.metrics.batch_seconds.labels(served.language or "-").time():
+                new = self._run(name, enc, sampling)
+        finally:
+            self._release([name] if name else [])
+        out, hit = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), sampling.stop)
+        eos = self.tokenizer.eos_token_id
+        return Completion(out, "stop" if hit or (new and new[-1] == eos) else "length",
+                          enc["input_ids"].shape[1], len(new), served)
+
+    def stream(self, prompt: str, text: str, model: str, sampling: Sampling, special: bool = True) -> CompletionStream:
+        """As ``complete``, but the text arrives in pieces while it is generated. Routing and errors happen
+        here, before the first piece; iterate the result for the pieces, then read its ``completion``."""
+        enc = self._encode(prompt, special)
+        served, name = self._reserve(model, text)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["new"] = self._run(name, enc, sampling, streamer, cancel)
+            except BaseException as e:  # noqa: BLE001 - handed to the reader, which re-raises it
+                result["error"] = e
+                streamer.end()  # the reader would otherwise wait for text forever
+            finally:
+                self._release([name] if name else [])
+
+        thread = threading.Thread(target=work, name=f"compass-stream-{served.model}", daemon=True)
+        thread.start()
+        return CompletionStream(served, streamer, thread, cancel, result, sampling.stop, enc["input_ids"].shape[1],
+                                self.tokenizer.eos_token_id)
+
+    # ----- runtime adapters (vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter) -----
+    def load_adapter_dir(self, name: str, path: str | Path) -> None:
+        """Load the PEFT adapter directory ``path`` as ``name`` (beside every served adapter; never in place)."""
+        bad = [c for c in ("@", ".", "/", " ") if c in name]
+        if not name or bad or len(name) > 128:
+            raise RequestError(f"lora_name {name!r} is not a usable name: give 1-128 characters without "
+                               "'@' (reserved for registry adapters LANG@VERSION), '.', '/' or spaces, e.g. "
+                               "'sql-adapter'", param="lora_name")
+        with self._table_lock:
+            if name in (self.base_name, "auto") or name in self._external or name in self._pending:
+                raise RequestError(f"The lora adapter {name!r} has already been loaded (or is the name of the base "
+                                   "model or 'auto'); unload it first (POST /v1/unload_lora_adapter) or pick another "
+                                   "lora_name", param="lora_name")
+            self._pending.add(name)
+        try:
+            tensors, config = read_peft_dir(path)
+            with self._model_lock:
+                self._peft = load_into(self._peft if self._peft is not None else self.model, name, tensors, config,
+                                       str(path))
+                self.model = self._peft
+            with self._table_lock:
+                self._external[name] = str(path)
+                self._kinds[name] = "external"
+        finally:
+            with self._table_lock:
+                self._pending.discard(name)
+        log.info("serving: loaded %s from %s", name, path)
+
+    def unload_adapter(self, name: str, timeout: float | None = None) -> None:
+        """Retire runtime-loaded adapter ``name`` (no new request can pin it) and wait until the requests using
+        it have finished, then delete it. Registry adapters follow the registry's pointers instead."""
+        with self._table_lock:
+            if name not in self._external or name in self._retired:
+                known = sorted(n for n in self._external if n not in self._retired)
+                raise RequestError(f"The lora adapter {name!r} cannot be found among the adapters loaded with "
+                                   f"/v1/load_lora_adapter ({known}); registry adapters LANG@VERSION follow the "
+                                   "registry's promotions",
+                                   param="lora_name", code="model_not_found", status=404)
+            self._retired.add(name)
+            if not self._released.wait_for(lambda: self._refs[name] <= 0, timeout):
+                raise RequestError(f"adapter {name!r} is still in use after {timeout} s; it is retired and goes when "
+                                   "its last request ends", param="lora_name", code="in_use", status=503)
+        self._unload([name])
+
     # ----- lifecycle -----
     def start_listener(self, poll_s: float = 30.0, topic: str | None = None) -> PromotionListener:
         """Follow promotions on ``compass.events`` (and poll the registry every ``poll_s`` as a fallback)."""
@@ -333,3 +505,41 @@ class AdapterServer:
     def close(self) -> None:
         self.listener.stop()
         self.listener = NO_LISTENER
+
+
+class CompletionStream:
+    """The pieces of one streamed continuation (iterate once), then its ``completion`` (finish reason, token
+    counts). Leaving the iteration early (the client went away) ends the generation at its next token."""
+
+    def __init__(self, served: Served, streamer: TextIteratorStreamer, thread: threading.Thread,
+                 cancel: threading.Event, result: dict[str, Any], stop: Sequence[str], prompt_tokens: int,
+                 eos: int | None):
+        self.served = served
+        self._streamer, self._thread, self._cancel, self._result = streamer, thread, cancel, result
+        self._stop, self._eos = tuple(stop), eos
+        self.completion = Completion(prompt_tokens=prompt_tokens, served=served)
+
+    def __iter__(self) -> Iterator[str]:
+        buf, sent = StopBuffer(self._stop), []
+        try:
+            for chunk in self._streamer:
+                piece = buf.push(chunk)
+                if piece:
+                    sent.append(piece)
+                    yield piece
+                if buf.stopped:
+                    self._cancel.set()  # a stop string ended the text: stop generating too
+                    break
+            piece = buf.flush()
+            if piece:
+                sent.append(piece)
+                yield piece
+            self._thread.join()
+            if "error" in self._result:
+                raise self._result["error"]
+            new = self._result["new"]
+            self.completion.text = "".join(sent)
+            self.completion.completion_tokens = len(new)
+            self.completion.finish_reason = "stop" if buf.stopped or (new and new[-1] == self._eos) else "length"
+        finally:
+            self._cancel.set()
