@@ -213,11 +213,13 @@ def test_the_sampling_rate_of_the_window_meta_is_in_the_status(make_daemon, redi
     daemon = make_daemon(languages_yaml(["sw", "yo"]), "sampling")
     seed(redis, daemon.prefix, ["sw", "yo"], np.random.default_rng(5))
     redis.hset("compass:{sw}:meta", "sampling_rate", "0.25")  # as the consumers write it (absent: every query)
+    redis.hset("compass:{sw}:meta", "sampled_out", "21")
     daemon.check_round(["sw", "yo"], T0)
     feed(redis, daemon.prefix, ["sw", "yo"], np.random.default_rng(1), 0)
     daemon.check_round(["sw", "yo"], T0 + 10)
     sw, yo = daemon.describe("sw"), daemon.describe("yo")
     assert sw["window"]["sampling_rate"] == 0.25 and yo["window"]["sampling_rate"] == 1.0
+    assert (sw["window"]["sampled_out"], yo["window"]["sampled_out"]) == (21, 0)
     assert sw["window"]["inflow_qps"] == pytest.approx(0.7)  # 7 queries in 10 s
     assert sw["window"]["traffic_qps"] == pytest.approx(2.8)  # sampled at 25%: 4x as many queries arrive
     assert sw["window"]["window_span_s"] == pytest.approx(40 / 0.7)

@@ -55,7 +55,8 @@ class LanguageViews:
                        "fill": snap.size / settings.window_size, "codebook_version": snap.codebook_version,
                        # the rate the consumers kept its queries at (meta, now) and its pace at the last check:
                        # sampling stretches the span, not the JS null (compass/drift/inflow.py)
-                       "sampling_rate": snap.sampling_rate, "inflow_qps": last.get("inflow_qps"),
+                       "sampling_rate": snap.sampling_rate, "sampled_out": snap.sampled_out,
+                       "inflow_qps": last.get("inflow_qps"),
                        "window_span_s": last.get("window_span_s"), "traffic_qps": last.get("traffic_qps")},
             "js": last.get("js"),
             "theta": settings.theta,
