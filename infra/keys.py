@@ -49,6 +49,8 @@ per-language tag:
                                            build --from-windows
   {p}:recluster:last               string  the re-fit's switch (unix seconds)       worker (min interval)
   {p}:recluster:staged:<job_id>    string  a re-fit before its switch (JSON)        its retry (finishes the switch)
+  {p}:serving:routes               hash    adapter sync (infra/routes.py)           gateway: language -> model name
+  {p}:serving:targets              hash    adapter sync: target -> sync state JSON  status page, /v1/status
 
 A fence (``fence(key)``) is ``key:fence`` when the key has a hash tag, else ``{key}:fence``: a script that
 touches both must find them in one slot.
@@ -169,6 +171,12 @@ class Keys:
 
     def recluster_last(self) -> str:
         return f"{self.prefix}:recluster:last"
+
+    def serving_routes(self) -> str:
+        return f"{self.prefix}:serving:routes"
+
+    def serving_targets(self) -> str:
+        return f"{self.prefix}:serving:targets"
 
     def recluster_staged(self, job_id: str) -> str:
         return f"{self.prefix}:recluster:staged:{job_id}"

@@ -31,6 +31,8 @@ KEYS = [  # (built, expected): one row per key family of the module docstring's 
     (K.lease("am"), "cp:{am}:lease"),
     (K.worker_lock("tr"), "cp:{tr}:worker-lock"),
     (K.sampling("en", 2_941_000), "cp:{en}:sampling:2941000"),
+    (K.serving_routes(), "cp:serving:routes"),
+    (K.serving_targets(), "cp:serving:targets"),
     (K.unserved("counts"), "cp:{unserved}:counts"),
     (K.unserved("offsets"), "cp:{unserved}:offsets"),
     (K.unserved("emerging"), "cp:{unserved}:emerging"),
