@@ -82,7 +82,7 @@ def test_pause_resume_trigger_and_views(client, daemon, redis, monkeypatch):
     view = client.get("/v1/languages/sw").json()
     assert (view["state"], view["phase"], view["theta"], view["adapter_version"]) == ("updating", "updating", 0.2, "a1")
     assert view["window"] == {"size": 4, "window_size": 4, "fill": 1.0, "codebook_version": "v1", "sampling_rate": 1.0,
-                              "inflow_qps": 0.0, "window_span_s": None, "traffic_qps": 0.0}  # no query since the check
+                              "sampled_out": 0, "inflow_qps": 0.0, "window_span_s": None, "traffic_qps": 0.0}  # no query since the check
     assert view["last_trigger"]["job_id"] == body["job_id"] and view["last_trigger"]["reason"] == "manual"
     assert view["lease_holder"] == "api-test"
 
