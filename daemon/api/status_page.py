@@ -12,7 +12,8 @@ mode, effective threshold and burn-in progress, the window's cluster proportions
 the clusters driving JS with their labels (``explanation``),
 the adapter versions and promotions of the registry, and the events timeline (infra/history.py). Above the cards,
 a panel lists the unserved languages (``Daemon.describe_unserved``: queries and share over the horizon, emerged or
-not, sample ids, and how to start serving one).
+not, sample ids, and how to start serving one), and the serving targets of `compass sync` (in sync or not, what
+each serves, its error and next retry) with the gateway's routing table.
 
 One language's failure (a corrupt window, an unreadable registry) is reported in its card, never a 500; a failure
 of the unserved panel is reported in the panel.
@@ -125,6 +126,23 @@ def unserved_status(daemon: Daemon) -> dict[str, Any]:
         return {"languages": [], "error": f"{type(e).__name__}: {e}"}
 
 
+def serving_status(daemon: Daemon) -> dict[str, Any]:
+    """The serving targets' sync state (daemon/sync/state.py) and the gateway's routing table; out-of-sync targets
+    first, a configured target never synced included; a failure becomes ``{"error"}`` instead of an exception."""
+    from daemon.sync.state import targets_status
+    from infra.routes import RoutingTable
+
+    try:
+        rows = targets_status(daemon.client, daemon.prefix, daemon.config.serving.targets)
+        routes = RoutingTable(daemon.client, daemon.prefix).read()
+        return {"targets": rows, "out_of_sync": sum(not r.get("in_sync") for r in rows), "routes": routes.names,
+                "routes_version": routes.version, "error": None}
+    except Exception as e:
+        log.warning("serving targets failed: %s", e)
+        return {"targets": [], "out_of_sync": None, "routes": {}, "routes_version": None,
+                "error": f"{type(e).__name__}: {e}"}
+
+
 def summary_rows(daemon: Daemon, langs: list[str], now: float) -> list[dict[str, Any]]:
     """One row per language from its stored status and paused key (one pipeline for all), problems first (by
     ``PROBLEM_ORDER``, then by language); a status that cannot be parsed gives an ``attention`` row naming it."""
@@ -210,6 +228,6 @@ def status_router(daemon: Daemon, registry: AdapterRegistry | None = None) -> AP
                 "summary": rows,
                 "languages": [language_status(daemon, registry, r["language"], points, events)
                               for r in rows[start:end]],
-                "unserved": unserved_status(daemon)}
+                "unserved": unserved_status(daemon), "serving": serving_status(daemon)}
 
     return router

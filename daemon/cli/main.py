@@ -23,7 +23,8 @@ app.add_typer(config_cmd.app, name="config")
 # a command's module a function of its own name.
 _PARTS = (
     "stack", "data", "embed", "demo", "langid-demo", "codebook", "select", "simulate", "consume", "daemon", "route",
-    "serve", "worker", "adapt", "ref", "report", "calibrate", "adapters", "bench", "explain", "status",
+    "serve", "gateway", "sync", "worker", "adapt", "ref", "report", "calibrate", "adapters", "bench", "explain",
+    "status",
 )
 _GROUPS = frozenset({"stack", "data", "codebook", "ref", "adapters", "bench"})
 

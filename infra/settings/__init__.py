@@ -19,6 +19,7 @@ Environment variables:
 from infra.settings.connections import KafkaConfig, RedisConfig
 from infra.settings.consumer import CodebookConfig, ConsumerConfig
 from infra.settings.daemon import DaemonConfig
+from infra.settings.gateway import GatewayConfig
 from infra.settings.service import (
     DEFAULT_CONFIG,
     REPLACED_KEYS,
@@ -38,6 +39,7 @@ __all__ = [
     "CodebookConfig",
     "ConsumerConfig",
     "DaemonConfig",
+    "GatewayConfig",
     "HttpConfig",
     "KafkaConfig",
     "RedisConfig",

@@ -25,6 +25,7 @@ from compass.validation import Frozen, read_yaml, validate_file
 from infra.settings.connections import KafkaConfig, RedisConfig
 from infra.settings.consumer import CodebookConfig, ConsumerConfig
 from infra.settings.daemon import DaemonConfig
+from infra.settings.gateway import GatewayConfig
 from infra.settings.serving import HttpConfig, ServingConfig
 from infra.settings.stack import StackConfig
 from infra.settings.worker import WorkerConfig
@@ -65,6 +66,7 @@ class ServiceConfig(Frozen):
     adapters: AdaptersConfig = AdaptersConfig()
     worker: WorkerConfig = WorkerConfig()
     serving: ServingConfig = ServingConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
 
 def _reject_secrets(data: Mapping[str, Any]) -> list[str]:
