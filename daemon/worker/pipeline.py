@@ -239,7 +239,9 @@ def train_and_register(
     tr = result.train
     report["train"] = {"steps": tr.steps, "epochs": tr.epochs, "train_loss": tr.train_loss, "val_loss": tr.val_loss,
                        "seconds_per_step": tr.seconds_per_step, "n_train": len(plan.train),
-                       "n_anchors": len(result.anchor_ids), "resumed_from_step": resume.step if resume else None}
+                       "n_anchors": len(result.anchor_ids), "resumed_from_step": resume.step if resume else None,
+                       # whether the step used the ECDA loss (§3.3.3): not for a first version or a kind switch
+                       "ecda": ecda_on, "kind": settings.adapters.kind}
     cand_a = nll(model, adaptation, ctx.host.tokenizer, tcfg)
     cand_r = nll(model, plan.retention, ctx.host.tokenizer, tcfg)
     g = gate(cur_a, cand_a, cur_r, cand_r, margin=wcfg.gate.retention_margin,
