@@ -74,6 +74,9 @@ class _Every:
             return n
 
 
+STALL_S = 2.0  # pending sends with no acknowledgement this long: Kafka counts as down (a live broker acks in ms)
+
+
 class EventSink:
     """The bounded buffer and its producer thread (see the module docstring)."""
 
@@ -86,6 +89,8 @@ class EventSink:
         self._producer: Any = None
         self._pending: QueryEvent | None = None  # taken from the queue, not yet handed to the producer
         self._in_flight = 0  # handed to the producer, not yet acknowledged or failed
+        self._waiting_since: float | None = None  # since when sends are pending with no acknowledgement
+        self._closing = False  # a forced close fails the in-flight sends: they are counted once, as shutdown
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._deadline = float("inf")
@@ -147,9 +152,17 @@ class EventSink:
                      time.monotonic() - self._down_since, self.queue.qsize())
             self._down_since = None
 
+    def _stalled(self) -> bool:
+        """Sends pending and nothing acknowledged for STALL_S: the broker is gone even though ``send`` still
+        accepts (kafka-python buffers until its delivery timeout, minutes later)."""
+        since = self._waiting_since
+        return self.connected and since is not None and time.monotonic() - since > STALL_S
+
     def _run(self) -> None:
         failures = 0
         while time.monotonic() < self._deadline:
+            if self._stalled():
+                self._down(KafkaTimeoutError(f"no acknowledgement from Kafka for {STALL_S:.0f} s"))
             if self._producer is None and not self._connect():
                 if self._stopping.is_set():
                     return
@@ -186,17 +199,24 @@ class EventSink:
             with self._lock:
                 self._pending = None
                 self._in_flight += 1
+                if self._waiting_since is None:
+                    self._waiting_since = time.monotonic()
             future.add_callback(self._acked).add_errback(self._failed_in_flight)
 
     def _acked(self, _metadata: Any) -> None:
         with self._lock:
+            if self._closing:
+                return  # already counted as lost at shutdown
             self._in_flight -= 1
+            self._waiting_since = time.monotonic() if self._in_flight else None
         self.metrics.produced.inc()
         if not self.connected:
             self._up()
 
     def _failed_in_flight(self, error: BaseException) -> None:
         with self._lock:
+            if self._closing:
+                return  # counted as lost at shutdown (close), not as send_failed
             self._in_flight -= 1
         self._down(error)
         self._failed(error)
@@ -217,8 +237,23 @@ class EventSink:
         if self._producer is not None:
             with contextlib.suppress(KafkaError):  # what stays unacknowledged is counted below
                 self._producer.flush(timeout=max(0.0, end - time.monotonic()))
-            self._producer.close(timeout=0)
-        lost = self.buffered()
+        with self._lock:  # what is still held is lost: counted once below, and no longer buffered
+            lost = self.queue.qsize() + (self._pending is not None) + self._in_flight
+            self._closing, self._pending, self._in_flight = True, None, 0
+            while True:
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    break
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=0)
+            except KafkaError:
+                # kafka-python 3.0's close() flushes first and raises while sends are unacknowledged, before its
+                # force-close: stop its sender thread ourselves, or it retries the dead broker for ever
+                sender = getattr(self._producer, "_sender", None)
+                if sender is not None and sender.is_alive():
+                    sender.force_close()
         if lost:
             self.metrics.dropped.labels("shutdown").inc(lost)
             log.warning("gateway: shut down with %d query event(s) unsent (Kafka did not take them within "
