@@ -50,6 +50,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from consume import _result  # noqa: E402 - a worker's JSON result line, as consume.py reads it
+
 N_LANGS = 20
 CHECK_EVERY_S = 2.0  # the daemon's default check interval
 LAG_EVERY_S = 5.0
@@ -132,13 +134,6 @@ def _produce_worker(config_path: str, mix_path: str, rate: str, seconds: str, st
 def _spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, "--_worker", *args], cwd=REPO, stdout=subprocess.PIPE,
                             text=True)
-
-
-def _result(p: subprocess.Popen) -> dict:
-    out, _ = p.communicate()
-    if p.returncode != 0:
-        raise SystemExit(f"worker failed with exit code {p.returncode}")
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def _mix(zipf: float, seed: int) -> dict:

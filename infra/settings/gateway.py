@@ -3,14 +3,10 @@ the query events (daemon/gateway/)."""
 
 from __future__ import annotations
 
-import re
-
 from pydantic import Field, field_validator
 
 from compass.validation import Frozen
-
-_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
-_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+from infra.settings.serving import _ENV, _URL  # one spelling of an upstream URL and an env-var name
 
 
 def upstream_root(url: str) -> str:
