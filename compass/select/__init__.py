@@ -1,5 +1,6 @@
 """COMPASS selection core (§3.1.1-3.2.3): cluster weights, quotas, instance scores, diversity, sampling."""
 
+from compass.select.clusters import ClusteringConfig, SelectionClusters, fit_selection_clusters
 from compass.select.config import COMPASS_METHODS, METHODS, SelectionConfig, SelectionError
 from compass.select.diversity import ClusterNeighbours, calibrate_tau_sim, neighbour_graph
 from compass.select.engine import Selection, select, training_set
@@ -14,8 +15,10 @@ __all__ = [
     "NOISE",
     "ClusterDraw",
     "ClusterNeighbours",
+    "ClusteringConfig",
     "ClusterStats",
     "Selection",
+    "SelectionClusters",
     "SelectionConfig",
     "SelectionError",
     "alpha",
@@ -24,6 +27,7 @@ __all__ = [
     "centroid_distances",
     "cluster_stats",
     "deterministic_quotas",
+    "fit_selection_clusters",
     "mix",
     "neighbour_graph",
     "proto_scores",

@@ -7,6 +7,10 @@
 ``--embeddings DIR`` takes precomputed ``train.npy``, ``pool.npy``, ``eval.npy`` (float32, row i embeds record i
 of the matching file), so no embedder is loaded; otherwise the configured embedder embeds the texts (cached).
 
+Clusters: ``compass.select.fit_selection_clusters`` on D_t ∪ E_t ∪ D_aux (§3.1.1) with App. E's model selection
+(kmeans: K 10..120 step 5 by silhouette, 10 k-means++ seeds per K; ``--k-clusters`` fixes K instead); its
+summary (chosen model, noise share, seconds) is report.json's extra.clustering.
+
 DIR receives:
   selected.jsonl   D_t first, whole and in order, then each selected pool record once; every record carries
                    meta.compass = {origin: "target" | "aux", cluster (-1 = noise), score (eq. 1 at selection,
@@ -167,14 +171,20 @@ def run_select(
     boundary: str = "near",
 ) -> dict[str, Any]:
     """The command's work; raises CompassError subclasses on bad input. Returns the report dict."""
-    import numpy as np
     from tqdm import tqdm
 
     from compass import langcodes
-    from compass.cluster import make_clusterer
     from compass.data import read_records, write_records
     from compass.errors import DataError
-    from compass.select import METHODS, SelectionConfig, SelectionError, select, total_budget
+    from compass.select import (
+        METHODS,
+        ClusteringConfig,
+        SelectionConfig,
+        SelectionError,
+        fit_selection_clusters,
+        select,
+        total_budget,
+    )
     from compass.select.report import build_report, write_report
 
     _check_choice("--method", method, METHODS)
@@ -190,6 +200,7 @@ def run_select(
             f"--k-clusters: got {k_clusters} with --clusterer {clusterer}; it applies to {' and '.join(FIXED_K)} only"
         )
     params: dict[str, Any] = {"n_clusters": k_clusters} if k_clusters is not None else {}
+    clustering = ClusteringConfig(clusterer, params, seed)  # App. E's model selection unless K is fixed
 
     started = time.perf_counter()
     files = {"train": train, "pool": pool, "eval": eval_}
@@ -206,14 +217,13 @@ def run_select(
     else:
         X = _embed({part: [r.text for r in recs] for part, recs in records.items()}, config)
 
-    model = make_clusterer(clusterer, seed=seed, **params)
     n_rows = sum(sizes.values())
     typer.echo(f"clustering {n_rows} rows with {clusterer}{f' (K={k_clusters})' if k_clusters else ''} ...", err=True)
-    t_cluster = time.perf_counter()
-    labels = np.asarray(model.fit_predict(np.concatenate([X["train"], X["eval"], X["pool"]])), dtype=np.int64)
-    t_cluster = time.perf_counter() - t_cluster
-    parts = np.split(labels, np.cumsum([sizes["train"], sizes["eval"]]))
-    centroids = np.asarray(model.centroids_, dtype=np.float32)
+    # §3.1.1: one clustering of D_t ∪ E_t ∪ D_aux for this target.
+    clusters = fit_selection_clusters(X["train"], X["eval"], X["pool"], clustering)
+    t_cluster = clusters.summary["seconds"]
+    parts = [clusters.target, clusters.window, clusters.pool]
+    centroids = clusters.centroids
 
     pool_langs = [r.lang for r in records["pool"]]
     t_select = time.perf_counter()
@@ -246,6 +256,7 @@ def run_select(
         "embeddings": str(embeddings) if embeddings else "embedder",
         "clusterer": clusterer,
         "k_clusters": k_clusters,
+        "clustering": clusters.summary,
         "expected_selected": total_budget(budget, sizes["train"]) if method not in ("all", "target") else None,
         "seconds": {"clustering": t_cluster, "selection": t_select, "total": time.perf_counter() - started},
     }
