@@ -1,5 +1,6 @@
-"""``compass bench ...``: benchmarks run from the CLI. ``continual`` is benchmarks/continual.py (Figure 6 / Table 12
-in miniature): continual-update methods under a real topic shift."""
+"""``compass bench ...``: benchmarks run from the CLI. ``continual`` is benchmarks/continual.py (Figure 6, Table 12
+and App. D.4 in miniature, by the paper's protocol): continual-update methods under a real topic shift, every
+method training on a COMPASS selection."""
 
 from __future__ import annotations
 
@@ -33,21 +34,31 @@ def load_continual() -> ModuleType:
 def continual(
     model: str = typer.Option("tiny", "--model", help="tiny | smollm2 | a local model directory"),
     lang: str = typer.Option("en", "--lang", help="language whose chatterbot topics are split in two phases"),
-    seeds: int = typer.Option(3, "--seeds", min=1, max=20, help="training seeds (mean ± sd over them)"),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, max=20, help="epochs of every training (default 3)"),
+    seeds: int = typer.Option(3, "--seeds", min=1, max=20, help="training + selection seeds (mean ± sd over them)"),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, max=20, help="epochs of every training (default 5)"),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, max=512, help="examples per step (default 8)"),
-    lr: float | None = typer.Option(None, "--lr", min=0.0, help="adapter learning rate (default 2e-4)"),
+    lr: float | None = typer.Option(None, "--lr", min=0.0, help="adapter learning rate (default 2e-4; tiny 5e-3)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    quick: bool = typer.Option(False, "--quick", help="small phases, 1 epoch, short sweep (about a minute on tiny)"),
+    reduced: bool = typer.Option(False, "--reduced", help="the CPU grid: smaller data, 3 x 3 lambda x beta grid"),
+    quick: bool = typer.Option(False, "--quick", help="smoke run: small phases, 1 epoch, 2 x 2 grid"),
     out: Path = typer.Option(Path("benchmarks/results/continual"), "--out", help="output folder"),
     prepared: Path | None = typer.Option(None, "--prepared", help="a prepared.json bundle (skips corpus, embedding)"),
+    prepare_only: bool = typer.Option(False, "--prepare-only", help="write out/prepared.json (data, selections, "
+                                      "anchors) and stop; train it elsewhere with --prepared"),
 ) -> None:
-    """Static / naive / full retraining / EWC / random rehearsal / ECDA after a topic shift: retention and
-    adaptation (relative NLL change), time per step, the anchor-buffer sweep; writes results.json + continual.png."""
+    """Static / naive / full retraining / EWC / random rehearsal / ECDA after a topic shift, all on COMPASS
+    selections: retention and adaptation (relative NLL change), time per step, the anchor-buffer sweep (Table 12)
+    and the lambda x beta sweep (App. D.4); writes results.json, continual.png and README.md."""
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter(f"--device must be auto, cpu or cuda; got {device!r}")
+    if reduced and quick:
+        raise typer.BadParameter("--reduced and --quick pick different grids; pass one of them")
     bench = load_continual()
-    cfg = bench.config_from(model, lang, seeds, epochs, device, quick, batch_size=batch_size, lr=lr)
+    cfg = bench.config_from(model, lang, seeds, epochs, device, quick, reduced, batch_size=batch_size, lr=lr)
+    if prepare_only:
+        bench.save_prepared(bench.prepare(cfg), out / "prepared.json")
+        typer.echo(f"wrote {out / 'prepared.json'}")
+        return
     result = bench.run(cfg, out, prepared)
-    typer.echo(f"wrote {out / 'results.json'} and {out / 'continual.png'}; Pareto front: "
+    typer.echo(f"wrote {out / 'results.json'}, continual.png and README.md; Pareto front: "
                f"{', '.join(result['summary']['pareto'])}")
