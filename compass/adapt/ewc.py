@@ -4,6 +4,10 @@
 
 theta runs over the adapter's parameters only (lora_A, lora_B, DoRA magnitude); F is the diagonal of the empirical
 Fisher information, estimated on the anchor buffer B_anchor at theta_prev (the adapter before this update).
+
+Two forms of the same term: ``ewc_penalty`` (an autograd expression, used by the two-pass reference step) and
+``FusedEWC`` (value under no_grad plus its analytic gradient lambda * F * (theta - theta_prev) added straight into
+``p.grad``, used by the single-pass training step: no graph, a handful of multi-tensor kernels per step).
 """
 
 from __future__ import annotations
@@ -80,3 +84,57 @@ def ewc_penalty(
     theta_prev = torch.cat([prev[n].reshape(-1).to(device, torch.float32) for n in params])
     f = torch.cat([fisher[n].reshape(-1).to(device, torch.float32) for n in params])
     return 0.5 * lam * (f * (theta - theta_prev) ** 2).sum()
+
+
+class FusedEWC:
+    """L_EWC of §3.3.3 without autograd, for the single-pass step (compass/adapt/train.py).
+
+    ``add_grad_()`` adds d L_EWC / d theta_j = lambda * F_j * (theta_j - theta_j_prev) to ``p.grad`` (call it after
+    the loss backward and before gradient clipping, so the clipped gradient is that of the total loss) and returns
+    lambda/2 * sum_j F_j (theta_j - theta_j_prev)^2, computed in float32 like ``ewc_penalty``. theta_prev and F are
+    copied once, as float32 lists in the parameters' order, so a step costs a few ``torch._foreach_*`` kernels
+    instead of a graph over hundreds of small tensors (benchmarks/ecda_step.py)."""
+
+    def __init__(
+        self, params: Mapping[str, Tensor], prev: Mapping[str, Tensor], fisher: Mapping[str, Tensor], lam: float
+    ) -> None:
+        missing = sorted((set(params) - set(prev)) | (set(params) - set(fisher)))
+        if missing:
+            raise bad_param("prev/fisher", "FusedEWC", "entries for every adapter parameter", missing[:3])
+        if not params:
+            raise bad_param("params", "FusedEWC", "a non-empty mapping of adapter parameters", {})
+        self.lam = float(lam)
+        self.params = list(params.values())
+        self.prev = [prev[n].detach().to(p.device, torch.float32).clone() for n, p in params.items()]
+        # lambda/2 * sum F d^2 = lambda/2 * sum_tensors ||sqrt(F) d||^2: one foreach norm gives every tensor's sum
+        self.f = [fisher[n].detach().to(p.device, torch.float32).clone() for n, p in params.items()]
+        self.sqrt_f = torch._foreach_sqrt(torch._foreach_clamp_min(self.f, 0.0))
+        self.fp32 = all(p.dtype == torch.float32 for p in self.params)
+
+    @torch.no_grad()
+    def value(self) -> Tensor:
+        """lambda/2 * sum_j F_j (theta_j - theta_j_prev)^2 (no gradient)."""
+        return self._displacement()[1]
+
+    @torch.no_grad()
+    def add_grad_(self) -> Tensor:
+        """Add lambda * F * (theta - theta_prev) to every ``p.grad`` (creating it where None); return the value."""
+        d, val = self._displacement()
+        torch._foreach_mul_(d, self.f)  # F * (theta - theta_prev), the gradient over lambda
+        if self.fp32 and all(p.grad is not None for p in self.params):
+            torch._foreach_add_([p.grad for p in self.params], d, alpha=self.lam)
+            return val
+        for p, g in zip(self.params, d, strict=True):
+            g = (self.lam * g).to(p.dtype)
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.add_(g)
+        return val
+
+    def _displacement(self) -> tuple[list[Tensor], Tensor]:
+        """(theta - theta_prev per tensor, the penalty's value)."""
+        theta = self.params if self.fp32 else [p.detach().float() for p in self.params]
+        d = torch._foreach_sub(theta, self.prev)
+        norms = torch._foreach_norm(torch._foreach_mul(d, self.sqrt_f))
+        return d, 0.5 * self.lam * torch.stack(norms).square().sum()

@@ -3,8 +3,27 @@
 AdamW on the adapter's parameters only, linear warm-up over ``warmup_ratio`` of the steps then cosine decay to 0
 (``transformers.get_cosine_schedule_with_warmup``), global-norm gradient clipping, at most ``max_epochs`` epochs with
 early stopping on the validation task loss (the best epoch's adapter weights are restored). With ``ecda`` each step
-minimises the ECDA objective: a task batch of D_new plus the next anchor batch of B_anchor (cycled), and the EWC
-penalty towards theta_prev weighted by the Fisher on B_anchor at theta_prev.
+minimises the ECDA objective of §3.3.3,
+
+    L_total = L_task(D_new) + beta * L_DAR(B_anchor) + L_EWC,   L_EWC = lambda/2 * sum_j F_j (theta_j - theta_j_prev)^2
+
+on a task batch of D_new and an anchor micro-batch of B_anchor, with F the Fisher on B_anchor at theta_prev.
+
+Single pass (``ecda_step_backward``, what ``train_adapter`` runs): the task batch and the anchor micro-batch are one
+right-padded batch, one forward/backward, each target token weighted 1/N_task (task rows) or beta/N_anchor (anchor
+rows), so the loss and its gradient are those of mean_task + beta * mean_anchor; L_EWC is not in the graph: its value
+is computed under no_grad and its analytic gradient lambda * F * (theta - theta_prev) is added to ``p.grad`` after
+the backward, before clipping (``compass.adapt.ewc.FusedEWC``). ``ecda_step_loss`` keeps the two-pass form (task and
+anchor batches in separate passes, L_EWC through autograd) as the reference the tests compare against.
+
+Anchor micro-batch: §3.3.3 defines L_DAR as the task loss on the buffer B_anchor, i.e. its mean over the buffer,
+without saying how much of it each step sees. A full ``batch_size`` of anchors per step doubled the cost of a step
+while B_anchor is small (|B_anchor| = 5% of the data, App. D.3), so by default each step takes
+ceil(|B_anchor| / steps_per_epoch) anchor rows (at least 1; ``ECDAConfig.anchor_batch_size`` overrides it): the
+buffer is passed over once per epoch, the same number of passes as D_new. Rows come from a fresh seeded permutation
+of the buffer per pass (``AnchorCycle``), so every row is seen equally often and each step's L_DAR is an unbiased
+estimate of the buffer mean; with beta = 0 no anchor rows are run at all. The cycle's position is part of the
+checkpoint, so a resumed run draws the same anchor rows.
 """
 
 from __future__ import annotations
@@ -22,8 +41,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from compass.adapt.checkpoint import Interrupted, TrainState
 from compass.adapt.config import AdaptError, ECDAConfig, TrainConfig, bad_param
-from compass.adapt.ewc import Batch, diagonal_fisher, ewc_penalty, snapshot
-from compass.adapt.loss import causal_lm_nll, ecda_loss
+from compass.adapt.ewc import Batch, FusedEWC, diagonal_fisher, ewc_penalty, snapshot
+from compass.adapt.loss import causal_lm_nll, ecda_loss, stack_batches, target_tokens, weighted_lm_nll
 from compass.adapt.model import adapter_parameters
 
 Examples = Sequence[str] | Sequence[Sequence[int]]  # plain texts (need a tokenizer) or token ids
@@ -104,6 +123,78 @@ def ecda_step_loss(
     return ecda_loss(task, dar, ewc, ecda.beta), parts
 
 
+def ecda_step_backward(
+    model: nn.Module,
+    batch: Batch,
+    anchor_batch: Batch | None,
+    params: Mapping[str, Tensor],
+    prev: Mapping[str, Tensor] | None,
+    fisher: Mapping[str, Tensor] | None,
+    ecda: ECDAConfig | None,
+    *,
+    ewc: FusedEWC | None = None,
+    pad_id: int = 0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The single-pass step: accumulates the gradient of the §3.3.3 objective into ``p.grad`` (zero it first) and
+    returns (the objective, its parts {'task', 'dar', 'ewc'}), detached; same values and gradients as
+    ``ecda_step_loss`` followed by ``backward()``. Task and anchor rows go through the model as one batch with
+    per-token weights 1/N_task and beta/N_anchor; L_EWC's gradient is added analytically after the backward (pass
+    ``ewc``, built once per training, or ``prev``/``fisher`` to build one here). With beta = 0 the anchor rows are
+    skipped (their term is 0) and there is no 'dar' part. Without ``ecda`` it is L_task alone."""
+    if ecda is None or anchor_batch is None or ecda.beta == 0:
+        task = causal_lm_nll(model, *batch)
+        task.backward()
+        total, parts = task.detach(), {"task": task.detach()}
+    else:
+        n = batch[0].size(0)
+        ids, mask = stack_batches(batch, anchor_batch, pad_id)
+        tokens = target_tokens(ids, mask)
+        n_task, n_anchor = tokens[:n].sum().clamp_min(1.0), tokens[n:].sum().clamp_min(1.0)
+        ones = torch.ones_like(tokens)
+        weights = torch.cat([ones[:n] / n_task, ones[n:] * (ecda.beta / n_anchor)])  # per row, i.e. per target token
+        loss, per_row = weighted_lm_nll(model, ids, mask, weights)
+        loss.backward()
+        total = loss.detach()
+        parts = {"task": per_row[:n].sum() / n_task, "dar": per_row[n:].sum() / n_anchor}
+    if ecda is not None and (ewc is not None or (prev is not None and fisher is not None)):
+        ewc = ewc if ewc is not None else FusedEWC(params, prev, fisher, ecda.lam)
+        parts["ewc"] = ewc.add_grad_()
+        total = total + parts["ewc"]
+    return total, parts
+
+
+def anchor_rows_per_step(n_anchors: int, steps_per_epoch: int, anchor_batch_size: int | None = None) -> int:
+    """Anchor rows in each step: ``anchor_batch_size`` clamped to the buffer, or by default ceil(|B_anchor| /
+    steps_per_epoch) (at least 1): one pass over B_anchor per epoch (module docstring)."""
+    if n_anchors < 1 or steps_per_epoch < 1:
+        raise bad_param("n_anchors/steps_per_epoch", "anchor_rows_per_step", "ints >= 1", (n_anchors, steps_per_epoch))
+    if anchor_batch_size is not None:
+        return min(anchor_batch_size, n_anchors)
+    return max(1, math.ceil(n_anchors / steps_per_epoch))
+
+
+class AnchorCycle:
+    """Anchor row indices, ``rows`` per step, through a fresh seeded permutation of the buffer per pass: global draw
+    i is row perm_{i // n}[i % n], so every row comes once per pass and a step may straddle two passes. ``cursor``
+    (draws made) is all the state a resume needs."""
+
+    def __init__(self, n: int, rows: int, seed: int, cursor: int = 0) -> None:
+        self.n, self.rows, self.seed, self.cursor = n, rows, seed, cursor
+        self._pass, self._perm = -1, []
+
+    def _order(self, p: int) -> list[int]:
+        if p != self._pass:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + p)  # one permutation per (seed, pass)
+            self._pass, self._perm = p, torch.randperm(self.n, generator=gen).tolist()
+        return self._perm
+
+    def take(self) -> list[int]:
+        """The next step's row indices; advances the cursor."""
+        out = [self._order(i // self.n)[i % self.n] for i in range(self.cursor, self.cursor + self.rows)]
+        self.cursor += self.rows
+        return out
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Sequence[Batch]) -> float:
     """Token-weighted mean next-token NLL over ``batches`` (eval mode)."""
@@ -173,7 +264,7 @@ def train_adapter(
         train_seqs, val_seqs = _split(seqs, cfg.val_fraction, cfg.seed)
     val_batches = _batches(val_seqs, cfg.batch_size, pad_id, device, None) if val_seqs else []
 
-    anchor_batches: list[Batch] = []
+    anchor_seqs: list[list[int]] = []
     prev: dict[str, Tensor] | None = None
     if ecda is not None:
         anchor_seqs = [s for s in encode(anchors_texts or [], tokenizer, cfg.max_length) if len(s) >= 2]
@@ -182,13 +273,12 @@ def train_adapter(
                 "The 'anchors_texts' parameter of train_adapter must hold the anchor buffer B_anchor when 'ecda' is "
                 "given. Got none. Fix: pass the previous cycle's anchors, or ecda=None for a first training."
             )
-        anchor_batches = _batches(anchor_seqs, cfg.batch_size, pad_id, device, None)
         if resume is not None:  # theta_prev and F as the interrupted run had them (the adapter has moved since)
             prev_state = _group(resume.tensors, "prev.")
             fisher = _group(resume.tensors, "fisher.") or None
         prev = {n: t.to(device) for n, t in (prev_state or snapshot(params)).items()}
         if fisher is None:  # §3.3.3: F on B_anchor at theta_prev (the adapter before this update)
-            fisher = diagonal_fisher(model, anchor_batches, params)
+            fisher = diagonal_fisher(model, _batches(anchor_seqs, cfg.batch_size, pad_id, device, None), params)
         for name, given in (("prev_state", prev), ("fisher", fisher)):
             if set(given) != set(params):
                 raise bad_param(name, "train_adapter", f"exactly the adapter parameters of {lang!r}", sorted(given)[:3])
@@ -201,6 +291,13 @@ def train_adapter(
     warmup = math.ceil(cfg.warmup_ratio * total_steps)  # as transformers.TrainingArguments.get_warmup_steps
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, warmup, total_steps)
+    fused_ewc = FusedEWC(params, prev, fisher, ecda.lam) if ecda is not None else None
+    cycle = None
+    if ecda is not None and ecda.beta > 0:  # beta = 0: L_DAR has no weight, no anchor rows are run
+        rows = anchor_rows_per_step(len(anchor_seqs), steps_per_epoch, ecda.anchor_batch_size)
+        cycle = AnchorCycle(len(anchor_seqs), rows, cfg.seed)
+        if resume is not None:  # older checkpoints have no cursor: it was one draw of `rows` per step
+            cycle.cursor = int(resume.meta.get("anchor_cursor", resume.step * rows))
 
     result = TrainResult(steps=0, epochs=0, train_loss=[], val_loss=[], best_epoch=0, seconds_per_step=0.0)
     best_val, best_state, bad_epochs, step_time = math.inf, None, 0, 0.0
@@ -213,7 +310,7 @@ def train_adapter(
 
     def state(epoch: int, position: int, gen_state: Tensor) -> TrainState:
         return _capture(params, opt, sched, prev, fisher, best_state, gen_state, result, epoch, position, losses,
-                        best_val, bad_epochs, step_time, lang)
+                        best_val, bad_epochs, step_time, lang, anchor_cursor=cycle.cursor if cycle else 0)
 
     try:
         for epoch in range(start_epoch, cfg.max_epochs + 1):
@@ -224,10 +321,10 @@ def train_adapter(
                 if epoch == start_epoch and position < skip:
                     continue
                 t0 = time.perf_counter()
-                anchor = anchor_batches[result.steps % len(anchor_batches)] if anchor_batches else None
-                loss, _ = ecda_step_loss(model, batch, anchor, params, prev, fisher, ecda)
+                anchor = collate([anchor_seqs[i] for i in cycle.take()], pad_id, device) if cycle else None
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, _ = ecda_step_backward(model, batch, anchor, params, prev, fisher, ecda, ewc=fused_ewc,
+                                             pad_id=pad_id)
                 torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
                 result.lrs.append(opt.param_groups[0]["lr"])
                 opt.step()
@@ -290,7 +387,7 @@ def _group(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 
 def _capture(params, opt, sched, prev, fisher, best_state, gen_state, result, epoch, position, losses, best_val,
-             bad_epochs, step_time, lang) -> TrainState:
+             bad_epochs, step_time, lang, anchor_cursor: int = 0) -> TrainState:
     """The resumable state: tensors flattened by role (safetensors holds flat name -> tensor maps only)."""
     tensors: dict[str, Tensor] = {f"param.{n}": p.detach().clone() for n, p in params.items()}
     opt_state = opt.state_dict()
@@ -309,6 +406,7 @@ def _capture(params, opt, sched, prev, fisher, best_state, gen_state, result, ep
         "val_loss": list(result.val_loss), "lrs": list(result.lrs), "best_epoch": result.best_epoch,
         "best_val": None if math.isinf(best_val) else best_val, "bad_epochs": bad_epochs, "step_time": step_time,
         "param_groups": opt_state["param_groups"], "sched_last_epoch": sched.last_epoch,
+        "anchor_cursor": anchor_cursor,  # anchor rows drawn so far (AnchorCycle)
     }
     return TrainState(result.steps, epoch, position, tensors, meta)
 
