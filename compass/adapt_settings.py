@@ -50,7 +50,8 @@ class TrainSettings(Frozen):
     batch_size: int = Field(8, ge=1, le=4096, description="examples per step, in [1, 4096]")
     max_length: int = Field(128, ge=8, le=32768, description="tokens per example, in [8, 32768]")
     max_examples: int | None = Field(
-        None, ge=1, description="cap on D_new per update (seeded sample; null = all), >= 1"
+        None, ge=1, description="cap on D_new per update: a seeded sample of the selected rows; D_t is always "
+        "trained whole (null = no cap), >= 1"
     )
     seed: int = Field(0, description="seed of sampling, splits and dropout")
 
@@ -61,6 +62,10 @@ class ECDASettings(Frozen):
     beta: float = Field(0.1, ge=0, description="weight of the anchor replay term, >= 0 (App. D.4: 0.1)")
     lam: float = Field(2.0, ge=0, description="EWC lambda, >= 0 (App. D.4: 2)")
     anchor_fraction: float = Field(0.05, gt=0, le=1, description="anchor buffer share of the data, in (0, 1]")
+    anchor_batch_size: int | None = Field(
+        None, ge=1, description="anchor rows in each step's single forward pass, >= 1; null = one pass over the "
+        "anchor buffer per epoch (ceil(|B_anchor| / steps per epoch))"
+    )
 
 
 class GateSettings(Frozen):
@@ -71,3 +76,25 @@ class GateSettings(Frozen):
         0.2, gt=0, lt=1, description="share of the recent window held out to score adaptation, in (0, 1)"
     )
     min_improvement: float = Field(0.0, ge=0, description="min relative NLL drop on adaptation, >= 0")
+    holdout_from_targets: float = Field(
+        0.0, ge=0, lt=1, description="share of D_t held out of training for the retention gate, split once at "
+        "bootstrap and stored in the registry, in [0, 1) (0: D_t is trained whole, as the paper does)"
+    )
+    retention_dir: Path | None = Field(
+        None, description="directory of per-language retention gate files <lang>.jsonl (records format), scored "
+        "and never trained on; optional"
+    )
+
+
+class SelectionClusteringSettings(Frozen):
+    """The clusters COMPASS selection fits per target on D_t ∪ E_t ∪ D_aux (§3.1.1, App. E model selection);
+    maps onto compass.select.clusters.ClusteringConfig. The monitoring codebook is configured apart."""
+
+    clusterer: Literal["kmeans", "hdbscan", "agglomerative", "butina"] = Field(
+        "kmeans", description="kmeans (K by silhouette, 10 seeds), hdbscan (grid by DBCV), agglomerative (Ward) or "
+        "butina (Taylor-Butina, adaptive threshold)"
+    )
+    params: dict[str, object] = Field(
+        default_factory=dict, description="overrides of that clusterer's settings, e.g. {n_clusters: 20} or "
+        "{dbcv: exact}; checked when the worker starts"
+    )

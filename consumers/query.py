@@ -51,7 +51,11 @@ class Query:
     def assignment(self, max_chars: int) -> Assignment:
         """Its contribution to the window (the stored text is the embedded one: bounded in Redis too)."""
         topic, partition, offset = self.position
-        return Assignment(self.id, int(self.bucket), topic, partition, offset, self.text[:max_chars], self.quality)
+        # meta.response labels the query (a reviewed answer): a labelled window row COMPASS may train on (plan.py)
+        response = self.event.meta.get("response") if isinstance(self.event.meta, dict) else None
+        response = response[:max_chars] if isinstance(response, str) and response.strip() else None
+        return Assignment(self.id, int(self.bucket), topic, partition, offset, self.text[:max_chars], self.quality,
+                          response)
 
     def dead_letter(self, reason: str, detail: str) -> dl.DeadLetter:
         return dl.dead_letter_of(self.record, reason, detail)

@@ -10,15 +10,16 @@ from infra.clients import kafka_producer
 from infra.settings import KafkaConfig
 
 
-def to_event(record: Record, run_id: str, with_lang: bool = False) -> QueryEvent:
+def to_event(record: Record, run_id: str, with_lang: bool = False, with_response: bool = False) -> QueryEvent:
     """The event a model server would send for ``record``. The corpus language and topic travel in
-    ``meta`` so a run can be scored; ``lang`` is left out unless asked, so language ID does the work."""
-    return QueryEvent(
-        id=f"{run_id}:{record.id}",
-        text=record.text,
-        lang=record.lang if with_lang else None,
-        meta={"run": run_id, "corpus_lang": record.lang, "topic": record.topic},
-    )
+    ``meta`` so a run can be scored; ``lang`` is left out unless asked, so language ID does the work.
+    ``with_response``: the record's response goes in ``meta.response``, as a service that sends reviewed answers
+    does (a labelled query, which the worker may select for training)."""
+    meta = {"run": run_id, "corpus_lang": record.lang, "topic": record.topic}
+    if with_response and record.response:
+        meta["response"] = record.response
+    return QueryEvent(id=f"{run_id}:{record.id}", text=record.text, lang=record.lang if with_lang else None,
+                      meta=meta)
 
 
 def replay(

@@ -65,6 +65,16 @@ def test_query_assignment_cuts_the_stored_text():
     a = q.assignment(max_chars=4)
     assert (a.query_id, a.bucket, a.topic, a.partition, a.offset, a.text, a.quality) == ("q7", 3, "q", 0, 7,
                                                                                         "abcd", 0.5)
+    assert a.response is None
+
+
+@pytest.mark.parametrize(("meta", "response"), [
+    ({"response": "yes"}, "yes"),
+    ({"response": "x" * 10}, "x" * 4),  # cut like the text
+    ({"response": "   "}, None), ({"response": 3}, None), ({}, None),  # no usable label: an unlabelled query
+])
+def test_meta_response_labels_the_query(meta, response):
+    assert query(1, "abcdef", bucket=0, meta=meta).assignment(max_chars=4).response == response
 
 
 # ------------------------------------------------------------------ stages
@@ -300,3 +310,14 @@ def test_the_embedding_cache_metric_counts_from_the_monitor_start():
     assert (get("compass_consumer_embed_cache_total", {"outcome": "hit"}),
             get("compass_consumer_embed_cache_total", {"outcome": "miss"})) == (3, 5)
     assert get("compass_consumer_embed_cache_hit_ratio") == 3 / 8
+
+
+def test_a_replayed_record_carries_its_response_only_when_asked():
+    from compass.data import Record
+    from consumers.replay import to_event
+
+    r = Record(id="r1", lang="it", text="ciao", response="salve", topic="greetings")
+    assert "response" not in to_event(r, "run").meta
+    ev = to_event(r, "run", with_lang=True, with_response=True)
+    assert (ev.id, ev.lang, ev.meta["response"], ev.meta["topic"]) == ("run:r1", "it", "salve", "greetings")
+    assert "response" not in to_event(Record(id="r2", lang="it", text="ciao"), "run", with_response=True).meta

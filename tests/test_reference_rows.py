@@ -4,11 +4,12 @@ the .npz round trip, clear errors on bad rows or files, and that a recount of th
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from compass.adapt.update import plan_update
+from compass.adapt.plan import PlanSettings, plan_update
 from compass.data import Record
 from compass.drift.reference_rows import (
     REFERENCE_ROWS_FILE,
@@ -126,6 +127,12 @@ def assign(X: np.ndarray) -> np.ndarray:
     return np.where(sims.max(axis=1) < 0.5, 2, sims.argmax(axis=1))
 
 
+def same_clusters(Xt: np.ndarray, Xr: np.ndarray, Xp: np.ndarray) -> SimpleNamespace:
+    """Selection clusters equal to the codebook's (noise -1), so these cases count by hand."""
+    lab = [np.where(assign(X) == 2, -1, assign(X)) if len(X) else np.zeros(0, np.int64) for X in (Xt, Xr, Xp)]
+    return SimpleNamespace(target=lab[0], window=lab[1], pool=lab[2], centroids=CENTROIDS, summary={"k": 2})
+
+
 def plan(target_axes, recent_axes, pool_axes, window_counts=None, budget=0.5):
     Xt, Xr, Xp = unit(target_axes, 1), unit(recent_axes, 2), unit(pool_axes, 3)
     target = [Record(id=f"t{i}", lang="it", text=f"target {i}") for i in range(len(target_axes))]
@@ -134,7 +141,8 @@ def plan(target_axes, recent_axes, pool_axes, window_counts=None, budget=0.5):
     Xr = Xr if len(recent_axes) else np.zeros((0, 3), np.float32)
     Xp = Xp if len(pool_axes) else np.zeros((0, 3), np.float32)
     p = plan_update("it", target, Xt, assign(Xt), recent, Xr, assign(Xr), pool, Xp, assign(Xp), CENTROIDS,
-                    budget=budget, window_counts=window_counts, seed=4)
+                    settings=PlanSettings(budget=budget, seed=4), clusters=same_clusters(Xt, Xr, Xp),
+                    window_counts=window_counts)
     return p, (Xt, Xr, Xp)
 
 
@@ -164,10 +172,10 @@ def test_selected_rows_are_kept_once_with_their_repetition_count_as_weight():
     r = p.reference_rows
     sel = [i for i, s in enumerate(r.sources) if s == "selected"]
     assert r.ids[:6] == tuple(f"q{i}" for i in range(6)) and len(sel) == len(set(r.ids[i] for i in sel)) > 0
-    assert r.weights[sel].sum() == p.selection["n_selected"] == 5  # |S| = 0.5 * 10 kept rows of D_t (11 - 1)
+    assert r.weights[sel].sum() == p.selection["n_selected"] == 6  # |S| = 0.5 * |D_t| = 5.5, halves up
     assert all(int(r.ids[i][1:]) in (2, 3, 4) for i in sel)  # the usage proxy is all cluster 1
-    assert r.weights[sel].max() > 1  # three cluster-1 pool rows for five picks: rows repeat
-    np.testing.assert_array_equal(p.counts, [0, 11, 0])  # 6 recent + 5 selected, all cluster 1
+    assert r.weights[sel].max() > 1  # three cluster-1 pool rows for six picks: rows repeat
+    np.testing.assert_array_equal(p.counts, [0, 12, 0])  # 6 recent + 6 selected, all cluster 1
     np.testing.assert_array_equal(r.counts(assign(r.X.astype(np.float32)), 2), p.counts)
 
 

@@ -4,6 +4,7 @@ registry round trip and frozen base weights. Tiny random llama (tests/tinylm.py)
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ from compass.adapt import (
     save_checkpoint,
     train_adapter,
 )
-from compass.adapt.update import plan_update, read_anchors, train_update
+from compass.adapt.plan import PlanSettings, plan_update
+from compass.adapt.update import read_anchors, train_update
 from compass.data import Record
 
 WORDS = {"food": "pasta pizza vino pane formaggio", "tech": "computer rete codice server dati"}
@@ -87,39 +89,45 @@ def test_resume_from_a_checkpoint_gives_the_uninterrupted_weights(lm, tmp_path):
         assert torch.equal(p.detach(), want[n]), n
 
 
-def _plan(n_target=10, n_recent=10, pool_n=20, max_examples=None):
+def _plan(n_target=10, n_recent=10, pool_n=20, max_examples=None, labelled=False):
     emb = HashEmbedder()
     target = [Record(id=f"t{i}", lang="it", text=t) for i, t in enumerate(corpus("food", n_target, "it"))]
-    recent = [(f"q{i}", t) for i, t in enumerate(corpus("tech", n_recent, "it"))]
+    recent = [(f"q{i}", t, f"answer {i}" if labelled else None) for i, t in enumerate(corpus("tech", n_recent, "it"))]
     pool = [Record(id=f"p{i}", lang="es", text=t) for i, t in
             enumerate(corpus("food", pool_n // 2, "es") + corpus("tech", pool_n // 2, "es"))]
-    Xt, Xr, Xp = (emb.encode(x) for x in ([r.text for r in target], [t for _, t in recent], [r.text for r in pool]))
+    Xt, Xr, Xp = (emb.encode(x) for x in ([r.text for r in target], [r[1] for r in recent], [r.text for r in pool]))
     centroids = np.eye(2, 8, dtype=np.float32)
 
     def assign(X):
         return np.argmax(X @ centroids.T, axis=1)
+    clusters = SimpleNamespace(target=assign(Xt), window=assign(Xr), pool=assign(Xp), centroids=centroids,
+                               summary={})
     return plan_update("it", target, Xt, assign(Xt), recent, Xr, assign(Xr), pool, Xp, assign(Xp), centroids,
-                       budget=0.5, holdout_fraction=0.2, retention_fraction=0.2, max_examples=max_examples, seed=3,
-                       prev_anchor_texts=["old anchor"])
+                       settings=PlanSettings(budget=0.5, holdout_fraction=0.2, max_examples=max_examples, seed=3),
+                       clusters=clusters, prev_anchors=[("a0", "old anchor")])
 
 
-def test_the_plan_holds_out_recent_and_target_rows_and_selects_tech_from_the_pool():
+def test_the_plan_trains_d_t_whole_holds_out_the_window_and_selects_tech_from_the_pool():
     plan = _plan()
-    by = {s: [e for e in plan.train if e.source == s] for s in ("target", "selected", "recent")}
-    assert len(by["target"]) == 8 and len(by["recent"]) == 8  # 2 of 10 held out each
-    assert len(by["selected"]) == 4  # |S| = B * |D_t training part| = 0.5 * 8
+    by = {s: [e for e in plan.train if e.source == s] for s in ("target", "selected", "window")}
+    assert len(by["target"]) == 10 and len(by["window"]) == 0  # D_t whole; unlabelled queries are not trained
+    assert len(by["selected"]) == 5  # |S| = B * |D_t| = 0.5 * 10
     assert all("computer" in e.text or "rete" in e.text or "codice" in e.text or "server" in e.text
                or "dati" in e.text for e in by["selected"])  # the usage proxy is all tech: S comes from cluster 1
-    assert len(plan.adaptation) == 2 and len(plan.retention) == 3 and plan.retention[-1] == "old anchor"
-    train_ids = {e.id for e in plan.train}
-    assert not train_ids & {f"q{i}" for i in range(10) if corpus("tech", 10, "it")[i] in plan.adaptation}
-    # eq. 3: recent counts (10 tech, cluster 1) + selected (4 tech) over buckets [food, tech, noise]
-    np.testing.assert_allclose(plan.counts, [0, 14, 0])
+    assert len(plan.adaptation) == 2 and plan.retention == ["old anchor"]  # 2 of 10 window rows held out
+    assert len(plan.data["excluded"]["unlabelled_window"]) == 8
+    # eq. 3: recent counts (10 tech, cluster 1) + selected (5 tech) over buckets [food, tech, noise]
+    np.testing.assert_allclose(plan.counts, [0, 15, 0])
     np.testing.assert_allclose(plan.p_ref, [0, 1, 0])
-    assert plan.selection["n_selected"] == 4 and plan.selection["source_languages"] == {"es": 4}
+    assert plan.selection["n_selected"] == 5 and plan.selection["source_languages"] == {"es": 5}
     assert plan.kind == "compass"
-    assert [e.id for e in _plan(max_examples=7).train] == [e.id for e in _plan(max_examples=7).train]  # seeded cap
-    assert len(_plan(max_examples=7).train) == 7
+    capped = _plan(max_examples=12)
+    assert [e.id for e in capped.train] == [e.id for e in _plan(max_examples=12).train]  # seeded cap
+    assert len(capped.train) == 12 and sum(e.source == "target" for e in capped.train) == 10  # S capped, D_t whole
+    labelled = _plan(labelled=True)  # labelled window rows join the pool as candidates
+    assert {e.source for e in labelled.train} >= {"target", "window"}
+    assert all(e.text.startswith(("computer", "rete", "codice", "server", "dati")) or "\nanswer " in e.text
+               for e in labelled.train if e.source == "window")
 
 
 def test_a_first_update_trains_without_ecda_and_keeps_anchors_and_base_weights(lm):
@@ -129,6 +137,7 @@ def test_a_first_update_trains_without_ecda_and_keeps_anchors_and_base_weights(l
     before = {n: p.detach().clone() for n, p in base_parameters(model).items()}
     res = train_update(model, "it", plan, tok, CFG, np.eye(2, 8, dtype=np.float32), anchor_fraction=0.2)
     assert len(res.anchor_ids) == round(0.2 * len(plan.train))
+    assert all(i.startswith("p") for i in res.anchor_ids)  # the cycle's own rows: D_t is retrained every cycle
     assert set(res.fisher) == set(adapter_parameters(model, "it"))
     assert [i for i, _ in read_anchors(res.extra_files()["anchors.jsonl"])] == res.anchor_ids
     for n, p in base_parameters(model).items():

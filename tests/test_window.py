@@ -177,6 +177,18 @@ def test_store_texts_false_keeps_ids_only(redis):
     assert with_texts.recent("en") == [("q1", None), ("q2", "¿dónde está?")]
 
 
+def test_a_labelled_query_keeps_its_response_beside_its_text(redis):
+    store = WindowStore(redis)
+    store.apply("en", 10, "v1", 2, [Assignment("q1", 0, TOPIC, 0, 0, text="how?", response="like this"),
+                                    Assignment("q2", 1, TOPIC, 0, 1, text="why?")])
+    assert redis.lrange(store.keys("en")["recent"], 0, -1) == [b'["q1", "how?", "like this"]', b'["q2", "why?"]']
+    assert store.recent_rows("en") == [("q1", "how?", "like this"), ("q2", "why?", None)]
+    assert store.recent("en") == [("q1", "how?"), ("q2", "why?")]  # the monitor's view is unchanged
+    ids_only = WindowStore(redis, store_texts=False)
+    ids_only.apply("de", 10, "v1", 2, [Assignment("q3", 0, TOPIC, 0, 2, text="wie?", response="so")])
+    assert ids_only.recent_rows("de") == [("q3", None, None)]  # store_texts false keeps no text and no response
+
+
 def test_recent_is_capped_newest_last_with_a_ttl(redis):
     store = WindowStore(redis, recent_max=3, recent_ttl_s=600)
     store.apply("en", 10, "v1", 2, items([(0, off) for off in range(5)]))

@@ -155,17 +155,27 @@ def test_a_job_through_kafka_promotes_a_new_version_and_reports_in_order(service
     _, _, manifest = reg.read_version("it", version)
     assert manifest.parent == first["version"] and manifest.kind == "compass" and manifest.fisher_file
     assert manifest.codebook_version == cb.version and len(manifest.anchor_ids) == report["train"]["n_anchors"] > 0
-    assert report["selection"]["n_selected"] == 8  # |S| = B * |D_t training part| = 0.8 * (12 - 2 held out)
+    assert report["selection"]["n_selected"] == 10  # |S| = B * |D_t| = 0.8 * 12 = 9.6, rounded
     ref = get_reference(redis, "it", cfg.redis.key_prefix)
     assert ref.adapter_version == version and ref.codebook_version == cb.version
-    sel = np.asarray([c["selected"] for c in report["selection"]["clusters"]], dtype=float)
+    sel = np.asarray(report["selection"]["selected_per_bucket"], dtype=float)  # S on the codebook's buckets
+    # the data plan: D_t whole in training, no gate row trained on, the same plan stored with the version
+    plan = report["plan"]
+    assert plan["train"]["target"] == [f"t{i}" for i in range(12)]
+    trained = set(plan["train"]["target"]) | {i for i, _ in plan["train"]["selected"]} | {
+        i for i, _ in plan["train"]["window"]}
+    gates = set(plan["gate"]["adaptation"]) | {i for v in plan["gate"]["retention"].values() for i in v}
+    assert len(plan["gate"]["adaptation"]) == 3 and not gates & trained  # 20% of the 15 window queries
+    assert len(plan["excluded"]["unlabelled_window"]) == 12  # no meta.response: queries are not trained on
+    assert plan["clusters"]["rows"] == {"target": 12, "window": 15, "pool": 24}  # fitted on D_t ∪ E_t ∪ D_aux
+    assert json.loads(reg.read_file("it", version, "plan.json")) == plan
     want = (np.asarray(counts, float) + sel) / (np.asarray(counts, float) + sel).sum()  # eq. 3
     np.testing.assert_allclose(ref.probs, want)
     np.testing.assert_allclose(manifest.p_ref, want)
     # both versions keep their eq. 3 rows, which recount to their P_ref on this codebook
     rows = read_reference_rows(reg, "it", version)
     assert rows.sources[:15] == ("window",) * 15 and set(rows.sources[15:]) == {"selected"}
-    assert rows.weights[15:].sum() == 8 and len(set(rows.ids[15:])) == len(rows.ids[15:])
+    assert rows.weights[15:].sum() == 10 and len(set(rows.ids[15:])) == len(rows.ids[15:])
     np.testing.assert_allclose(rows.counts(cb.assign(rows.X.astype(np.float32)), cb.n_clusters),
                                np.asarray(counts, float) + sel)
     first_rows = read_reference_rows(reg, "it", first["version"])  # the initial version: D_t stood in for E_t
@@ -354,3 +364,25 @@ def test_sigterm_checkpoints_sigkill_leaves_the_registry_consistent_and_a_third_
     report = json.loads((tmp_path / "work" / "reports" / f"{job.job_id}.json").read_text())
     assert report["outcome"] == "promoted" and report["train"]["resumed_from_step"] >= killed_after
     assert reg.current("it") == report["version"] and not ckpt.exists()
+
+
+def test_plan_only_returns_the_data_plan_and_trains_nothing(services, redis, topic_factory, lm_dir, tmp_path):
+    from daemon.cli.adapt import plan_summary
+
+    emb = HashEmbedder()
+    cfg, cb, _ = make_env(tmp_path, services, redis, topic_factory, lm_dir, emb)
+    proxy = [Record(id=f"u{i}", lang="it", text=t, response=f"answer {i}" if i < 4 else None)
+             for i, t in enumerate(corpus("tech", 10, "it"))]
+    plan = adapt_language(cfg, LANGS, "it", targets=Path(cfg.worker.targets_dir) / "it.jsonl", pool=cfg.worker.pool,
+                          proxy=proxy, client=redis, codebook=cb, embedder=emb, plan_only=True)
+    assert plan["kind"] == "compass" and plan["train"]["target"] == [f"t{i}" for i in range(12)]
+    held = set(plan["gate"]["adaptation"])
+    assert len(held) == 2 and plan["window"] == {"n": 10, "labelled": 4, "held_out": 2,
+                                                 "candidates": len({"u0", "u1", "u2", "u3"} - held)}
+    assert set(plan["excluded"]["unlabelled_window"]) == {f"u{i}" for i in range(4, 10)} - held
+    assert {i for i, _ in plan["train"]["window"]} <= {"u0", "u1", "u2", "u3"} - held
+    assert sum(c for _, c in plan["train"]["selected"]) + sum(c for _, c in plan["train"]["window"]) == 10  # 0.8 * 12
+    assert AdapterRegistry(cfg.adapters.registry).versions("it") == []  # nothing trained, nothing written
+    assert not (tmp_path / "work" / "reports").exists()
+    text = plan_summary(plan)
+    assert "D_t 12 rows" in text and "adaptation 2 window rows" in text

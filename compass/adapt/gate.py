@@ -1,9 +1,12 @@
 """The promotion gate of an adapter update (§3.3.3 "validated before deployment", §5.5 retention bound).
 
 A candidate replaces the current adapter only when both hold:
-  adaptation:  its NLL on the held-out recent window drops by more than ``min_improvement`` (relative);
-  retention:   its NLL on the retention set (held-out earlier D_t + previous anchors) rises by at most
-               ``margin`` (relative; §5.5 bounds forgetting to 5%).
+  adaptation:  its NLL on the held-out recent window drops by more than ``min_improvement`` (relative); with
+               nothing held out (``adaptation_candidate`` None) an update is not promoted;
+  retention:   its NLL on the retention set (previous anchors not trained this cycle, the gate file, held-out
+               D_t when configured: ``compass/adapt/plan.py``) rises by at most ``margin`` (relative; §5.5 bounds
+               forgetting to 5%). An empty retention set cannot be scored: the check is reported "not measured"
+               (``retention_candidate`` None) and does not block, and the data plan carries a warning.
 Relative change = (candidate - current) / current. Without a current adapter (a first version) it passes.
 """
 
@@ -51,15 +54,15 @@ def _nll(name: str, v: float | None, optional: bool) -> None:
 
 def gate(
     adaptation_current: float | None,
-    adaptation_candidate: float,
+    adaptation_candidate: float | None,
     retention_current: float | None,
-    retention_candidate: float,
+    retention_candidate: float | None,
     margin: float = 0.05,
     min_improvement: float = 0.0,
 ) -> GateResult:
     """Decide whether the candidate adapter may be promoted (see the module docstring)."""
-    _nll("adaptation_candidate", adaptation_candidate, False)
-    _nll("retention_candidate", retention_candidate, False)
+    _nll("adaptation_candidate", adaptation_candidate, True)
+    _nll("retention_candidate", retention_candidate, True)
     _nll("adaptation_current", adaptation_current, True)
     _nll("retention_current", retention_current, True)
     for name, v in (("margin", margin), ("min_improvement", min_improvement)):
@@ -68,17 +71,23 @@ def gate(
     common = dict(adaptation_current=adaptation_current, adaptation_candidate=adaptation_candidate,
                   retention_current=retention_current, retention_candidate=retention_candidate, margin=margin,
                   min_improvement=min_improvement)
-    if adaptation_current is None or retention_current is None:
+    if adaptation_current is None:
         return GateResult(True, ["no current adapter: the first version passes"], **common)
-    a, r = _rel(adaptation_current, adaptation_candidate), _rel(retention_current, retention_candidate)
+    if adaptation_candidate is None:  # nothing held out to score: an update that cannot show a gain is not promoted
+        return GateResult(False, ["adaptation not measured: no held-out window rows to score"], **common)
+    a = _rel(adaptation_current, adaptation_candidate)
+    measured = retention_current is not None and retention_candidate is not None
+    r = _rel(retention_current, retention_candidate) if measured else None
     reasons: list[str] = []
     adapt_ok = -a > min_improvement + _TOL
-    keep_ok = r <= margin + _TOL  # NLLs from decimal text: (2.1 - 2.0) / 2.0 is 0.05000000000000004
+    keep_ok = r is None or r <= margin + _TOL  # NLLs from decimal text: (2.1 - 2.0) / 2.0 is 0.05000000000000004
     if adapt_ok:
         reasons.append(f"adaptation NLL improved by {-a:.2%} (> {min_improvement:.2%})")
     else:
         reasons.append(f"adaptation NLL changed by {a:+.2%}; needs a drop of more than {min_improvement:.2%}")
-    if keep_ok:
+    if r is None:
+        reasons.append("retention not measured: the retention set is empty (see the data plan's warnings)")
+    elif keep_ok:
         reasons.append(f"retention NLL changed by {r:+.2%} (within +{margin:.2%})")
     else:
         reasons.append(f"retention NLL rose by {r:+.2%}, more than the margin +{margin:.2%}")

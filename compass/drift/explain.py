@@ -74,13 +74,15 @@ def explain(p_ref: ArrayLike, counts: ArrayLike, *, labels: Sequence[str | None]
 
 
 def name_selection(selection: dict, labels: dict | None) -> dict:
-    """A job report's ``selection`` (compass/adapt/update.py) with each cluster's label (when the codebook has
+    """A job report's ``selection`` (compass/adapt/plan.py) with each cluster's label (when the codebook has
     labels; the last bucket is noise) and ``filled``: the clusters the reselection drew from, most selected first.
     Returns a new dict."""
     names = {c.get("cluster"): c.get("label") or None for c in (labels or {}).get("clusters", [])}
     rows = selection.get("clusters") or []
     noise = len(rows) - 1
-    named = [{**r, "label": NOISE_LABEL if r["cluster"] == noise else names.get(r["cluster"])} for r in rows]
+    # per-target selection clusters (compass/adapt/plan.py) carry the codebook cluster most of their rows are in
+    named = [{**r, "label": NOISE_LABEL if r["cluster"] == noise
+              else names.get(r.get("codebook_cluster", r["cluster"]))} for r in rows]
     filled = sorted((r for r in named if r.get("selected", 0) > 0), key=lambda r: (-r["selected"], r["cluster"]))
     return {**selection, "clusters": named,
             "filled": [{"cluster": r["cluster"], "label": r["label"], "selected": r["selected"]} for r in filled]}

@@ -19,6 +19,9 @@ def adapt(
     proxy: Path | None = typer.Option(None, "--proxy", help="usage proxy E_t records file; without it: D_t only"),
     config: Path | None = CONFIG,
     languages: Path | None = LANGUAGES,
+    plan_only: bool = typer.Option(False, "--plan-only", help="print the data plan (which rows train, which rows "
+                                   "the gate scores) and stop: no training, nothing written"),
+    as_json: bool = typer.Option(False, "--json", help="with --plan-only: the whole plan as JSON, every row id"),
 ) -> None:
     """Train, register and promote the first adapter of a language from D_t (+ COMPASS selection with a proxy)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -42,6 +45,11 @@ def adapt(
         client = redis_client(cfg.redis)
     except ServiceUnavailable as e:
         typer.secho(f"warning: {e} P_ref is kept in the manifest only.", fg=typer.colors.YELLOW, err=True)
+    if plan_only:
+        plan = adapt_language(cfg, langs, target, targets=targets, pool=pool or cfg.worker.pool, proxy=proxy,
+                              client=client, plan_only=True)
+        typer.echo(json.dumps(plan, indent=2, ensure_ascii=False) if as_json else plan_summary(plan))
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn())
     with Progress(*columns) as bar:
@@ -55,3 +63,23 @@ def adapt(
                                 client=client, progress=progress)
     typer.echo(json.dumps({k: report[k] for k in ("job_id", "language", "version", "outcome", "train", "p_ref")},
                           indent=2))
+
+
+def plan_summary(plan: dict) -> str:
+    """The data plan in a few lines: how many rows in each role (``--json`` lists their ids)."""
+    t, g, x = plan["train"], plan["gate"], plan["excluded"]
+    lines = [
+        f"data plan of {plan['language']} ({plan['kind']}, budget B={plan['budget']}: |S| = "
+        f"{plan['budget_rows']} for |D_t| = {plan['n_target']})",
+        f"  train   D_t {len(t['target'])} rows, selected from the pool {sum(c for _, c in t['selected'])} "
+        f"({len(t['selected'])} distinct), window {sum(c for _, c in t['window'])}; {t['n_examples']} examples",
+        f"  gate    adaptation {len(g['adaptation'])} window rows; retention {len(g['retention']['anchors'])} "
+        f"anchors + {len(g['retention']['file'])} gate-file rows + {len(g['retention']['targets'])} held-out D_t",
+        f"  not trained   {len(x['unlabelled_window'])} unlabelled window queries (worker.train_on_queries), "
+        f"{len(x['capped'])} selected rows over train.max_examples",
+    ]
+    if plan.get("clusters"):
+        c = plan["clusters"]
+        lines.append(f"  clusters      {c.get('clusterer')} K={c.get('n_clusters')} fitted on D_t ∪ E_t ∪ D_aux")
+    lines += [f"  warning: {w}" for w in plan["warnings"]]
+    return "\n".join(lines)

@@ -54,15 +54,16 @@ def stream(p: Prepared, settings: DemoSettings, boot: Bootstrapped, run_id: str,
             say(f"[bold]6. phase 1[/]: {len(scenario.phase1)} queries on the usual topics")
             # the events carry their language, as a model server that knows its users' locale sends it: the demo
             # is about the drift loop, and the short chat lines here are often too short for the full language-ID
-            # model's min_confidence (`compass langid-demo` shows identification on its own)
-            replay(cfg.kafka, [to_event(r, run_id, with_lang=True) for r in scenario.phase1])
+            # model's min_confidence (`compass langid-demo` shows identification on its own). They also carry the
+            # bot's reviewed answer (meta.response): labelled queries the worker's data plan may select for D_new
+            replay(cfg.kafka, [to_event(r, run_id, with_lang=True, with_response=True) for r in scenario.phase1])
             wait_windows(daemon, settings, say, timeout_s=300)
             wait_checked(daemon, settings.languages, time.time(), timeout_s=10 * settings.check_interval_s + 30)
             show_js(daemon, settings.languages, say)
             timer.lap("phase1_s")
 
             say(f"[bold]7. phase 2[/]: {len(scenario.phase2)} queries; {scenario.shift_language} shifts topics")
-            replay(cfg.kafka, [to_event(r, run_id, with_lang=True) for r in scenario.phase2])
+            replay(cfg.kafka, [to_event(r, run_id, with_lang=True, with_response=True) for r in scenario.phase2])
             lang = scenario.shift_language
             done = events.wait_for(lambda e: e["type"] == "update_finished" and e["language"] == lang,
                                    settings.update_timeout_s)

@@ -19,7 +19,7 @@ import redis
 from compass.data import read_records
 from compass.languages import LanguagesConfig
 from daemon.worker.model import ModelHost
-from daemon.worker.pipeline import JobContext, base_report, train_and_register, write_report
+from daemon.worker.pipeline import JobContext, base_report, build_plan, train_and_register, write_report
 from infra.settings import ServiceConfig
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,15 @@ def adapt_language(
     embedder: Any = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     host: ModelHost | None = None,
+    plan_only: bool = False,
 ) -> dict[str, Any]:
-    """Train, register and promote the first adapter of ``lang``; returns its job report (kind "initial")."""
+    """Train, register and promote the first adapter of ``lang``; returns its job report (kind "initial").
+    ``plan_only``: build the data plan (compass/adapt/plan.py) and return it, training and writing nothing."""
     from infra.embedders import make_embedder
 
     job_id = f"{lang}-initial-{int(time.time() * 1000)}-{uuid.uuid4().hex[:4]}"
-    ctx = JobContext(config, languages, client, host or ModelHost(config, model, tokenizer),
+    # a plan needs no model: only the embedder, the registry and the codebook
+    ctx = JobContext(config, languages, client, host or (None if plan_only else ModelHost(config, model, tokenizer)),
                      embedder or make_embedder(config.embedder))
     if codebook is None and client is not None:
         from infra.codebook import CodebookNotFound, CodebookStore
@@ -63,7 +66,11 @@ def adapt_language(
         except CodebookNotFound:
             log.warning("%s: no codebook published; P_ref has one bucket and no anchors are kept", lang)
     target = _records(targets)
-    recent = [(r.id, r.text) for r in _records(proxy)]
+    recent = _records(proxy)  # a proxy row with a response is labelled: a selection candidate (plan.py)
+    if plan_only:
+        planned = build_plan(ctx, lang, target=target, recent=recent, codebook=codebook, window_counts=None,
+                             pool_path=Path(pool) if pool else None, use_current=False)
+        return {**planned.plan.data, "selection": planned.plan.selection}
     report = base_report(job_id, lang, "initial", "initial", time.time())
     train_and_register(ctx, lang, job_id=job_id, target=target, recent=recent, codebook=codebook,
                        window_counts=None, report=report, pool_path=Path(pool) if pool else None, initial=True,

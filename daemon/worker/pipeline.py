@@ -3,7 +3,8 @@
 The registry is written only after training finished (weights, anchors, Fisher and the eq. 3 reference rows,
 ``compass/drift/reference_rows.py``); its temp-dir + rename keeps a killed worker from leaving a
 partial version. The gate compares NLLs of the current adapter (theta_prev, scored before training) and of the
-candidate on the adaptation set (held-out recent window) and the retention set (held-out D_t + old anchors).
+candidate on the adaptation set and the retention set of the data plan (``compass/adapt/plan.py``; the job report's
+``plan`` lists the ids of every training and gate row).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import redis
 from safetensors.torch import load as st_load
 
 from compass.adapt import ECDAConfig, gate, load_checkpoint, save_checkpoint
+from compass.adapt.plan import PlanSettings, UpdatePlan, WindowRow, plan_update, window_rows
 from compass.adapt.update import (
     ANCHORS_FILE,
     FISHER_FILE,
-    UpdatePlan,
+    TARGET_HOLDOUT_FILE,
     digest,
     nll,
-    plan_update,
     read_anchors,
     train_update,
 )
@@ -44,6 +45,7 @@ from infra.reference import set_reference
 from infra.settings import ServiceConfig
 
 log = logging.getLogger(__name__)
+PLAN_FILE = "plan.json"  # the version's data plan: ids of every training, replay and gate row
 
 
 @dataclass
@@ -131,8 +133,9 @@ def load_target(config: ServiceConfig, lang: str) -> list:
     return read_records(path)
 
 
-def recent_texts(ctx: JobContext, lang: str, snapshot: dict[str, Any]) -> list[tuple[str, str]]:
-    """The frozen window's queries (ids from the snapshot, texts from the recent list), oldest first."""
+def recent_texts(ctx: JobContext, lang: str, snapshot: dict[str, Any]) -> list[WindowRow]:
+    """The frozen window's queries (ids from the snapshot; texts and responses from the recent list), oldest
+    first; a row with a response is labelled (a selection candidate, compass/adapt/plan.py)."""
     from infra.window import WindowStore
 
     if not ctx.config.consumer.store_texts:
@@ -144,11 +147,95 @@ def recent_texts(ctx: JobContext, lang: str, snapshot: dict[str, Any]) -> list[t
                         recent_ttl_s=c.recent_ttl_s)
     wanted = set(snapshot.get("ids") or [])
     out, seen = [], set()
-    for qid, text in store.recent(lang):
+    for qid, text, response in store.recent_rows(lang):
         if qid in wanted and qid not in seen and text:
-            out.append((qid, text))
+            out.append(WindowRow(qid, text, response))
             seen.add(qid)
     return out
+
+
+@dataclass
+class PlannedUpdate:
+    """A data plan with what it was built from: the parent version, its weights, anchors and config."""
+
+    plan: UpdatePlan
+    parent: str | None
+    tensors: dict | None
+    prev_anchors: list[tuple[str, str]]
+    parent_config: dict[str, Any]
+    centroids: np.ndarray
+    pool: list
+
+
+def gate_file_rows(config: ServiceConfig, lang: str) -> list:
+    """The optional per-language retention gate file (worker.gate.retention_dir/<lang>.jsonl), scored, never
+    trained on; [] when not configured or absent."""
+    d = config.worker.gate.retention_dir
+    path = Path(d) / f"{lang}.jsonl" if d is not None else None
+    return read_records(path) if path is not None and path.is_file() else []
+
+
+def clustering_config(config: ServiceConfig) -> Any:
+    """worker.selection as compass.select.clusters.ClusteringConfig (validates the params)."""
+    from compass.select.clusters import ClusteringConfig
+
+    sel = config.worker.selection
+    return ClusteringConfig(clusterer=sel.clusterer, params=dict(sel.params), seed=config.worker.train.seed)
+
+
+def build_plan(
+    ctx: JobContext,
+    lang: str,
+    *,
+    target: list,
+    recent: list,
+    codebook: Any,
+    window_counts: np.ndarray | None,
+    pool_path: Path | None,
+    use_current: bool = True,
+) -> PlannedUpdate:
+    """The update's data plan (compass/adapt/plan.py) from the registry's parent, the codebook and the inputs."""
+    wcfg = ctx.config.worker
+    settings = ctx.languages.get(lang)
+    pool, X_pool = ctx.pool(pool_path)
+    X_t = ctx.embed([r.text for r in target])
+    d = X_t.shape[1]
+    rows = window_rows(recent)
+    X_r, X_pool = _fix(ctx.embed([r.text for r in rows]), d), _fix(X_pool, d)
+    if codebook is not None:
+        codebook.check_model(ctx.embedder.model_id)
+        centroids = np.asarray(codebook.clusterer.centroids_, dtype=np.float32)
+        assign = codebook.assign
+    else:  # no codebook yet: one noise bucket, K = 0
+        centroids = np.zeros((0, d), np.float32)
+
+        def assign(X: np.ndarray) -> np.ndarray:
+            return np.zeros(len(X), np.int64)
+    bt, br, bp = (assign(X) if len(X) else np.zeros(0, np.int64) for X in (X_t, X_r, X_pool))
+
+    parent = ctx.registry.current(lang) if use_current else None
+    tensors, prev_anchors, parent_config, held = None, [], {}, None
+    if parent is not None:
+        tensors, parent_config, _ = ctx.registry.read_version(lang, parent)
+        files = ctx.registry.files(lang, parent)
+        if ANCHORS_FILE in files:
+            prev_anchors = read_anchors(ctx.registry.read_file(lang, parent, ANCHORS_FILE))
+        if TARGET_HOLDOUT_FILE in files:  # split once at bootstrap: every later cycle holds out the same rows
+            held = json.loads(ctx.registry.read_file(lang, parent, TARGET_HOLDOUT_FILE))
+    plan = plan_update(
+        lang, target, X_t, bt, rows, X_r, br, pool, X_pool, bp, centroids,
+        settings=PlanSettings(budget=settings.budget, holdout_fraction=wcfg.gate.holdout_fraction,
+                              train_on_queries=wcfg.train_on_queries,
+                              holdout_from_targets=wcfg.gate.holdout_from_targets,
+                              max_examples=wcfg.train.max_examples, seed=wcfg.train.seed),
+        clustering=clustering_config(ctx.config), window_counts=window_counts, prev_anchors=prev_anchors,
+        gate_rows=gate_file_rows(ctx.config, lang),
+        # a stored split is kept while the setting is on; 0 trains D_t whole whatever an earlier cycle held out
+        targets_held_out=[] if wcfg.gate.holdout_from_targets == 0 else held,
+    )
+    plan.data["parent"] = parent
+    plan.data["replay"] = [i for i, _ in prev_anchors]  # B_anchor of theta_prev, replayed by L_DAR (§3.3.3)
+    return PlannedUpdate(plan, parent, tensors, prev_anchors, parent_config, centroids, pool)
 
 
 def train_and_register(
@@ -157,7 +244,7 @@ def train_and_register(
     *,
     job_id: str,
     target: list,
-    recent: list[tuple[str, str]],
+    recent: list,
     codebook: Any,
     window_counts: np.ndarray | None,
     report: dict[str, Any],
@@ -171,36 +258,17 @@ def train_and_register(
     wcfg = ctx.config.worker
     settings = ctx.languages.get(lang)
     tcfg = train_config(wcfg.train, settings.adapters.kind)
-    pool, X_pool = ctx.pool(pool_path)
-    X_t = ctx.embed([r.text for r in target])
-    d = X_t.shape[1]
-    X_r, X_pool = _fix(ctx.embed([t for _, t in recent]), d), _fix(X_pool, d)
-    if codebook is not None:
-        codebook.check_model(ctx.embedder.model_id)
-        centroids = np.asarray(codebook.clusterer.centroids_, dtype=np.float32)
-        assign = codebook.assign
-    else:  # no codebook yet: one noise bucket, K = 0
-        centroids = np.zeros((0, d), np.float32)
-
-        def assign(X: np.ndarray) -> np.ndarray:
-            return np.zeros(len(X), np.int64)
-    bt, br, bp = (assign(X) if len(X) else np.zeros(0, np.int64) for X in (X_t, X_r, X_pool))
-
-    parent = ctx.registry.current(lang) if use_current else None
-    tensors, prev_anchors, fisher, parent_config = None, [], None, {}
-    if parent is not None:
-        tensors, parent_config, prev_manifest = ctx.registry.read_version(lang, parent)
-        files = ctx.registry.files(lang, parent)
-        if ANCHORS_FILE in files:
-            prev_anchors = [t for _, t in read_anchors(ctx.registry.read_file(lang, parent, ANCHORS_FILE))]
+    planned = build_plan(ctx, lang, target=target, recent=recent, codebook=codebook, window_counts=window_counts,
+                         pool_path=pool_path, use_current=use_current)
+    plan, parent, tensors, pool = planned.plan, planned.parent, planned.tensors, planned.pool
+    centroids, parent_config = planned.centroids, planned.parent_config
+    prev_anchors = [t for _, t in planned.prev_anchors]
+    fisher = None
     report["parent"] = parent
-    plan: UpdatePlan = plan_update(
-        lang, target, X_t, bt, recent, X_r, br, pool, X_pool, bp, centroids, budget=settings.budget,
-        holdout_fraction=wcfg.gate.holdout_fraction, retention_fraction=wcfg.gate.holdout_fraction,
-        window_counts=window_counts, prev_anchor_texts=prev_anchors, max_examples=wcfg.train.max_examples,
-        seed=wcfg.train.seed,
-    )
     report["selection"] = name_selection(plan.selection, _labels(ctx, codebook))  # which clusters were filled
+    report["plan"] = plan.data
+    for w in plan.data["warnings"]:
+        log.warning("%s: %s", lang, w)
     adaptation = plan.adaptation or plan.retention
     # adapters.kind changed (dora <-> lora): theta_prev has another shape, so the new kind starts fresh without
     # ECDA; the gate still compares it with the parent, scored in the parent's own kind.
@@ -231,7 +299,8 @@ def train_and_register(
     ecda_on = parent is not None and not switched
     result = train_update(
         model, lang, plan, ctx.host.tokenizer, tcfg, centroids,
-        ecda=ECDAConfig(beta=e.beta, lam=e.lam, anchor_fraction=e.anchor_fraction) if ecda_on else None,
+        ecda=ECDAConfig(beta=e.beta, lam=e.lam, anchor_fraction=e.anchor_fraction,
+                        anchor_batch_size=e.anchor_batch_size) if ecda_on else None,
         prev_anchor_texts=prev_anchors if ecda_on else (), fisher=fisher, anchor_fraction=e.anchor_fraction,
         progress=progress, checkpoint_every=wcfg.checkpoint_every,
         on_checkpoint=lambda st: save_checkpoint(ckpt_dir, st), resume=resume, should_stop=should_stop,
@@ -262,11 +331,13 @@ def train_and_register(
         codebook_version=codebook.version if codebook is not None else "none", parent=parent,
         p_ref=plan.p_ref.tolist(), anchor_ids=result.anchor_ids, fisher_file=FISHER_FILE,
         data_hashes={"target": digest([r.id for r in target]), "pool": digest([r.id for r in pool]),
-                     "recent": digest([i for i, _ in recent])},
+                     "recent": digest([r.id for r in window_rows(recent)])},
         metrics=metrics, kind=plan.kind,
     )
     # the eq. 3 rows travel with the version, so a re-clustering can recompute P_ref on its new codebook
-    extra = {**result.extra_files(), REFERENCE_ROWS_FILE: plan.reference_rows.to_bytes()}
+    extra = {**result.extra_files(), REFERENCE_ROWS_FILE: plan.reference_rows.to_bytes(),
+             TARGET_HOLDOUT_FILE: json.dumps(plan.target_holdout, ensure_ascii=False).encode("utf-8"),
+             PLAN_FILE: json.dumps(plan.data, ensure_ascii=False).encode("utf-8")}
     ctx.registry.write_version(lang, weights, adapter_config, manifest, extra_files=extra)
     report["version"] = version
     if gate_dict["passed"]:

@@ -33,7 +33,7 @@ from compass.languages import LanguagesConfig
 from daemon.worker.heartbeat import Heartbeat
 from daemon.worker.metrics import WorkerMetrics
 from daemon.worker.model import ModelHost
-from daemon.worker.pipeline import JobContext, base_report, run_job, write_report
+from daemon.worker.pipeline import JobContext, base_report, clustering_config, run_job, write_report
 from daemon.worker.queue import JobQueue, PendingJob
 from daemon.worker.recluster import recluster_lease, run_recluster
 from infra.clients import REDIS_ERRORS
@@ -63,6 +63,7 @@ class Worker:
         from infra.embedders import make_embedder
 
         self.config = config
+        clustering_config(config)  # worker.selection.params checked at start, not in the first job
         self.client = client or redis_client(config.redis)
         self.queue = JobQueue(self.client, config.redis.key_prefix)
         self.producer = producer or kafka_producer(config.kafka, acks="all")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from compass.adapt_settings import ECDASettings, GateSettings, TrainSettings
+from compass.adapt_settings import ECDASettings, GateSettings, SelectionClusteringSettings, TrainSettings
 from compass.validation import Frozen
 
 
@@ -28,6 +28,11 @@ class WorkerConfig(Frozen):
         3, ge=1, le=1000, description="a job message whose queue write failed this many times in a row (Redis "
         "answering) is dead-lettered, in [1, 1000]",
     )
+    train_on_queries: bool = Field(
+        False, description="let COMPASS select unlabelled window queries (no response) into D_new; by default only "
+        "labelled window rows are candidates"
+    )
+    selection: SelectionClusteringSettings = SelectionClusteringSettings()
     train: TrainSettings = TrainSettings()
     ecda: ECDASettings = ECDASettings()
     gate: GateSettings = GateSettings()

@@ -5,7 +5,8 @@ Keys of language ``ll`` (all share the hash tag ``{ll}``, so a language lives in
   {prefix}:{ll}:window   list   bucket ids of the last N assignments, oldest first (N = window_size)
   {prefix}:{ll}:counts   hash   bucket id -> count of that id in the window (zero counts are removed)
   {prefix}:{ll}:offsets  hash   "topic:partition" -> last applied Kafka offset of this language
-  {prefix}:{ll}:recent   list   JSON [id, text] (or [id] when store_texts is false), newest last; capped, TTL
+  {prefix}:{ll}:recent   list   JSON [id, text] or [id, text, response] (a labelled query: meta.response), or [id]
+                                when store_texts is false; newest last; capped, TTL
   {prefix}:{ll}:meta     hash   codebook_version (newest seen), lineage, n_buckets, window_size, ``seen``: a
                                 monotone count of the items ever applied (never lowered; gone only with ``reset``),
                                 ``sampling_rate``: the share of the language's queries the consumers kept
@@ -257,6 +258,10 @@ class WindowStore:
 
     def recent(self, lang: str, limit: int | None = None) -> list[tuple[str, str | None]]:
         """The recent queries of ``lang`` as (id, text or None), newest last; at most ``limit`` of them."""
+        return [(i, t) for i, t, _ in self.recent_rows(lang, limit)]
+
+    def recent_rows(self, lang: str, limit: int | None = None) -> list[tuple[str, str | None, str | None]]:
+        """The recent queries of ``lang`` as (id, text or None, response or None), newest last."""
         if limit is not None and (not is_int(limit, allow_numpy=True) or limit < 0):
             raise WindowInputError(f"limit must be an integer >= 0 or None; got {limit!r}")
         if limit == 0:
@@ -265,7 +270,7 @@ class WindowStore:
         out = []
         for raw in self.client.lrange(self.keys(lang)["recent"], start, -1):
             entry = json.loads(raw)
-            out.append((entry[0], entry[1] if len(entry) > 1 else None))
+            out.append((entry[0], entry[1] if len(entry) > 1 else None, entry[2] if len(entry) > 2 else None))
         return out
 
     def languages(self) -> list[str]:
@@ -312,6 +317,8 @@ class WindowStore:
             offsets.append(item.offset)
             buckets.append(item.bucket)
             entry = [item.query_id, item.text] if self.store_texts and item.text is not None else [item.query_id]
+            if len(entry) == 2 and item.response is not None:
+                entry.append(item.response)
             entries.append(json.dumps(entry, ensure_ascii=False))
             quality.append("-" if item.quality is None else repr(float(item.quality)))
         args: list[str | int] = [

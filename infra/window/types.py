@@ -28,6 +28,7 @@ class Assignment:
     offset: int
     text: str | None = None  # stored only when the store's store_texts is true
     quality: float | None = None  # a finite quality score from the event (consumer.quality_meta_key)
+    response: str | None = None  # the event's meta.response (a labelled query), stored beside the text
 
     def __post_init__(self) -> None:
         problems = []
