@@ -34,6 +34,8 @@ import torch
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
 from compass.errors import CompassError
+from compass.expand import get_spec, load_expanded, set_language
+from compass.expand.io import MANIFEST as EXPAND_MANIFEST
 from compass.languages import LanguagesConfig
 from compass.route import RouteDecision, RouteError, Router, RouteTarget
 from daemon.serving.adapters import AdapterLoadError, adapter_name, load_into, read_peft_dir
@@ -115,7 +117,11 @@ class AdapterServer:
                 raise CompassError("model.path is not set; point it at a local model directory (or the directory of "
                                    "model.gguf_file); compass.adapt.packaged_model('smollm2') gives the packaged "
                                    "SmolLM2's directory and GGUF file")
-            model = load_base(path, dtype=dtype, device=self.device, gguf_file=cfg.model.gguf_file)
+            if (Path(path) / EXPAND_MANIFEST).is_file():  # a `compass expand` model: language experts (issue 18)
+                model, _, _ = load_expanded(path, device=self.device)
+                model = model.to(dtype)
+            else:
+                model = load_base(path, dtype=dtype, device=self.device, gguf_file=cfg.model.gguf_file)
             tokenizer = tokenizer or load_tokenizer(path, cfg.model.gguf_file)
         else:
             model = load_base(model, dtype=dtype, device=self.device)
@@ -126,6 +132,8 @@ class AdapterServer:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
         self.model = model.eval()  # the plain base model until the first adapter wraps it in a PeftModel
+        # an upcycled model routes each request's rows to the expert of its language (compass/expand, hard mode)
+        self.experts = get_spec(model)  # None for a dense model
         self._peft: Any = None
         self._loaded: dict[str, tuple[str, str]] = {}  # adapter name -> (lang, version)
         self._kinds: dict[str, str] = {}  # adapter name -> manifest kind, or "external" (load_adapter_dir)
@@ -239,7 +247,8 @@ class AdapterServer:
         n_new = int(max_new_tokens or self.cfg.serving.max_new_tokens)
         if not 1 <= n_new <= 4096:
             raise RouteError(f"max_new_tokens is {max_new_tokens!r}; give an integer in [1, 4096]")
-        decisions, outs = self._routed(texts, lang, lambda name, batch: self._generate(name, batch, n_new))
+        decisions, outs = self._routed(texts, lang, lambda name, batch, langs: self._generate(name, batch, n_new,
+                                                                                                 langs))
         return [Generation(text, d, ids) for d, (text, ids) in zip(decisions, outs, strict=True)]
 
     def next_token_logits(self, texts: Sequence[str], lang: str | Sequence[str | None] | None = None
@@ -249,9 +258,11 @@ class AdapterServer:
         return list(zip(decisions, outs, strict=True))
 
     def _routed(self, texts: Sequence[str], lang: str | Sequence[str | None] | None,
-                run: Callable[[str | None, list[str]], list[Any]]) -> tuple[list[RouteDecision], list[Any]]:
-        """Route every text, hold a reference to each routed adapter, run ``run(adapter name, texts)`` per group
-        of one adapter (chunks of ``serving.max_batch``), release the references; results in input order."""
+                run: Callable[[str | None, list[str], list[str | None]], list[Any]]
+                ) -> tuple[list[RouteDecision], list[Any]]:
+        """Route every text, hold a reference to each routed adapter, run ``run(adapter name, texts, languages)``
+        per group of one adapter (chunks of ``serving.max_batch``), release the references; results in input
+        order."""
         if isinstance(texts, str):
             raise RouteError("texts must be a list of strings, not one string; wrap it: [text]")
         texts = list(texts)
@@ -280,7 +291,7 @@ class AdapterServer:
                 for s in range(0, len(idx), step):
                     chunk = idx[s:s + step]
                     with self.metrics.batch_seconds.labels(decisions[chunk[0]].language).time():
-                        results = run(name, [texts[i] for i in chunk])
+                        results = run(name, [texts[i] for i in chunk], [decisions[i].language for i in chunk])
                     for i, res in zip(chunk, results, strict=True):
                         out[i] = res
             return decisions, out
@@ -300,9 +311,12 @@ class AdapterServer:
         self._unload(idle)
 
     @contextmanager
-    def _active(self, name: str | None) -> Iterator[Any]:
-        """The model with adapter ``name`` active (None: the base model Θ alone, §3.2.5's fallback), locked."""
+    def _active(self, name: str | None, langs: Sequence[str | None] | None = None) -> Iterator[Any]:
+        """The model with adapter ``name`` active (None: the base model Θ alone, §3.2.5's fallback), locked.
+        ``langs``: each row's language, which picks its expert on an expanded model (ignored otherwise)."""
         with self._model_lock, torch.inference_mode():
+            if self.experts is not None:
+                set_language(self.model, list(langs) if langs is not None else None)
             if self._peft is None:
                 yield self.model
             elif name is None:
@@ -312,10 +326,11 @@ class AdapterServer:
                 self._peft.set_adapter(name)
                 yield self._peft
 
-    def _generate(self, name: str | None, texts: list[str], max_new_tokens: int) -> list[tuple[str, tuple[int, ...]]]:
+    def _generate(self, name: str | None, texts: list[str], max_new_tokens: int,
+                  langs: Sequence[str | None] | None = None) -> list[tuple[str, tuple[int, ...]]]:
         tok = self.tokenizer
         enc = tok(texts, return_tensors="pt", padding=True).to(self.device)
-        with self._active(name) as model:
+        with self._active(name, langs) as model:
             seqs = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                   pad_token_id=tok.pad_token_id)
         new = seqs[:, enc["input_ids"].shape[1]:].tolist()
@@ -327,9 +342,10 @@ class AdapterServer:
             results.append((tok.decode(row, skip_special_tokens=True), tuple(row)))
         return results
 
-    def _logits(self, name: str | None, texts: list[str]) -> list[torch.Tensor]:
+    def _logits(self, name: str | None, texts: list[str], langs: Sequence[str | None] | None = None
+                ) -> list[torch.Tensor]:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
-        with self._active(name) as model:
+        with self._active(name, langs) as model:
             logits = model(**enc).logits[:, -1, :]  # left padding: the last position is each text's last token
         return [row.float().cpu() for row in logits]
 
@@ -391,11 +407,13 @@ class AdapterServer:
         return enc
 
     def _run(self, name: str | None, enc: dict[str, torch.Tensor], sampling: Sampling,
-             streamer: TextIteratorStreamer | None = None, cancel: threading.Event | None = None) -> list[int]:
-        """The new token ids of one prompt (cut after the first EOS) on adapter ``name`` (None: base model)."""
+             streamer: TextIteratorStreamer | None = None, cancel: threading.Event | None = None,
+             lang: str | None = None) -> list[int]:
+        """The new token ids of one prompt (cut after the first EOS) on adapter ``name`` (None: base model);
+        ``lang`` picks the expert on an expanded model."""
         n = enc["input_ids"].shape[1]
         stop = StoppingCriteriaList([StopOn(self.tokenizer, n, sampling.stop, cancel)])
-        with self._active(name) as model:
+        with self._active(name, [lang]) as model:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)  # the model lock serialises generation: the global RNG is ours
             seqs = model.generate(**enc, max_new_tokens=sampling.max_new_tokens,
@@ -412,7 +430,7 @@ class AdapterServer:
         served, name = self._reserve(model, text)
         try:
             with self.metrics.batch_seconds.labels(served.language or "-").time():
-                new = self._run(name, enc, sampling)
+                new = self._run(name, enc, sampling, lang=served.language)
         finally:
             self._release([name] if name else [])
         out, hit = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), sampling.stop)
@@ -431,7 +449,7 @@ class AdapterServer:
 
         def work() -> None:
             try:
-                result["new"] = self._run(name, enc, sampling, streamer, cancel)
+                result["new"] = self._run(name, enc, sampling, streamer, cancel, lang=served.language)
             except BaseException as e:  # noqa: BLE001 - handed to the reader, which re-raises it
                 result["error"] = e
                 streamer.end()  # the reader would otherwise wait for text forever
