@@ -24,7 +24,7 @@ app.add_typer(config_cmd.app, name="config")
 _PARTS = (
     "stack", "data", "embed", "demo", "langid-demo", "codebook", "select", "simulate", "consume", "daemon", "route",
     "serve", "gateway", "sync", "worker", "adapt", "ref", "report", "calibrate", "adapters", "bench", "explain",
-    "status",
+    "status", "expand",
 )
 _GROUPS = frozenset({"stack", "data", "codebook", "ref", "adapters", "bench"})
 
