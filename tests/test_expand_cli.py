@@ -254,3 +254,43 @@ def test_data_pairs_and_seeded_split(world: dict[str, Path]) -> None:
     assert sorted(held["sw"] + train["sw"]) == sorted(pairs["sw"])
     with pytest.raises(ExpandError, match="lang=path"):
         load_texts(["not-a-dir-nor-pair"])
+
+
+def test_a_killed_process_resumes_to_the_weights_of_an_uninterrupted_run(world: dict[str, Path], tmp_path: Path
+                                                                         ) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps, every = 1200, 100
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "daemon.cli", "expand", "--base", str(world["base"]), "--post", str(world["post"]),
+            "--langs", "sw,tl", "--data", str(world["data"]), "--method", "paramdelta", "--steps", str(steps),
+            "--out", str(out), "--batch-size", "4", "--max-length", "16", "--lr", "0.01",
+            "--checkpoint-every", str(every)]
+    proc = subprocess.Popen(args, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            if any((out / "checkpoints").glob("ckpt-*")):
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up, as a lost machine
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before its first checkpoint; raise steps"
+    assert not (out / "report.json").exists()
+    killed_at = int(sorted((out / "checkpoints").glob("ckpt-*"))[-1].name.split("-")[1])
+    assert 0 < killed_at < steps
+
+    res = _run(world, out, "paramdelta", "--checkpoint-every", str(every), steps=steps)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert json.loads((out / "report.json").read_text())["cpt"]["resumed_from"] >= killed_at
+    assert _run(world, tmp_path / "straight", "paramdelta", "--checkpoint-every", str(every), steps=steps).exit_code == 0
+    a, _, _ = load_expanded(out / "model")
+    b, _, _ = load_expanded(tmp_path / "straight" / "model")
+    sa, sb = _state(a), _state(b)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
