@@ -133,11 +133,10 @@ def window_rows(recent: Sequence[Any]) -> list[WindowRow]:
 def target_holdout(ids: Sequence[str], fraction: float, seed: int = 0) -> list[str]:
     """The D_t ids held out for the retention gate (``gate.holdout_from_targets``), split once at bootstrap:
     seeded, at least one row and one kept when there are >= 2 rows and fraction > 0, in D_t's order."""
-    if fraction <= 0 or len(ids) < 2:
+    if fraction <= 0:
         return []
-    n_out = min(len(ids) - 1, max(1, round(fraction * len(ids))))
-    out = set(np.random.default_rng([seed, _STREAM_TARGETS]).permutation(len(ids))[:n_out].tolist())
-    return [i for k, i in enumerate(ids) if k in out]
+    _, out = _split(len(ids), fraction, seed, _STREAM_TARGETS)
+    return [ids[k] for k in out.tolist()]
 
 
 def _split(n: int, fraction: float, seed: int, stream: int) -> tuple[np.ndarray, np.ndarray]:

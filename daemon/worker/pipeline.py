@@ -118,10 +118,6 @@ def base_report(job_id: str, lang: str, kind: str, reason: str, started_at: floa
             "error": None, "selection": None, "train": None, "gate": None, "p_ref": None}
 
 
-def _fix(X: np.ndarray, d: int) -> np.ndarray:
-    return X if X.size else np.zeros((0, d), np.float32)
-
-
 def load_target(config: ServiceConfig, lang: str) -> list:
     if config.worker.targets_dir is None:
         raise WorkerError("The 'worker.targets_dir' setting must name the directory of <lang>.jsonl target data. "
@@ -201,7 +197,7 @@ def build_plan(
     X_t = ctx.embed([r.text for r in target])
     d = X_t.shape[1]
     rows = window_rows(recent)
-    X_r, X_pool = _fix(ctx.embed([r.text for r in rows]), d), _fix(X_pool, d)
+    X_r = ctx.embed([r.text for r in rows])  # empty parts: plan_update gives them shape (0, d)
     if codebook is not None:
         codebook.check_model(ctx.embedder.model_id)
         centroids = np.asarray(codebook.clusterer.centroids_, dtype=np.float32)
